@@ -1,0 +1,141 @@
+//! The config file exactly as written: serde structs with
+//! `deny_unknown_fields`, every optional key an `Option` so validation can
+//! tell "absent, take the default" from "present and wrong".
+
+use super::units::SizeLit;
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub server: ServerFile,
+    #[serde(default)]
+    pub admin: AdminFile,
+    #[serde(default)]
+    pub upstream: UpstreamFile,
+    #[serde(default)]
+    pub spool: SpoolFile,
+    #[serde(default)]
+    pub drain: DrainFile,
+    #[serde(default)]
+    pub route: Vec<RouteFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerFile {
+    pub listen: Option<String>,
+    pub admin_listen: Option<String>,
+    pub max_body: Option<SizeLit>,
+    pub request_timeout: Option<String>,
+    pub shutdown_grace: Option<String>,
+    pub status_path_prefix: Option<String>,
+    pub trusted_proxies: Option<Vec<String>>,
+    pub tls: Option<TlsFile>,
+    /// Not in the SPEC example: how long a client may take to send its
+    /// request head before the connection is closed (slowloris guard).
+    pub header_read_timeout: Option<String>,
+    /// Cap on the number of request header fields.
+    pub max_headers: Option<usize>,
+    /// Cap on the bytes of a request head.
+    pub max_header_bytes: Option<SizeLit>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFile {
+    pub cert: String,
+    pub key: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminFile {
+    pub token_file: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamFile {
+    pub url: Option<String>,
+    pub capacity: Option<String>,
+    pub capacity_burst: Option<u32>,
+    pub max_concurrency: Option<u32>,
+    pub timeout: Option<String>,
+    pub adaptive: Option<bool>,
+    /// Idle keep-alive connections kept per upstream host.
+    pub pool_max_idle: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolFile {
+    pub dir: Option<String>,
+    pub partitions: Option<u32>,
+    pub max_bytes: Option<SizeLit>,
+    pub segment_bytes: Option<SizeLit>,
+    pub max_record: Option<SizeLit>,
+    pub fsync: Option<FsyncFile>,
+    pub fsync_interval: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FsyncFile {
+    Always,
+    Interval,
+    Never,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrainFile {
+    pub ordering: Option<OrderingFile>,
+    pub max_attempts: Option<u32>,
+    pub backoff_initial: Option<String>,
+    pub backoff_max: Option<String>,
+    pub retry_on: Option<Vec<u16>>,
+    pub max_age: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OrderingFile {
+    Partition,
+    None,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteFile {
+    pub name: Option<String>,
+    #[serde(rename = "match", default)]
+    pub matcher: MatchFile,
+    pub rate: Option<String>,
+    pub burst: Option<u32>,
+    pub key: Option<String>,
+    pub max_keys: Option<usize>,
+    pub on_limit: Option<OnLimitFile>,
+    pub max_wait: Option<String>,
+    pub partition_key: Option<String>,
+    pub ordered: Option<bool>,
+    pub spool_methods: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatchFile {
+    pub path_prefix: Option<String>,
+    pub path: Option<String>,
+    pub methods: Option<Vec<String>>,
+    pub host: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnLimitFile {
+    Spool,
+    Reject,
+    Wait,
+}

@@ -1,0 +1,178 @@
+use super::*;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse("test.toml", text, &Overrides::default())
+}
+
+fn invalid(text: &str) -> (usize, String, String) {
+    match parse(text).unwrap_err() {
+        ConfigError::Invalid { line, key, message, .. } => (line, key, message),
+        other => panic!("expected Invalid, got {other:?}"),
+    }
+}
+
+const MINIMAL: &str = "[upstream]\nurl = \"http://127.0.0.1:3000\"\n";
+
+#[test]
+fn minimal_file_takes_the_documented_defaults() {
+    let c = parse(MINIMAL).unwrap();
+    assert_eq!(c.server.listen.to_string(), "0.0.0.0:8080");
+    assert_eq!(c.server.max_body, 1 << 20);
+    assert_eq!(c.spool.partitions, 8);
+    assert_eq!(c.spool.fsync, FsyncPolicy::Always);
+    assert_eq!(c.drain.retry_on, vec![408, 429, 500, 502, 503, 504]);
+    assert!(c.upstream.adaptive, "adaptive defaults to true without capacity");
+    assert!(c.routes.is_empty());
+}
+
+#[test]
+fn full_spec_example_parses() {
+    let text = r#"
+[server]
+listen = "0.0.0.0:8080"
+admin_listen = "0.0.0.0:9090"
+max_body = "1MiB"
+request_timeout = "30s"
+shutdown_grace = "20s"
+status_path_prefix = "/_sluice"
+trusted_proxies = ["10.0.0.0/8"]
+
+[admin]
+token_file = "/etc/sluice/admin-token"
+
+[upstream]
+url = "http://127.0.0.1:3000"
+capacity = "200/s"
+capacity_burst = 20
+max_concurrency = 64
+timeout = "10s"
+adaptive = true
+
+[spool]
+dir = "./sluice-spool"
+partitions = 8
+max_bytes = "10GiB"
+segment_bytes = "64MiB"
+max_record = "1MiB"
+fsync = "always"
+fsync_interval = "5ms"
+
+[drain]
+ordering = "partition"
+max_attempts = 10
+backoff_initial = "200ms"
+backoff_max = "60s"
+retry_on = [408, 429, 500, 502, 503, 504]
+max_age = "24h"
+
+[[route]]
+name = "orders"
+match = { path_prefix = "/api/orders", methods = ["POST", "PUT"] }
+rate = "50/s"
+burst = 100
+key = "global"
+max_keys = 100000
+on_limit = "spool"
+max_wait = "0s"
+partition_key = "header:x-user-id"
+ordered = true
+spool_methods = ["POST", "PUT", "PATCH", "DELETE"]
+
+[[route]]
+name = "default"
+match = { path_prefix = "/" }
+rate = "500/s"
+on_limit = "reject"
+"#;
+    let c = parse(text).unwrap();
+    assert_eq!(c.routes.len(), 2);
+    assert_eq!(c.routes[0].burst, 100);
+    assert_eq!(c.routes[0].partition_key, Some(KeySource::Header(HeaderName::from_static("x-user-id"))));
+    assert_eq!(c.routes[1].burst, 500, "burst defaults to one second of rate");
+    assert_eq!(c.upstream.capacity_burst, 20);
+    assert_eq!(c.spool.max_bytes, 10 << 30);
+}
+
+#[test]
+fn unknown_key_names_key_and_line() {
+    let (line, key, msg) = invalid("[upstream]\nurl = \"http://x:1\"\n\n[server]\nlisten = \"0.0.0.0:1\"\nlisen = 3\n");
+    assert_eq!(line, 6);
+    assert_eq!(key, "server.lisen");
+    assert!(msg.contains("unknown field"), "{msg}");
+}
+
+#[test]
+fn bad_rate_in_second_route_names_it() {
+    let text = format!(
+        "{MINIMAL}\n[[route]]\nname = \"a\"\nrate = \"5/s\"\n\n[[route]]\nname = \"b\"\nmatch = {{ path = \"/x\" }}\nrate = \"fast\"\n"
+    );
+    let (line, key, msg) = invalid(&text);
+    assert_eq!((line, key.as_str()), (11, "route[1].rate"));
+    assert!(msg.contains("invalid rate"), "{msg}");
+}
+
+#[test]
+fn wrong_type_inside_route_names_the_route_key() {
+    let text = format!("{MINIMAL}\n[[route]]\nname = \"a\"\nrate = \"5/s\"\nburst = \"many\"\n");
+    let (line, key, _) = invalid(&text);
+    assert_eq!((line, key.as_str()), (7, "route[0].burst"));
+}
+
+#[test]
+fn missing_required_key_points_at_its_table() {
+    let text = format!("{MINIMAL}\n[[route]]\nname = \"a\"\n");
+    let (line, key, _) = invalid(&text);
+    assert_eq!(key, "route[0].rate");
+    assert!(line == 4 || line == 5, "line {line}");
+    let (_, key, _) = invalid("[server]\n");
+    assert_eq!(key, "upstream.url");
+}
+
+#[test]
+fn semantic_errors() {
+    let route = |extra: &str| format!("{MINIMAL}[[route]]\nname = \"r\"\nrate = \"5/s\"\n{extra}\n");
+    assert_eq!(invalid(&route("on_limit = \"wait\"")).1, "route[0].max_wait");
+    assert_eq!(invalid(&route("key = \"cookie:x\"")).1, "route[0].key");
+    assert_eq!(invalid(&route("spool_methods = [\"GET\"]")).1, "route[0].spool_methods[0]");
+    assert_eq!(invalid(&route("match = { path = \"x\" }")).1, "route[0].match.path");
+    assert_eq!(invalid(&route("on_limit = \"drop\"")).1, "route[0].on_limit");
+    assert_eq!(invalid(&format!("{MINIMAL}[[route]]\nname = \"unmatched\"\nrate = \"1/s\"\n")).1, "route[0].name");
+    let dup = format!("{MINIMAL}[[route]]\nname = \"a\"\nrate = \"1/s\"\n[[route]]\nname = \"a\"\nrate = \"1/s\"\n");
+    assert_eq!(invalid(&dup).1, "route[1].name");
+    assert_eq!(invalid("[upstream]\nurl = \"ftp://x\"\n").1, "upstream.url");
+    assert_eq!(invalid("[upstream]\nurl = \"http://x/base\"\n").1, "upstream.url");
+    assert_eq!(invalid(&format!("{MINIMAL}[spool]\nfsync = \"sometimes\"\n")).1, "spool.fsync");
+    assert_eq!(invalid(&format!("{MINIMAL}[server]\nmax_body = \"big\"\n")).1, "server.max_body");
+}
+
+#[test]
+fn syntax_error_has_a_line() {
+    let (line, _, _) = invalid("[upstream]\nurl = \"http://x:1\"\n[server\n");
+    assert_eq!(line, 3);
+}
+
+#[test]
+fn embedded_default_needs_upstream_and_takes_flags() {
+    assert!(matches!(Config::load(None, &Overrides::default()), Err(ConfigError::Usage(_))));
+    let o = Overrides {
+        upstream: Some(parse_upstream_flag("http://127.0.0.1:9").unwrap()),
+        rate: Some(units::parse_rate("20/s").unwrap()),
+        listen: Some("127.0.0.1:0".parse().unwrap()),
+        ..Default::default()
+    };
+    let c = Config::load(None, &o).unwrap();
+    assert_eq!(c.upstream.url.to_string(), "http://127.0.0.1:9/");
+    assert_eq!(c.routes.len(), 1);
+    assert_eq!(c.routes[0].on_limit, OnLimit::Spool);
+    assert_eq!(c.routes[0].burst, 20);
+    assert_eq!(c.server.listen.port(), 0);
+}
+
+#[test]
+fn restart_only_changes_are_reported() {
+    let a = parse(MINIMAL).unwrap();
+    let mut b = parse(&format!("{MINIMAL}[server]\nlisten = \"127.0.0.1:1\"\n[spool]\npartitions = 4\n")).unwrap();
+    assert_eq!(a.restart_only_changes(&b), vec!["server.listen", "spool.partitions"]);
+    b.keep_restart_only(&a);
+    assert!(a.restart_only_changes(&b).is_empty());
+}
