@@ -1,2 +1,4 @@
 pub mod config;
 pub mod admission;
+pub mod metrics;
+pub mod upstream;

@@ -1,0 +1,271 @@
+//! One Prometheus registry and typed handles to every metric of SPEC §7.
+//!
+//! Label values are bounded by construction: route names come from the
+//! config (plus `unmatched`), partitions from the spool's fixed count, and
+//! every other label from a closed enum below. Keys and paths never become
+//! labels.
+
+use prometheus::{
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// The `decision` label of `sluice_requests_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DecisionLabel {
+    Forwarded,
+    Spooled,
+    Rejected,
+    Shed,
+    SpoolFull,
+    TooLarge,
+    UpstreamError,
+}
+
+impl DecisionLabel {
+    pub const ALL: [DecisionLabel; 7] = [
+        DecisionLabel::Forwarded,
+        DecisionLabel::Spooled,
+        DecisionLabel::Rejected,
+        DecisionLabel::Shed,
+        DecisionLabel::SpoolFull,
+        DecisionLabel::TooLarge,
+        DecisionLabel::UpstreamError,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DecisionLabel::Forwarded => "forwarded",
+            DecisionLabel::Spooled => "spooled",
+            DecisionLabel::Rejected => "rejected",
+            DecisionLabel::Shed => "shed",
+            DecisionLabel::SpoolFull => "spool_full",
+            DecisionLabel::TooLarge => "too_large",
+            DecisionLabel::UpstreamError => "upstream_error",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// `source` label of the upstream metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Live,
+    Replay,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Live => "live",
+            Source::Replay => "replay",
+        }
+    }
+}
+
+/// `class` label of `sluice_upstream_requests_total`.
+pub fn status_class(status: Option<u16>) -> &'static str {
+    match status {
+        Some(200..=299) => "2xx",
+        Some(300..=399) => "3xx",
+        Some(400..=499) => "4xx",
+        Some(500..=599) => "5xx",
+        Some(_) | None => "error",
+    }
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: IntCounterVec,
+    pub request_duration: HistogramVec,
+    pub upstream_requests: IntCounterVec,
+    pub upstream_duration: HistogramVec,
+    pub upstream_in_flight: IntGaugeVec,
+    pub spool_backlog_records: IntGaugeVec,
+    pub spool_backlog_bytes: IntGaugeVec,
+    pub spool_oldest_age: GaugeVec,
+    pub spool_appended: IntCounterVec,
+    pub spool_fsync_duration: Histogram,
+    pub spool_disk_bytes: IntGauge,
+    pub spool_recovered: IntCounterVec,
+    pub replay_total: IntCounterVec,
+    pub replay_limit: GaugeVec,
+    pub breaker_open: IntGauge,
+    pub dlq_records: IntGauge,
+    pub config_reloads: IntCounterVec,
+}
+
+/// Pre-resolved per-route handles, so the hot path does no label hashing.
+#[derive(Clone)]
+pub struct RouteMetrics {
+    requests: Vec<prometheus::IntCounter>,
+    durations: Vec<Histogram>,
+}
+
+impl RouteMetrics {
+    pub fn observe(&self, decision: DecisionLabel, seconds: f64) {
+        self.requests[decision.index()].inc();
+        self.durations[decision.index()].observe(seconds);
+    }
+}
+
+/// Pre-resolved handles for one upstream `source`.
+#[derive(Clone)]
+pub struct UpstreamMetrics {
+    classes: [prometheus::IntCounter; 6],
+    duration: Histogram,
+    pub in_flight: prometheus::IntGauge,
+}
+
+impl UpstreamMetrics {
+    pub fn observe(&self, status: Option<u16>, seconds: f64) {
+        let i = match status_class(status) {
+            "2xx" => 0,
+            "3xx" => 1,
+            "4xx" => 2,
+            "5xx" => 3,
+            _ => 4,
+        };
+        self.classes[i].inc();
+        self.duration.observe(seconds);
+    }
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        macro_rules! reg {
+            ($m:expr) => {{
+                let m = $m.expect("metric definition is valid");
+                registry.register(Box::new(m.clone())).expect("metric registered once");
+                m
+            }};
+        }
+        let hist = |name: &str, help: &str| HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
+        let m = Metrics {
+            requests: reg!(IntCounterVec::new(
+                Opts::new("sluice_requests_total", "Requests on the data port by route and admission decision."),
+                &["route", "decision"]
+            )),
+            request_duration: reg!(HistogramVec::new(
+                hist("sluice_request_duration_seconds", "Time from request to response head, by route and decision."),
+                &["route", "decision"]
+            )),
+            upstream_requests: reg!(IntCounterVec::new(
+                Opts::new("sluice_upstream_requests_total", "Requests sent to the backend by source and status class."),
+                &["source", "class"]
+            )),
+            upstream_duration: reg!(HistogramVec::new(
+                hist("sluice_upstream_duration_seconds", "Backend response time (to response head) by source."),
+                &["source"]
+            )),
+            upstream_in_flight: reg!(IntGaugeVec::new(
+                Opts::new("sluice_upstream_in_flight", "Requests in flight to the backend by source."),
+                &["source"]
+            )),
+            spool_backlog_records: reg!(IntGaugeVec::new(
+                Opts::new("sluice_spool_backlog_records", "Records in the spool not yet delivered, by partition."),
+                &["partition"]
+            )),
+            spool_backlog_bytes: reg!(IntGaugeVec::new(
+                Opts::new("sluice_spool_backlog_bytes", "Bytes of records not yet delivered, by partition."),
+                &["partition"]
+            )),
+            spool_oldest_age: reg!(GaugeVec::new(
+                Opts::new("sluice_spool_oldest_age_seconds", "Age of the oldest undelivered record, by partition."),
+                &["partition"]
+            )),
+            spool_appended: reg!(IntCounterVec::new(
+                Opts::new("sluice_spool_appended_total", "Records appended to the spool, by partition."),
+                &["partition"]
+            )),
+            spool_fsync_duration: reg!(Histogram::with_opts(hist(
+                "sluice_spool_fsync_duration_seconds",
+                "Duration of spool fsyncs (one per group commit)."
+            ))),
+            spool_disk_bytes: reg!(IntGauge::new("sluice_spool_disk_bytes", "Bytes the spool occupies on disk.")),
+            spool_recovered: reg!(IntCounterVec::new(
+                Opts::new("sluice_spool_recovered_total", "What spool recovery found: records, truncated bytes, corrupt records."),
+                &["what"]
+            )),
+            replay_total: reg!(IntCounterVec::new(
+                Opts::new("sluice_replay_total", "Replay outcomes of spooled records."),
+                &["outcome"]
+            )),
+            replay_limit: reg!(GaugeVec::new(
+                Opts::new("sluice_replay_limit", "Current replay limit: rate (per second) and concurrency."),
+                &["kind"]
+            )),
+            breaker_open: reg!(IntGauge::new("sluice_breaker_open", "1 while the upstream circuit breaker is open.")),
+            dlq_records: reg!(IntGauge::new("sluice_dlq_records", "Records in the dead-letter queue.")),
+            config_reloads: reg!(IntCounterVec::new(
+                Opts::new("sluice_config_reloads_total", "Config reloads by result."),
+                &["result"]
+            )),
+            registry,
+        };
+        // Series that should read 0 rather than be absent before their
+        // first event, so rate() and alerts work from the start.
+        for s in ["live", "replay"] {
+            for c in ["2xx", "3xx", "4xx", "5xx", "error"] {
+                m.upstream_requests.with_label_values(&[s, c]);
+            }
+            m.upstream_in_flight.with_label_values(&[s]);
+        }
+        for o in ["delivered", "retried", "dead", "expired"] {
+            m.replay_total.with_label_values(&[o]);
+        }
+        for w in ["records", "truncated_bytes", "corrupt_records"] {
+            m.spool_recovered.with_label_values(&[w]);
+        }
+        for r in ["ok", "error"] {
+            m.config_reloads.with_label_values(&[r]);
+        }
+        m
+    }
+
+    pub fn route(&self, name: &str) -> RouteMetrics {
+        RouteMetrics {
+            requests: DecisionLabel::ALL
+                .iter()
+                .map(|d| self.requests.with_label_values(&[name, d.as_str()]))
+                .collect(),
+            durations: DecisionLabel::ALL
+                .iter()
+                .map(|d| self.request_duration.with_label_values(&[name, d.as_str()]))
+                .collect(),
+        }
+    }
+
+    pub fn upstream(&self, source: Source) -> UpstreamMetrics {
+        let s = source.as_str();
+        UpstreamMetrics {
+            classes: ["2xx", "3xx", "4xx", "5xx", "error", "error"]
+                .map(|c| self.upstream_requests.with_label_values(&[s, c])),
+            duration: self.upstream_duration.with_label_values(&[s]),
+            in_flight: self.upstream_in_flight.with_label_values(&[s]),
+        }
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> Vec<u8> {
+        let mut buf = Vec::with_capacity(16 * 1024);
+        // Encoding into a Vec can't fail on I/O; a failure would be a bug
+        // in metric definitions, which registration already checked.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        buf
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
