@@ -119,7 +119,12 @@ impl<C: Clock> RouteTable<C> {
     }
 
     pub fn find(&self, req: &RequestFacts<'_>) -> Option<&Arc<Route<C>>> {
-        self.routes.iter().find(|r| matches(&r.config, req))
+        self.find_indexed(req).map(|(_, r)| r)
+    }
+
+    /// Like [`find`](Self::find), with the route's position in the table.
+    pub fn find_indexed(&self, req: &RequestFacts<'_>) -> Option<(usize, &Arc<Route<C>>)> {
+        self.routes.iter().enumerate().find(|(_, r)| matches(&r.config, req))
     }
 }
 

@@ -66,6 +66,9 @@ pub struct UpstreamFile {
     pub adaptive: Option<bool>,
     /// Idle keep-alive connections kept per upstream host.
     pub pool_max_idle: Option<usize>,
+    /// Extra CA certificates (PEM) to trust for an https upstream, on top
+    /// of the bundled web PKI roots.
+    pub ca_file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

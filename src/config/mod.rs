@@ -78,6 +78,7 @@ pub struct UpstreamConfig {
     pub timeout: Duration,
     pub adaptive: bool,
     pub pool_max_idle: usize,
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -275,6 +276,12 @@ impl Config {
         if self.upstream.url != new.upstream.url {
             out.push("upstream.url");
         }
+        if self.upstream.ca_file != new.upstream.ca_file {
+            out.push("upstream.ca_file");
+        }
+        if self.upstream.pool_max_idle != new.upstream.pool_max_idle {
+            out.push("upstream.pool_max_idle");
+        }
         if self.admin.token_file != new.admin.token_file {
             out.push("admin.token_file");
         }
@@ -293,6 +300,8 @@ impl Config {
         self.spool.fsync_interval = running.spool.fsync_interval;
         self.spool.segment_bytes = running.spool.segment_bytes;
         self.upstream.url = running.upstream.url.clone();
+        self.upstream.ca_file = running.upstream.ca_file.clone();
+        self.upstream.pool_max_idle = running.upstream.pool_max_idle;
         self.admin.token_file = running.admin.token_file.clone();
     }
 
@@ -466,6 +475,7 @@ fn validate(src: &Source<'_>, f: FileConfig, upstream_given: bool) -> Result<Con
         timeout: dur("upstream.timeout", &u.timeout, Duration::from_secs(10))?,
         adaptive: u.adaptive.unwrap_or(capacity.is_none()),
         pool_max_idle: u.pool_max_idle.unwrap_or(256),
+        ca_file: u.ca_file.as_ref().map(PathBuf::from),
     };
     if upstream.timeout.is_zero() {
         return Err(src.invalid("upstream.timeout", "must be above zero"));

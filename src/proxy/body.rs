@@ -1,0 +1,141 @@
+//! Body types on both sides of the proxy, as enums rather than boxed trait
+//! objects so the hot path allocates nothing for them.
+
+use crate::upstream::BudgetPermit;
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{Full, Limited};
+use hyper::body::Incoming;
+use pin_project_lite::pin_project;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Released when the backend's response body ends (or is dropped): the
+/// request counts against the budget and the in-flight gauge until then.
+pub struct InFlight {
+    _permit: Option<BudgetPermit>,
+    gauge: prometheus::IntGauge,
+}
+
+impl InFlight {
+    pub fn new(permit: Option<BudgetPermit>, gauge: prometheus::IntGauge) -> Self {
+        gauge.inc();
+        InFlight { _permit: permit, gauge }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
+pin_project! {
+    /// What the client receives.
+    #[project = ResponseBodyProj]
+    pub enum ResponseBody {
+        Upstream { #[pin] inner: Incoming, guard: Option<InFlight> },
+        Full { #[pin] inner: Full<Bytes> },
+    }
+}
+
+impl ResponseBody {
+    pub fn full(b: impl Into<Bytes>) -> Self {
+        ResponseBody::Full { inner: Full::new(b.into()) }
+    }
+
+    pub fn empty() -> Self {
+        ResponseBody::Full { inner: Full::new(Bytes::new()) }
+    }
+
+    pub fn upstream(inner: Incoming, guard: InFlight) -> Self {
+        ResponseBody::Upstream { inner, guard: Some(guard) }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.project() {
+            ResponseBodyProj::Upstream { inner, guard } => {
+                let poll = inner.poll_frame(cx);
+                if let Poll::Ready(None) | Poll::Ready(Some(Err(_))) = &poll {
+                    guard.take();
+                }
+                poll
+            }
+            ResponseBodyProj::Full { inner } => match inner.poll_frame(cx) {
+                Poll::Ready(Some(Ok(f))) => Poll::Ready(Some(Ok(f))),
+                Poll::Ready(Some(Err(never))) => match never {},
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ResponseBody::Upstream { inner, .. } => inner.is_end_stream(),
+            ResponseBody::Full { inner } => inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ResponseBody::Upstream { inner, .. } => inner.size_hint(),
+            ResponseBody::Full { inner } => inner.size_hint(),
+        }
+    }
+}
+
+pin_project! {
+    /// What the backend receives: the client's body streamed through a
+    /// byte cap, or a buffered body (replay).
+    #[project = RequestBodyProj]
+    pub enum RequestBody {
+        Streaming { #[pin] inner: Limited<Incoming> },
+        Full { #[pin] inner: Full<Bytes> },
+    }
+}
+
+impl RequestBody {
+    pub fn streaming(inner: Incoming, max: u64) -> Self {
+        RequestBody::Streaming {
+            inner: Limited::new(inner, usize::try_from(max).unwrap_or(usize::MAX)),
+        }
+    }
+
+    pub fn full(b: Bytes) -> Self {
+        RequestBody::Full { inner: Full::new(b) }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.project() {
+            RequestBodyProj::Streaming { inner } => inner.poll_frame(cx),
+            RequestBodyProj::Full { inner } => inner.poll_frame(cx).map_err(|never| match never {}),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Streaming { inner } => inner.is_end_stream(),
+            RequestBody::Full { inner } => inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Streaming { inner } => inner.size_hint(),
+            RequestBody::Full { inner } => inner.size_hint(),
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! The data port: listener, request handling, forwarding client, header
+//! hygiene, and the one place where errors become responses.
+
+pub mod body;
+pub mod client;
+pub mod error;
+pub mod headers;
+pub mod listener;
+mod service;
+
+pub use service::{ConnInfo, ProxyService};
+
+use crate::admission::RouteTable;
+use crate::config::{Config, UNMATCHED_ROUTE};
+use crate::metrics::{Metrics, RouteMetrics, Source, UpstreamMetrics};
+use crate::upstream::{Budget, BudgetSpec};
+use arc_swap::ArcSwap;
+use client::UpstreamClient;
+use std::sync::Arc;
+
+/// A route's name and pre-resolved metric handles.
+pub struct RouteStats {
+    pub name: Arc<str>,
+    pub metrics: RouteMetrics,
+}
+
+/// Everything a reload replaces at once, swapped atomically so a request
+/// sees one consistent config from start to end.
+pub struct Runtime {
+    pub config: Arc<Config>,
+    pub table: RouteTable,
+    /// Parallel to `table.routes()`.
+    pub stats: Vec<Arc<RouteStats>>,
+    pub unmatched: Arc<RouteStats>,
+    pub budget: Arc<Budget>,
+}
+
+impl Runtime {
+    /// Builds the runtime for `config`, keeping bucket and budget state
+    /// from `previous` where their parameters are unchanged.
+    pub fn build(config: Arc<Config>, metrics: &Metrics, previous: Option<&Runtime>) -> Runtime {
+        let table = RouteTable::build(&config.routes, previous.map(|p| &p.table));
+        let stats = config
+            .routes
+            .iter()
+            .map(|r| {
+                Arc::new(RouteStats {
+                    name: Arc::from(r.name.as_str()),
+                    metrics: metrics.route(&r.name),
+                })
+            })
+            .collect();
+        let spec = BudgetSpec::from(&config.upstream);
+        let budget = previous
+            .filter(|p| *p.budget.spec() == spec)
+            .map(|p| p.budget.clone())
+            .unwrap_or_else(|| Arc::new(Budget::new(spec)));
+        Runtime {
+            table,
+            stats,
+            unmatched: Arc::new(RouteStats {
+                name: Arc::from(UNMATCHED_ROUTE),
+                metrics: metrics.route(UNMATCHED_ROUTE),
+            }),
+            budget,
+            config,
+        }
+    }
+}
+
+/// State shared by every connection of the data port.
+pub struct Shared {
+    pub runtime: ArcSwap<Runtime>,
+    pub client: UpstreamClient,
+    pub metrics: Arc<Metrics>,
+    pub live: UpstreamMetrics,
+}
+
+impl Shared {
+    pub fn new(runtime: Runtime, client: UpstreamClient, metrics: Arc<Metrics>) -> Shared {
+        Shared {
+            runtime: ArcSwap::from_pointee(runtime),
+            client,
+            live: metrics.upstream(Source::Live),
+            metrics,
+        }
+    }
+}

@@ -1,0 +1,363 @@
+//! One request's path through the data port: route match → bucket →
+//! upstream budget → backend, with the outcome counted and logged.
+
+use super::body::{InFlight, RequestBody, ResponseBody};
+use super::error::ProxyError;
+use super::headers::{self, X_FORWARDED_HOST, X_FORWARDED_PROTO};
+use super::{RouteStats, Runtime, Shared};
+use crate::admission::{key_for, Decision, RequestFacts, Route};
+use crate::metrics::DecisionLabel;
+use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, HOST};
+use http::{Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use std::borrow::Cow;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::time::Instant;
+
+static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+
+/// Facts about the connection a request arrived on.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    /// "http" or "https": what X-Forwarded-Proto says.
+    pub scheme: &'static str,
+}
+
+/// The data port's tower service: one clone per connection.
+#[derive(Clone)]
+pub struct ProxyService {
+    shared: Arc<Shared>,
+    conn: ConnInfo,
+}
+
+impl ProxyService {
+    pub fn new(shared: Arc<Shared>, conn: ConnInfo) -> Self {
+        ProxyService { shared, conn }
+    }
+}
+
+impl tower::Service<Request<Incoming>> for ProxyService {
+    type Response = Response<ResponseBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        let shared = self.shared.clone();
+        let conn = self.conn;
+        Box::pin(async move { Ok(handle(shared, conn, req).await) })
+    }
+}
+
+/// What the handler did, for metrics and the access log.
+struct Handled {
+    stats: Arc<RouteStats>,
+    decision: DecisionLabel,
+    response: Response<ResponseBody>,
+}
+
+async fn handle(shared: Arc<Shared>, conn: ConnInfo, req: Request<Incoming>) -> Response<ResponseBody> {
+    let start = Instant::now();
+    let log = tracing::enabled!(target: "sluice::access", tracing::Level::INFO);
+    let method = log.then(|| req.method().clone());
+    let path = log.then(|| req.uri().path().to_owned());
+    let rt = shared.runtime.load_full();
+    let Handled {
+        stats,
+        decision,
+        response,
+    } = route_request(&shared, &rt, conn, req, start).await;
+    let elapsed = start.elapsed();
+    stats.metrics.observe(decision, elapsed.as_secs_f64());
+    if let (Some(method), Some(path)) = (method, path) {
+        tracing::info!(
+            target: "sluice::access",
+            route = &*stats.name,
+            decision = decision.as_str(),
+            status = response.status().as_u16(),
+            method = method.as_str(),
+            path = path,
+            client = %conn.peer.ip(),
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            "request"
+        );
+    }
+    response
+}
+
+fn host_of(req: &Request<Incoming>) -> Option<Cow<'_, str>> {
+    let raw = match req.headers().get(HOST).and_then(|h| h.to_str().ok()) {
+        Some(h) => h,
+        None => req.uri().authority()?.as_str(),
+    };
+    // Strip a port, minding IPv6 literals ("[::1]:8080").
+    let host = match raw.rfind(':') {
+        Some(i) if !raw[i..].contains(']') => &raw[..i],
+        _ => raw,
+    };
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Some(Cow::Owned(host.to_ascii_lowercase()))
+    } else {
+        Some(Cow::Borrowed(host))
+    }
+}
+
+fn content_length(req: &Request<Incoming>) -> Option<u64> {
+    req.headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+async fn route_request(
+    shared: &Shared,
+    rt: &Runtime,
+    conn: ConnInfo,
+    req: Request<Incoming>,
+    start: Instant,
+) -> Handled {
+    let cfg = &rt.config;
+    let client_ip = headers::client_ip(conn.peer.ip(), req.headers(), &cfg.server.trusted_proxies);
+    let host = host_of(&req);
+    let facts = RequestFacts {
+        method: req.method(),
+        host: host.as_deref(),
+        path: req.uri().path(),
+        headers: req.headers(),
+        client_ip,
+    };
+    let matched = rt.table.find_indexed(&facts);
+    let stats = match matched {
+        Some((i, _)) => rt.stats[i].clone(),
+        None => rt.unmatched.clone(),
+    };
+    let fail = |stats: Arc<RouteStats>, e: ProxyError| Handled {
+        stats,
+        decision: e.decision(),
+        response: e.into_response(),
+    };
+
+    // Refuse an oversized body before it costs a token.
+    if content_length(&req).is_some_and(|n| n > cfg.server.max_body) {
+        return fail(stats, ProxyError::TooLarge { limit: cfg.server.max_body });
+    }
+
+    // Gate 1: the route's bucket.
+    let mut remaining = None;
+    let route = matched.map(|(_, r)| r.clone());
+    if let Some(route) = &route {
+        let mut key_buf = String::new();
+        let key = key_for(&route.config.key, &facts, &mut key_buf);
+        let deadline = start + route.config.max_wait;
+        loop {
+            let wait_left = deadline.saturating_duration_since(Instant::now());
+            match route.admit(key, facts.method, wait_left) {
+                Decision::Forward { remaining: r } => {
+                    remaining = Some(r);
+                    break;
+                }
+                Decision::Wait { wait } => tokio::time::sleep(wait).await,
+                // Until the spool lands, a spool route rejects like reject.
+                Decision::Spool => {
+                    return rate_limited(stats, route, Duration::from_secs(1));
+                }
+                Decision::Reject { retry_after } => return rate_limited(stats, route, retry_after),
+            }
+        }
+    }
+    drop(facts);
+    drop(host);
+
+    // Gate 2: the upstream budget, shared with replay.
+    let budget_deadline = start + route.as_ref().map_or(Duration::ZERO, |r| r.config.max_wait);
+    let permit = match rt.budget.acquire(budget_deadline).await {
+        Ok(p) => p,
+        Err(crate::upstream::BudgetError::Exhausted { retry_after }) => {
+            return fail(stats, ProxyError::UpstreamBusy { retry_after });
+        }
+    };
+
+    match forward(shared, rt, conn, req, permit, start).await {
+        Ok(mut response) => {
+            if let (Some(route), Some(r)) = (&route, remaining) {
+                add_ratelimit_headers(response.headers_mut(), route, r, 0);
+            }
+            Handled {
+                stats,
+                decision: DecisionLabel::Forwarded,
+                response,
+            }
+        }
+        Err(e) => fail(stats, e),
+    }
+}
+
+fn rate_limited(stats: Arc<RouteStats>, route: &Route, retry_after: Duration) -> Handled {
+    let e = ProxyError::RateLimited {
+        route: route.config.name.clone(),
+        retry_after,
+    };
+    let decision = e.decision();
+    let mut response = e.into_response();
+    let reset = super::error::retry_after_secs(retry_after);
+    add_ratelimit_headers(response.headers_mut(), route, 0, reset);
+    Handled {
+        stats,
+        decision,
+        response,
+    }
+}
+
+/// `RateLimit-Policy` and `RateLimit` in the structured-field syntax of
+/// draft-ietf-httpapi-ratelimit-headers (-08 and later).
+fn add_ratelimit_headers(h: &mut http::HeaderMap, route: &Route, remaining: u32, reset_secs: u64) {
+    let rate = route.config.rate;
+    let window = rate.per.as_secs().max(1);
+    let reset = if reset_secs > 0 { reset_secs } else { route.seconds_to_full(remaining) };
+    let name = &route.config.name;
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{name}\";q={};w={window}", rate.count)) {
+        h.insert(RATELIMIT_POLICY.clone(), v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{name}\";r={remaining};t={reset}")) {
+        h.insert(RATELIMIT.clone(), v);
+    }
+}
+
+fn is_body_too_large(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+async fn forward(
+    shared: &Shared,
+    rt: &Runtime,
+    conn: ConnInfo,
+    mut req: Request<Incoming>,
+    permit: crate::upstream::BudgetPermit,
+    start: Instant,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let cfg = &rt.config;
+    let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+
+    // The original Host (h1) or authority (h2), preserved for the backend.
+    let host = match parts.headers.get(HOST) {
+        Some(h) => Some(h.clone()),
+        None => parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+    };
+    headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+    headers::append_forwarded_for(&mut parts.headers, conn.peer.ip());
+    parts
+        .headers
+        .insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(conn.scheme));
+    if let Some(h) = host {
+        parts.headers.insert(X_FORWARDED_HOST.clone(), h.clone());
+        parts.headers.insert(HOST, h);
+    }
+
+    let upstream = &cfg.upstream.url;
+    let mut uri_parts = http::uri::Parts::default();
+    uri_parts.scheme = upstream.scheme().cloned();
+    uri_parts.authority = upstream.authority().cloned();
+    uri_parts.path_and_query = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .or_else(|| Some(http::uri::PathAndQuery::from_static("/")));
+    parts.uri = Uri::from_parts(uri_parts).map_err(|e| ProxyError::UpstreamFailed { detail: e.to_string() })?;
+    // We speak HTTP/1.1 to the backend whatever the client spoke.
+    parts.version = Version::HTTP_11;
+    let up_req = Request::from_parts(parts, RequestBody::streaming(body, cfg.server.max_body));
+
+    let timeout = cfg
+        .upstream
+        .timeout
+        .min(cfg.server.request_timeout.saturating_sub(start.elapsed()));
+    let guard = InFlight::new(Some(permit), shared.live.in_flight.clone());
+    let sent_at = Instant::now();
+    let result = tokio::time::timeout(timeout, shared.client.request(up_req)).await;
+    let took = sent_at.elapsed().as_secs_f64();
+    let mut resp = match result {
+        Err(_) => {
+            shared.live.observe(None, took);
+            return Err(ProxyError::UpstreamTimeout { after: timeout });
+        }
+        Ok(Err(e)) => {
+            shared.live.observe(None, took);
+            if is_body_too_large(&e) {
+                return Err(ProxyError::TooLarge { limit: cfg.server.max_body });
+            }
+            let detail = error_chain(&e);
+            return Err(if e.is_connect() {
+                ProxyError::Unreachable { detail }
+            } else {
+                ProxyError::UpstreamFailed { detail }
+            });
+        }
+        Ok(Ok(r)) => r,
+    };
+    shared.live.observe(Some(resp.status().as_u16()), took);
+
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(client_upgrade) = client_upgrade {
+            let upstream_upgrade = hyper::upgrade::on(&mut resp);
+            tokio::spawn(async move {
+                match tokio::try_join!(client_upgrade, upstream_upgrade) {
+                    Ok((client, backend)) => {
+                        let mut client = TokioIo::new(client);
+                        let mut backend = TokioIo::new(backend);
+                        if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut backend).await {
+                            tracing::debug!(error = %e, "upgraded tunnel closed with an error");
+                        }
+                    }
+                    Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+                }
+            });
+            // The tunnel is long-lived: it stops counting against the
+            // budget once established.
+            drop(guard);
+            let (mut parts, _) = resp.into_parts();
+            headers::strip_hop_by_hop(&mut parts.headers, true);
+            return Ok(Response::from_parts(parts, ResponseBody::empty()));
+        }
+    }
+
+    let (mut parts, body) = resp.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers, false);
+    // An HTTP/1.0 backend must not downgrade the client's connection.
+    parts.version = Version::HTTP_11;
+    Ok(Response::from_parts(parts, ResponseBody::upstream(body, guard)))
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(err) = cur {
+        s.push_str(": ");
+        s.push_str(&err.to_string());
+        cur = err.source();
+    }
+    s
+}
