@@ -1,0 +1,161 @@
+//! The admin port: `/healthz`, `/readyz`, `/metrics` (open) and
+//! `/admin/*` (bearer token, or loopback only when no token is set).
+
+use crate::metrics::Metrics;
+use crate::proxy::body::ResponseBody;
+use crate::proxy::error::json_response;
+use crate::reload::Reloader;
+use http::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+pub struct AdminState {
+    pub metrics: Arc<Metrics>,
+    /// Up once the listeners (and spool) are ready; down again as soon as
+    /// shutdown begins, so load balancers stop sending first.
+    pub ready: AtomicBool,
+    /// `None`: no token configured, `/admin/*` answers loopback only.
+    pub token: Option<String>,
+    pub reloader: Arc<Reloader>,
+}
+
+#[derive(Clone)]
+pub struct AdminService {
+    state: Arc<AdminState>,
+    peer: SocketAddr,
+}
+
+impl AdminService {
+    pub fn new(state: Arc<AdminState>, peer: SocketAddr) -> Self {
+        AdminService { state, peer }
+    }
+}
+
+impl tower::Service<Request<Incoming>> for AdminService {
+    type Response = Response<ResponseBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        let state = self.state.clone();
+        let peer = self.peer;
+        Box::pin(async move { Ok(handle(state, peer, req).await) })
+    }
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<ResponseBody> {
+    let mut r = Response::new(ResponseBody::full(body));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r
+}
+
+/// Compares without an early exit so the time taken says nothing about
+/// how much of a guess was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// `None` when the caller may use `/admin/*`, else the refusal.
+fn refuse(state: &AdminState, peer: SocketAddr, req: &Request<Incoming>) -> Option<Response<ResponseBody>> {
+    match &state.token {
+        Some(token) => {
+            let given = req
+                .headers()
+                .get(AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .map(str::trim);
+            match given {
+                Some(g) if constant_time_eq(g.as_bytes(), token.as_bytes()) => None,
+                _ => {
+                    let mut r = json_response(
+                        StatusCode::UNAUTHORIZED,
+                        &serde_json::json!({"error": "unauthorized", "message": "send Authorization: Bearer TOKEN"}),
+                        None,
+                    );
+                    r.headers_mut()
+                        .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"sluice-admin\""));
+                    Some(r)
+                }
+            }
+        }
+        None if peer.ip().is_loopback() => None,
+        None => Some(json_response(
+            StatusCode::FORBIDDEN,
+            &serde_json::json!({"error": "forbidden", "message": "no admin token is configured, so /admin/* answers loopback peers only"}),
+            None,
+        )),
+    }
+}
+
+async fn handle(state: Arc<AdminState>, peer: SocketAddr, req: Request<Incoming>) -> Response<ResponseBody> {
+    let path = req.uri().path();
+    match (req.method(), path) {
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/readyz") => {
+            if state.ready.load(Ordering::Acquire) {
+                text(StatusCode::OK, "ready\n")
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+            }
+        }
+        (&Method::GET, "/metrics") => {
+            let mut r = Response::new(ResponseBody::full(state.metrics.render()));
+            r.headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+            r
+        }
+        (_, p) if p.starts_with("/admin/") => {
+            if let Some(refusal) = refuse(&state, peer, &req) {
+                return refusal;
+            }
+            admin_route(&state, req).await
+        }
+        _ => json_response(StatusCode::NOT_FOUND, &serde_json::json!({"error": "not_found"}), None),
+    }
+}
+
+async fn admin_route(state: &AdminState, req: Request<Incoming>) -> Response<ResponseBody> {
+    match (req.method(), req.uri().path()) {
+        (&Method::POST, "/admin/reload") => match state.reloader.reload() {
+            Ok(outcome) => json_response(
+                StatusCode::OK,
+                &serde_json::json!({"applied": true, "needs_restart": outcome.needs_restart}),
+                None,
+            ),
+            Err(e) => json_response(
+                StatusCode::BAD_REQUEST,
+                &serde_json::json!({"applied": false, "error": e.to_string(), "key": e.key()}),
+                None,
+            ),
+        },
+        (_, "/admin/reload") => method_not_allowed("POST"),
+        _ => json_response(StatusCode::NOT_FOUND, &serde_json::json!({"error": "not_found"}), None),
+    }
+}
+
+fn method_not_allowed(allow: &'static str) -> Response<ResponseBody> {
+    let mut r = json_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        &serde_json::json!({"error": "method_not_allowed"}),
+        None,
+    );
+    r.headers_mut().insert(http::header::ALLOW, HeaderValue::from_static(allow));
+    r
+}

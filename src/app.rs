@@ -1,0 +1,216 @@
+//! Wires the pieces together: binds the listeners, builds the runtime and
+//! the upstream client, serves the data and admin ports, handles signals,
+//! and owns the shutdown sequence.
+
+use crate::admin::{AdminService, AdminState};
+use crate::config::{Config, Overrides};
+use crate::metrics::Metrics;
+use crate::proxy::listener::{self, ConnLimits};
+use crate::proxy::{client, ConnInfo, ProxyService, Runtime, Shared};
+use crate::reload::{ReloadOutcome, Reloader};
+use crate::shutdown::Shutdown;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::task::TaskTracker;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        addr: SocketAddr,
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("upstream client: {0}")]
+    Client(#[from] client::ClientError),
+    #[error("TLS on the data port: {0}")]
+    Tls(#[from] listener::TlsError),
+    #[error("cannot read admin.token_file {path}: {source}")]
+    Token {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("admin token in {path} is empty")]
+    EmptyToken { path: std::path::PathBuf },
+}
+
+/// A running sluice: its bound addresses and the handles to steer it.
+pub struct Running {
+    pub data_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    shutdown: Shutdown,
+    reloader: Arc<Reloader>,
+    pub shared: Arc<Shared>,
+    task: JoinHandle<()>,
+}
+
+impl Running {
+    /// Same as SIGHUP.
+    pub fn reload(&self) -> Result<ReloadOutcome, crate::config::ConfigError> {
+        self.reloader.reload()
+    }
+
+    /// Begins shutdown (same as SIGTERM) and waits for it to finish.
+    pub async fn shutdown(self) {
+        self.shutdown.trigger();
+        let _ = self.task.await;
+    }
+
+    /// Waits until the app stops by itself (after a signal).
+    pub async fn wait(self) {
+        let _ = self.task.await;
+    }
+
+    pub fn shutdown_handle(&self) -> Shutdown {
+        self.shutdown.clone()
+    }
+}
+
+fn admin_token(config: &Config) -> Result<Option<String>, AppError> {
+    if let Some(path) = &config.admin.token_file {
+        let t = std::fs::read_to_string(path).map_err(|source| AppError::Token {
+            path: path.clone(),
+            source,
+        })?;
+        let t = t.trim().to_string();
+        if t.is_empty() {
+            return Err(AppError::EmptyToken { path: path.clone() });
+        }
+        return Ok(Some(t));
+    }
+    Ok(std::env::var("SLUICE_ADMIN_TOKEN")
+        .ok()
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty()))
+}
+
+async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, AppError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| AppError::Bind { addr, what, source })
+}
+
+/// Binds, starts serving, and returns at once.
+pub async fn start(config: Config, overrides: Overrides) -> Result<Running, AppError> {
+    let metrics = Arc::new(Metrics::new());
+    let token = admin_token(&config)?;
+    let upstream_client = client::build(&config.upstream)?;
+    let tls = config.server.tls.as_ref().map(listener::tls_acceptor).transpose()?;
+    let data_listener = bind(config.server.listen, "server.listen").await?;
+    let admin_listener = bind(config.server.admin_listen, "server.admin_listen").await?;
+    let data_addr = data_listener.local_addr().map_err(|source| AppError::Bind {
+        addr: config.server.listen,
+        what: "server.listen",
+        source,
+    })?;
+    let admin_addr = admin_listener.local_addr().map_err(|source| AppError::Bind {
+        addr: config.server.admin_listen,
+        what: "server.admin_listen",
+        source,
+    })?;
+
+    let limits = ConnLimits {
+        header_read_timeout: config.server.header_read_timeout,
+        max_headers: config.server.max_headers,
+        max_header_bytes: config.server.max_header_bytes,
+    };
+    let grace = config.server.shutdown_grace;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let runtime = Runtime::build(Arc::new(config), &metrics, None);
+    let shared = Arc::new(Shared::new(runtime, upstream_client, metrics.clone()));
+    let reloader = Arc::new(Reloader::new(shared.clone(), metrics.clone(), overrides));
+    let admin_state = Arc::new(AdminState {
+        metrics: metrics.clone(),
+        ready: Default::default(),
+        token,
+        reloader: reloader.clone(),
+    });
+
+    let shutdown = Shutdown::new();
+    let admin_shutdown = Shutdown::new();
+    let data_tracker = TaskTracker::new();
+    let admin_tracker = TaskTracker::new();
+
+    let data = {
+        let shared = shared.clone();
+        tokio::spawn(listener::serve(
+            data_listener,
+            tls,
+            move |peer| ProxyService::new(shared.clone(), ConnInfo { peer, scheme }),
+            limits,
+            shutdown.clone(),
+            data_tracker.clone(),
+        ))
+    };
+    let admin = {
+        let st = admin_state.clone();
+        tokio::spawn(listener::serve(
+            admin_listener,
+            None,
+            move |peer| AdminService::new(st.clone(), peer),
+            limits,
+            admin_shutdown.clone(),
+            admin_tracker.clone(),
+        ))
+    };
+    admin_state.ready.store(true, Ordering::Release);
+    tracing::info!(data = %data_addr, admin = %admin_addr, "listening");
+
+    let task = {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            shutdown.wait().await;
+            // Readiness first, so a load balancer stops sending while we
+            // still finish what we have.
+            admin_state.ready.store(false, Ordering::Release);
+            tracing::info!(grace = ?grace, "shutting down: no new connections, finishing in-flight requests");
+            let _ = data.await;
+            data_tracker.close();
+            if tokio::time::timeout(grace, data_tracker.wait()).await.is_err() {
+                tracing::warn!(grace = ?grace, "shutdown grace ran out with requests still in flight");
+            }
+            admin_shutdown.trigger();
+            let _ = admin.await;
+            admin_tracker.close();
+            let _ = tokio::time::timeout(Duration::from_secs(1), admin_tracker.wait()).await;
+            tracing::info!("stopped");
+        })
+    };
+
+    Ok(Running {
+        data_addr,
+        admin_addr,
+        shutdown,
+        reloader,
+        shared,
+        task,
+    })
+}
+
+/// Runs until SIGTERM or SIGINT; SIGHUP reloads the config.
+pub async fn run(config: Config, overrides: Overrides) -> Result<(), AppError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let running = start(config, overrides).await?;
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
+    let mut hup = signal(SignalKind::hangup()).expect("installing a SIGHUP handler");
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM received"); break; }
+            _ = int.recv() => { tracing::info!("SIGINT received"); break; }
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP received: reloading config");
+                // The outcome is logged and counted by the reloader.
+                let _ = running.reload();
+            }
+        }
+    }
+    running.shutdown().await;
+    Ok(())
+}
