@@ -142,7 +142,7 @@ pub async fn start(config: Config, overrides: Overrides) -> Result<Running, AppE
         tokio::spawn(listener::serve(
             data_listener,
             tls,
-            move |peer| ProxyService::new(shared.clone(), ConnInfo { peer, scheme }),
+            move |peer| ProxyService::new(shared.clone(), ConnInfo::new(peer, scheme)),
             limits,
             shutdown.clone(),
             data_tracker.clone(),

@@ -6,8 +6,8 @@
 //! labels.
 
 use prometheus::{
-    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 /// The `decision` label of `sluice_requests_total`.
@@ -144,55 +144,90 @@ impl Metrics {
         macro_rules! reg {
             ($m:expr) => {{
                 let m = $m.expect("metric definition is valid");
-                registry.register(Box::new(m.clone())).expect("metric registered once");
+                registry
+                    .register(Box::new(m.clone()))
+                    .expect("metric registered once");
                 m
             }};
         }
         let hist = |name: &str, help: &str| HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
         let m = Metrics {
             requests: reg!(IntCounterVec::new(
-                Opts::new("sluice_requests_total", "Requests on the data port by route and admission decision."),
+                Opts::new(
+                    "sluice_requests_total",
+                    "Requests on the data port by route and admission decision."
+                ),
                 &["route", "decision"]
             )),
             request_duration: reg!(HistogramVec::new(
-                hist("sluice_request_duration_seconds", "Time from request to response head, by route and decision."),
+                hist(
+                    "sluice_request_duration_seconds",
+                    "Time from request to response head, by route and decision."
+                ),
                 &["route", "decision"]
             )),
             upstream_requests: reg!(IntCounterVec::new(
-                Opts::new("sluice_upstream_requests_total", "Requests sent to the backend by source and status class."),
+                Opts::new(
+                    "sluice_upstream_requests_total",
+                    "Requests sent to the backend by source and status class."
+                ),
                 &["source", "class"]
             )),
             upstream_duration: reg!(HistogramVec::new(
-                hist("sluice_upstream_duration_seconds", "Backend response time (to response head) by source."),
+                hist(
+                    "sluice_upstream_duration_seconds",
+                    "Backend response time (to response head) by source."
+                ),
                 &["source"]
             )),
             upstream_in_flight: reg!(IntGaugeVec::new(
-                Opts::new("sluice_upstream_in_flight", "Requests in flight to the backend by source."),
+                Opts::new(
+                    "sluice_upstream_in_flight",
+                    "Requests in flight to the backend by source."
+                ),
                 &["source"]
             )),
             spool_backlog_records: reg!(IntGaugeVec::new(
-                Opts::new("sluice_spool_backlog_records", "Records in the spool not yet delivered, by partition."),
+                Opts::new(
+                    "sluice_spool_backlog_records",
+                    "Records in the spool not yet delivered, by partition."
+                ),
                 &["partition"]
             )),
             spool_backlog_bytes: reg!(IntGaugeVec::new(
-                Opts::new("sluice_spool_backlog_bytes", "Bytes of records not yet delivered, by partition."),
+                Opts::new(
+                    "sluice_spool_backlog_bytes",
+                    "Bytes of records not yet delivered, by partition."
+                ),
                 &["partition"]
             )),
             spool_oldest_age: reg!(GaugeVec::new(
-                Opts::new("sluice_spool_oldest_age_seconds", "Age of the oldest undelivered record, by partition."),
+                Opts::new(
+                    "sluice_spool_oldest_age_seconds",
+                    "Age of the oldest undelivered record, by partition."
+                ),
                 &["partition"]
             )),
             spool_appended: reg!(IntCounterVec::new(
-                Opts::new("sluice_spool_appended_total", "Records appended to the spool, by partition."),
+                Opts::new(
+                    "sluice_spool_appended_total",
+                    "Records appended to the spool, by partition."
+                ),
                 &["partition"]
             )),
             spool_fsync_duration: reg!(Histogram::with_opts(hist(
                 "sluice_spool_fsync_duration_seconds",
                 "Duration of spool fsyncs (one per group commit)."
             ))),
-            spool_disk_bytes: reg!(IntGauge::new("sluice_spool_disk_bytes", "Bytes the spool occupies on disk.")),
+            spool_disk_bytes: reg!(IntGauge::new(
+                "sluice_spool_disk_bytes",
+                "Bytes the spool occupies on disk."
+            )),
             spool_recovered: reg!(IntCounterVec::new(
-                Opts::new("sluice_spool_recovered_total", "What spool recovery found: records, truncated bytes, corrupt records."),
+                Opts::new(
+                    "sluice_spool_recovered_total",
+                    "What spool recovery found: records, truncated bytes, corrupt records."
+                ),
                 &["what"]
             )),
             replay_total: reg!(IntCounterVec::new(
@@ -200,10 +235,16 @@ impl Metrics {
                 &["outcome"]
             )),
             replay_limit: reg!(GaugeVec::new(
-                Opts::new("sluice_replay_limit", "Current replay limit: rate (per second) and concurrency."),
+                Opts::new(
+                    "sluice_replay_limit",
+                    "Current replay limit: rate (per second) and concurrency."
+                ),
                 &["kind"]
             )),
-            breaker_open: reg!(IntGauge::new("sluice_breaker_open", "1 while the upstream circuit breaker is open.")),
+            breaker_open: reg!(IntGauge::new(
+                "sluice_breaker_open",
+                "1 while the upstream circuit breaker is open."
+            )),
             dlq_records: reg!(IntGauge::new("sluice_dlq_records", "Records in the dead-letter queue.")),
             config_reloads: reg!(IntCounterVec::new(
                 Opts::new("sluice_config_reloads_total", "Config reloads by result."),

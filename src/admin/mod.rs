@@ -89,8 +89,10 @@ fn refuse(state: &AdminState, peer: SocketAddr, req: &Request<Incoming>) -> Opti
                         &serde_json::json!({"error": "unauthorized", "message": "send Authorization: Bearer TOKEN"}),
                         None,
                     );
-                    r.headers_mut()
-                        .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"sluice-admin\""));
+                    r.headers_mut().insert(
+                        WWW_AUTHENTICATE,
+                        HeaderValue::from_static("Bearer realm=\"sluice-admin\""),
+                    );
                     Some(r)
                 }
             }
@@ -117,8 +119,10 @@ async fn handle(state: Arc<AdminState>, peer: SocketAddr, req: Request<Incoming>
         }
         (&Method::GET, "/metrics") => {
             let mut r = Response::new(ResponseBody::full(state.metrics.render()));
-            r.headers_mut()
-                .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+            r.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
             r
         }
         (_, p) if p.starts_with("/admin/") => {
@@ -156,6 +160,7 @@ fn method_not_allowed(allow: &'static str) -> Response<ResponseBody> {
         &serde_json::json!({"error": "method_not_allowed"}),
         None,
     );
-    r.headers_mut().insert(http::header::ALLOW, HeaderValue::from_static(allow));
+    r.headers_mut()
+        .insert(http::header::ALLOW, HeaderValue::from_static(allow));
     r
 }

@@ -2,14 +2,14 @@
 //! `key = "global"`, or a keyed one over [`BoundedKeyedStore`].
 
 use super::keyed::{BoundedKeyedStore, SharedStore};
-use governor::state::keyed::ShrinkableKeyedStateStore;
-use std::sync::Arc;
 use crate::config::{KeySource, Rate};
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
+use governor::state::keyed::ShrinkableKeyedStateStore;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The outcome of asking a bucket for one token.
@@ -62,8 +62,12 @@ impl<C: Clock> RouteLimiter<C> {
             _ => {
                 let store = Arc::new(BoundedKeyedStore::new(spec.max_keys));
                 Buckets::Keyed(
-                    RateLimiter::<String, SharedStore, C, governor::middleware::NoOpMiddleware<C::Instant>>::new(quota, SharedStore(store.clone()), clock)
-                        .with_middleware::<StateInformationMiddleware>(),
+                    RateLimiter::<String, SharedStore, C, governor::middleware::NoOpMiddleware<C::Instant>>::new(
+                        quota,
+                        SharedStore(store.clone()),
+                        clock,
+                    )
+                    .with_middleware::<StateInformationMiddleware>(),
                     store,
                 )
             }
@@ -90,10 +94,7 @@ impl<C: Clock> RouteLimiter<C> {
         }
     }
 
-    fn verdict(
-        r: Result<governor::middleware::StateSnapshot, governor::NotUntil<C::Instant>>,
-        clock: &C,
-    ) -> Verdict {
+    fn verdict(r: Result<governor::middleware::StateSnapshot, governor::NotUntil<C::Instant>>, clock: &C) -> Verdict {
         match r {
             Ok(snap) => Verdict::Allowed {
                 remaining: snap.remaining_burst_capacity(),

@@ -85,7 +85,7 @@ impl RouteTable<DefaultClock> {
     /// state) of any route in `previous` with the same name and limits, so
     /// a reload doesn't hand every client a fresh burst.
     pub fn build(configs: &[RouteConfig], previous: Option<&RouteTable>) -> Self {
-        Self::build_with(configs, previous, || DefaultClock::default())
+        Self::build_with(configs, previous, DefaultClock::default)
     }
 }
 
@@ -148,7 +148,11 @@ fn matches(cfg: &RouteConfig, req: &RequestFacts<'_>) -> bool {
     if let Some(want) = &m.host {
         let Some(host) = req.host else { return false };
         let ok = match want.strip_prefix("*.") {
-            Some(suffix) => host.len() > suffix.len() + 1 && host.ends_with(suffix) && host.as_bytes()[host.len() - suffix.len() - 1] == b'.',
+            Some(suffix) => {
+                host.len() > suffix.len() + 1
+                    && host.ends_with(suffix)
+                    && host.as_bytes()[host.len() - suffix.len() - 1] == b'.'
+            }
             None => host == want,
         };
         if !ok {

@@ -34,7 +34,10 @@ fn burst_then_reject_then_refill_on_the_fake_clock() {
     let r = &t.routes()[0];
     let get = Method::GET;
     for expect_left in [2, 1, 0] {
-        assert_eq!(r.admit("", &get, Duration::ZERO), Decision::Forward { remaining: expect_left });
+        assert_eq!(
+            r.admit("", &get, Duration::ZERO),
+            Decision::Forward { remaining: expect_left }
+        );
     }
     // GET can't be spooled even on a spool route.
     match r.admit("", &get, Duration::ZERO) {
@@ -58,12 +61,20 @@ fn wait_is_offered_only_within_the_wait_budget() {
     );
     let r = &t.routes()[0];
     let m = Method::POST;
-    assert!(matches!(r.admit("", &m, Duration::from_secs(1)), Decision::Forward { .. }));
+    assert!(matches!(
+        r.admit("", &m, Duration::from_secs(1)),
+        Decision::Forward { .. }
+    ));
     assert_eq!(
         r.admit("", &m, Duration::from_secs(1)),
-        Decision::Wait { wait: Duration::from_millis(500) }
+        Decision::Wait {
+            wait: Duration::from_millis(500)
+        }
     );
-    assert!(matches!(r.admit("", &m, Duration::from_millis(499)), Decision::Reject { .. }));
+    assert!(matches!(
+        r.admit("", &m, Duration::from_millis(499)),
+        Decision::Reject { .. }
+    ));
     clock.advance(Duration::from_millis(500));
     assert!(matches!(r.admit("", &m, Duration::ZERO), Decision::Forward { .. }));
 }
@@ -94,7 +105,10 @@ fn a_flood_of_distinct_keys_stays_within_max_keys() {
     let m = Method::GET;
     let mut forwarded = 0;
     for i in 0..20_000 {
-        if matches!(r.admit(&format!("user-{i}"), &m, Duration::ZERO), Decision::Forward { .. }) {
+        if matches!(
+            r.admit(&format!("user-{i}"), &m, Duration::ZERO),
+            Decision::Forward { .. }
+        ) {
             forwarded += 1;
         }
         assert!(r.limiter.keys_held() <= 100, "held {} keys", r.limiter.keys_held());
@@ -108,7 +122,10 @@ fn a_flood_of_distinct_keys_stays_within_max_keys() {
         r.admit(&format!("late-{i}"), &m, Duration::ZERO);
     }
     assert!(r.limiter.keys_held() <= 100);
-    assert!(matches!(r.admit("late-199", &m, Duration::ZERO), Decision::Reject { .. }));
+    assert!(matches!(
+        r.admit("late-199", &m, Duration::ZERO),
+        Decision::Reject { .. }
+    ));
 }
 
 #[test]
@@ -143,9 +160,15 @@ rate = "1/s"
     };
     assert_eq!(name(Method::GET, "/orders/special", None).unwrap(), "exact");
     assert_eq!(name(Method::POST, "/orders/1", None).unwrap(), "orders-post");
-    assert_eq!(name(Method::GET, "/orders/1", Some("a.internal")).unwrap(), "other-host");
+    assert_eq!(
+        name(Method::GET, "/orders/1", Some("a.internal")).unwrap(),
+        "other-host"
+    );
     assert_eq!(name(Method::GET, "/orders/1", Some("internal")).unwrap(), "rest");
-    let t2 = table("[[route]]\nname = \"only\"\nmatch = { path_prefix = \"/api\" }\nrate = \"1/s\"\n", &clock);
+    let t2 = table(
+        "[[route]]\nname = \"only\"\nmatch = { path_prefix = \"/api\" }\nrate = \"1/s\"\n",
+        &clock,
+    );
     assert!(t2.find(&facts(&Method::GET, "/other", &h)).is_none());
 }
 
@@ -173,7 +196,12 @@ fn reload_keeps_unchanged_limiters() {
     let same = RouteTable::build_with(&cfg.routes, Some(&t), || clock.clone());
     assert!(Arc::ptr_eq(&same.routes()[0].limiter, &t.routes()[0].limiter));
     let changed = ORDERS.replace("10/s", "20/s");
-    let cfg = Config::parse("t.toml", &format!("[upstream]\nurl = \"http://127.0.0.1:1\"\n{changed}"), &Overrides::default()).unwrap();
+    let cfg = Config::parse(
+        "t.toml",
+        &format!("[upstream]\nurl = \"http://127.0.0.1:1\"\n{changed}"),
+        &Overrides::default(),
+    )
+    .unwrap();
     let other = RouteTable::build_with(&cfg.routes, Some(&t), || clock.clone());
     assert!(!Arc::ptr_eq(&other.routes()[0].limiter, &t.routes()[0].limiter));
 }

@@ -54,11 +54,7 @@ impl<'a> Source<'a> {
 
     pub fn line_of_offset(&self, offset: usize) -> usize {
         let offset = offset.min(self.text.len());
-        self.text.as_bytes()[..offset]
-            .iter()
-            .filter(|&&b| b == b'\n')
-            .count()
-            + 1
+        self.text.as_bytes()[..offset].iter().filter(|&&b| b == b'\n').count() + 1
     }
 
     /// An error about the key at `path` (like `route[1].match.path`): the
@@ -80,7 +76,7 @@ impl<'a> Source<'a> {
     }
 
     /// Turns a TOML syntax or serde error into one naming its key path.
-    pub fn from_toml(&self, err: &toml::de::Error) -> ConfigError {
+    pub fn toml_error(&self, err: &toml::de::Error) -> ConfigError {
         let span = err.span();
         let line = span.clone().map(|s| self.line_of_offset(s.start)).unwrap_or(1);
         let key = match (&self.doc, span) {

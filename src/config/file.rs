@@ -40,6 +40,8 @@ pub struct ServerFile {
     pub max_headers: Option<usize>,
     /// Cap on the bytes of a request head.
     pub max_header_bytes: Option<SizeLit>,
+    /// Runtime worker threads; default: one per CPU core.
+    pub workers: Option<usize>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -56,6 +56,8 @@ pub struct ServerConfig {
     pub header_read_timeout: Duration,
     pub max_headers: usize,
     pub max_header_bytes: usize,
+    /// `None`: one per CPU core.
+    pub workers: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -205,7 +207,7 @@ impl Config {
     /// Parses and validates config text; `file` is only used in errors.
     pub fn parse(file: &str, text: &str, overrides: &Overrides) -> Result<Config, ConfigError> {
         let src = Source::new(file, text);
-        let raw: FileConfig = toml::from_str(text).map_err(|e| src.from_toml(&e))?;
+        let raw: FileConfig = toml::from_str(text).map_err(|e| src.toml_error(&e))?;
         let mut cfg = validate(&src, raw, overrides.upstream.is_some())?;
         cfg.apply(overrides, &src)?;
         Ok(cfg)
@@ -225,16 +227,12 @@ impl Config {
             self.spool.dir = d.clone();
         }
         if o.rate.is_some() || o.burst.is_some() {
-            let route = self
-                .routes
-                .iter_mut()
-                .find(|r| r.name == "default")
-                .ok_or_else(|| {
-                    ConfigError::Usage(format!(
-                        "--rate/--burst apply to the route named \"default\", and {} has none",
-                        src.file
-                    ))
-                })?;
+            let route = self.routes.iter_mut().find(|r| r.name == "default").ok_or_else(|| {
+                ConfigError::Usage(format!(
+                    "--rate/--burst apply to the route named \"default\", and {} has none",
+                    src.file
+                ))
+            })?;
             if let Some(r) = o.rate {
                 route.rate = r;
                 route.burst = r.one_second_burst();
@@ -257,6 +255,9 @@ impl Config {
         }
         if self.server.admin_listen != new.server.admin_listen {
             out.push("server.admin_listen");
+        }
+        if self.server.workers != new.server.workers {
+            out.push("server.workers");
         }
         if self.server.tls != new.server.tls {
             out.push("server.tls");
@@ -294,6 +295,7 @@ impl Config {
         self.server.listen = running.server.listen;
         self.server.admin_listen = running.server.admin_listen;
         self.server.tls = running.server.tls.clone();
+        self.server.workers = running.server.workers;
         self.spool.dir = running.spool.dir.clone();
         self.spool.partitions = running.spool.partitions;
         self.spool.fsync = running.spool.fsync;
@@ -386,8 +388,12 @@ fn validate(src: &Source<'_>, f: FileConfig, upstream_given: bool) -> Result<Con
     };
     let addr = |path: &str, v: &Option<String>, default: &str| -> Result<SocketAddr, ConfigError> {
         let s = v.as_deref().unwrap_or(default);
-        s.parse()
-            .map_err(|_| src.invalid(path, format!("invalid socket address {s:?}; expected IP:PORT such as \"0.0.0.0:8080\"")))
+        s.parse().map_err(|_| {
+            src.invalid(
+                path,
+                format!("invalid socket address {s:?}; expected IP:PORT such as \"0.0.0.0:8080\""),
+            )
+        })
     };
 
     // [server]
@@ -404,7 +410,12 @@ fn validate(src: &Source<'_>, f: FileConfig, upstream_given: bool) -> Result<Con
         let net = p
             .parse::<IpNet>()
             .or_else(|_| p.parse::<std::net::IpAddr>().map(IpNet::from))
-            .map_err(|_| src.invalid(&format!("server.trusted_proxies[{i}]"), format!("invalid CIDR or address {p:?}")))?;
+            .map_err(|_| {
+                src.invalid(
+                    &format!("server.trusted_proxies[{i}]"),
+                    format!("invalid CIDR or address {p:?}"),
+                )
+            })?;
         trusted_proxies.push(net);
     }
     let server = ServerConfig {
@@ -419,10 +430,18 @@ fn validate(src: &Source<'_>, f: FileConfig, upstream_given: bool) -> Result<Con
             cert: PathBuf::from(&t.cert),
             key: PathBuf::from(&t.key),
         }),
-        header_read_timeout: dur("server.header_read_timeout", &s.header_read_timeout, Duration::from_secs(10))?,
+        header_read_timeout: dur(
+            "server.header_read_timeout",
+            &s.header_read_timeout,
+            Duration::from_secs(10),
+        )?,
         max_headers: s.max_headers.unwrap_or(100),
         max_header_bytes: size("server.max_header_bytes", &s.max_header_bytes, 64 << 10)? as usize,
+        workers: s.workers,
     };
+    if server.workers == Some(0) {
+        return Err(src.invalid("server.workers", "must be at least 1"));
+    }
     if server.request_timeout.is_zero() {
         return Err(src.invalid("server.request_timeout", "must be above zero"));
     }
@@ -461,7 +480,9 @@ fn validate(src: &Source<'_>, f: FileConfig, upstream_given: bool) -> Result<Con
     let capacity_burst = match u.capacity_burst {
         Some(0) => return Err(src.invalid("upstream.capacity_burst", "must be at least 1")),
         Some(b) => b,
-        None => capacity.map(|c| ((c.per_second() / 10.0).floor() as u32).max(1)).unwrap_or(1),
+        None => capacity
+            .map(|c| ((c.per_second() / 10.0).floor() as u32).max(1))
+            .unwrap_or(1),
     };
     let max_concurrency = u.max_concurrency.unwrap_or(256);
     if max_concurrency == 0 {
@@ -544,7 +565,10 @@ fn validate(src: &Source<'_>, f: FileConfig, upstream_given: bool) -> Result<Con
     }
     for (i, r) in routes.iter().enumerate() {
         if routes[..i].iter().any(|o| o.name == r.name) {
-            return Err(src.invalid(&format!("route[{i}].name"), format!("duplicate route name {:?}", r.name)));
+            return Err(src.invalid(
+                &format!("route[{i}].name"),
+                format!("duplicate route name {:?}", r.name),
+            ));
         }
     }
 
@@ -570,7 +594,9 @@ fn check_upstream_uri(uri: &Uri) -> Result<(), String> {
         return Err(format!("{uri} has no host"));
     }
     if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
-        return Err(format!("{uri} must not have a path or query: requests keep their own path"));
+        return Err(format!(
+            "{uri} must not have a path or query: requests keep their own path"
+        ));
     }
     Ok(())
 }
@@ -590,7 +616,9 @@ fn parse_key_source(s: &str) -> Result<KeySource, String> {
             Some(name) => HeaderName::from_bytes(name.trim().to_ascii_lowercase().as_bytes())
                 .map(KeySource::Header)
                 .map_err(|_| format!("{name:?} is not a valid header name")),
-            None => Err(format!("invalid key {s:?}; expected \"global\", \"client_ip\" or \"header:NAME\"")),
+            None => Err(format!(
+                "invalid key {s:?}; expected \"global\", \"client_ip\" or \"header:NAME\""
+            )),
         },
     }
 }
@@ -605,9 +633,14 @@ fn validate_route(src: &Source<'_>, i: usize, r: &RouteFile) -> Result<RouteConf
     let name = r.name.clone().ok_or_else(|| src.invalid(&p("name"), "required"))?;
     if name.is_empty()
         || name.len() > 64
-        || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
     {
-        return Err(src.invalid(&p("name"), "must be 1-64 characters of [A-Za-z0-9_.-] (it becomes a metric label and a header token)"));
+        return Err(src.invalid(
+            &p("name"),
+            "must be 1-64 characters of [A-Za-z0-9_.-] (it becomes a metric label and a header token)",
+        ));
     }
     if name == UNMATCHED_ROUTE {
         return Err(src.invalid(&p("name"), "\"unmatched\" is reserved for requests that match no route"));
@@ -633,7 +666,10 @@ fn validate_route(src: &Source<'_>, i: usize, r: &RouteFile) -> Result<RouteConf
         }
         None => None,
     };
-    let rate_text = r.rate.as_ref().ok_or_else(|| src.invalid(&p("rate"), "required, e.g. rate = \"50/s\""))?;
+    let rate_text = r
+        .rate
+        .as_ref()
+        .ok_or_else(|| src.invalid(&p("rate"), "required, e.g. rate = \"50/s\""))?;
     let rate = parse_rate(rate_text).map_err(|m| src.invalid(&p("rate"), m))?;
     let burst = match r.burst {
         Some(0) => return Err(src.invalid(&p("burst"), "must be at least 1")),
@@ -669,7 +705,10 @@ fn validate_route(src: &Source<'_>, i: usize, r: &RouteFile) -> Result<RouteConf
             let mut out = Vec::new();
             for (j, s) in list.iter().enumerate() {
                 let m = parse_method(s).map_err(|msg| src.invalid(&p(&format!("spool_methods[{j}]")), msg))?;
-                if matches!(m, Method::GET | Method::HEAD | Method::OPTIONS | Method::CONNECT | Method::TRACE) {
+                if matches!(
+                    m,
+                    Method::GET | Method::HEAD | Method::OPTIONS | Method::CONNECT | Method::TRACE
+                ) {
                     return Err(src.invalid(
                         &p(&format!("spool_methods[{j}]")),
                         format!("{m} can't be spooled: its answer can't be deferred"),

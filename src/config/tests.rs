@@ -87,7 +87,10 @@ on_limit = "reject"
     let c = parse(text).unwrap();
     assert_eq!(c.routes.len(), 2);
     assert_eq!(c.routes[0].burst, 100);
-    assert_eq!(c.routes[0].partition_key, Some(KeySource::Header(HeaderName::from_static("x-user-id"))));
+    assert_eq!(
+        c.routes[0].partition_key,
+        Some(KeySource::Header(HeaderName::from_static("x-user-id")))
+    );
     assert_eq!(c.routes[1].burst, 500, "burst defaults to one second of rate");
     assert_eq!(c.upstream.capacity_burst, 20);
     assert_eq!(c.spool.max_bytes, 10 << 30);
@@ -133,16 +136,28 @@ fn semantic_errors() {
     let route = |extra: &str| format!("{MINIMAL}[[route]]\nname = \"r\"\nrate = \"5/s\"\n{extra}\n");
     assert_eq!(invalid(&route("on_limit = \"wait\"")).1, "route[0].max_wait");
     assert_eq!(invalid(&route("key = \"cookie:x\"")).1, "route[0].key");
-    assert_eq!(invalid(&route("spool_methods = [\"GET\"]")).1, "route[0].spool_methods[0]");
+    assert_eq!(
+        invalid(&route("spool_methods = [\"GET\"]")).1,
+        "route[0].spool_methods[0]"
+    );
     assert_eq!(invalid(&route("match = { path = \"x\" }")).1, "route[0].match.path");
     assert_eq!(invalid(&route("on_limit = \"drop\"")).1, "route[0].on_limit");
-    assert_eq!(invalid(&format!("{MINIMAL}[[route]]\nname = \"unmatched\"\nrate = \"1/s\"\n")).1, "route[0].name");
+    assert_eq!(
+        invalid(&format!("{MINIMAL}[[route]]\nname = \"unmatched\"\nrate = \"1/s\"\n")).1,
+        "route[0].name"
+    );
     let dup = format!("{MINIMAL}[[route]]\nname = \"a\"\nrate = \"1/s\"\n[[route]]\nname = \"a\"\nrate = \"1/s\"\n");
     assert_eq!(invalid(&dup).1, "route[1].name");
     assert_eq!(invalid("[upstream]\nurl = \"ftp://x\"\n").1, "upstream.url");
     assert_eq!(invalid("[upstream]\nurl = \"http://x/base\"\n").1, "upstream.url");
-    assert_eq!(invalid(&format!("{MINIMAL}[spool]\nfsync = \"sometimes\"\n")).1, "spool.fsync");
-    assert_eq!(invalid(&format!("{MINIMAL}[server]\nmax_body = \"big\"\n")).1, "server.max_body");
+    assert_eq!(
+        invalid(&format!("{MINIMAL}[spool]\nfsync = \"sometimes\"\n")).1,
+        "spool.fsync"
+    );
+    assert_eq!(
+        invalid(&format!("{MINIMAL}[server]\nmax_body = \"big\"\n")).1,
+        "server.max_body"
+    );
 }
 
 #[test]
@@ -153,7 +168,10 @@ fn syntax_error_has_a_line() {
 
 #[test]
 fn embedded_default_needs_upstream_and_takes_flags() {
-    assert!(matches!(Config::load(None, &Overrides::default()), Err(ConfigError::Usage(_))));
+    assert!(matches!(
+        Config::load(None, &Overrides::default()),
+        Err(ConfigError::Usage(_))
+    ));
     let o = Overrides {
         upstream: Some(parse_upstream_flag("http://127.0.0.1:9").unwrap()),
         rate: Some(units::parse_rate("20/s").unwrap()),
@@ -171,7 +189,10 @@ fn embedded_default_needs_upstream_and_takes_flags() {
 #[test]
 fn restart_only_changes_are_reported() {
     let a = parse(MINIMAL).unwrap();
-    let mut b = parse(&format!("{MINIMAL}[server]\nlisten = \"127.0.0.1:1\"\n[spool]\npartitions = 4\n")).unwrap();
+    let mut b = parse(&format!(
+        "{MINIMAL}[server]\nlisten = \"127.0.0.1:1\"\n[spool]\npartitions = 4\n"
+    ))
+    .unwrap();
     assert_eq!(a.restart_only_changes(&b), vec!["server.listen", "spool.partitions"]);
     b.keep_restart_only(&a);
     assert!(a.restart_only_changes(&b).is_empty());

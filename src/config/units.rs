@@ -73,9 +73,7 @@ impl std::fmt::Display for Rate {
 }
 
 pub fn parse_rate(s: &str) -> Result<Rate, String> {
-    let bad = || {
-        format!("invalid rate {s:?}; expected COUNT/UNIT such as \"100/s\", \"6000/min\" or \"10/h\"")
-    };
+    let bad = || format!("invalid rate {s:?}; expected COUNT/UNIT such as \"100/s\", \"6000/min\" or \"10/h\"");
     let (count, unit) = s.trim().split_once('/').ok_or_else(bad)?;
     let count: u32 = count.trim().parse().map_err(|_| bad())?;
     if count == 0 {

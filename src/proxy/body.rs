@@ -1,6 +1,7 @@
 //! Body types on both sides of the proxy, as enums rather than boxed trait
 //! objects so the hot path allocates nothing for them.
 
+use super::client::Lease;
 use crate::upstream::BudgetPermit;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -17,12 +18,30 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub struct InFlight {
     _permit: Option<BudgetPermit>,
     gauge: prometheus::IntGauge,
+    /// The pooled connection, returned to the pool only when the body
+    /// ends cleanly.
+    lease: Option<Lease>,
 }
 
 impl InFlight {
     pub fn new(permit: Option<BudgetPermit>, gauge: prometheus::IntGauge) -> Self {
         gauge.inc();
-        InFlight { _permit: permit, gauge }
+        InFlight {
+            _permit: permit,
+            gauge,
+            lease: None,
+        }
+    }
+
+    pub fn with_lease(mut self, lease: Lease) -> Self {
+        self.lease = Some(lease);
+        self
+    }
+
+    fn finished_cleanly(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            lease.release();
+        }
     }
 }
 
@@ -43,15 +62,26 @@ pin_project! {
 
 impl ResponseBody {
     pub fn full(b: impl Into<Bytes>) -> Self {
-        ResponseBody::Full { inner: Full::new(b.into()) }
+        ResponseBody::Full {
+            inner: Full::new(b.into()),
+        }
     }
 
     pub fn empty() -> Self {
-        ResponseBody::Full { inner: Full::new(Bytes::new()) }
+        ResponseBody::Full {
+            inner: Full::new(Bytes::new()),
+        }
     }
 
-    pub fn upstream(inner: Incoming, guard: InFlight) -> Self {
-        ResponseBody::Upstream { inner, guard: Some(guard) }
+    pub fn upstream(inner: Incoming, mut guard: InFlight) -> Self {
+        if inner.is_end_stream() {
+            // Nothing to stream (e.g. 204, HEAD): the exchange is over.
+            guard.finished_cleanly();
+        }
+        ResponseBody::Upstream {
+            inner,
+            guard: Some(guard),
+        }
     }
 }
 
@@ -61,10 +91,25 @@ impl Body for ResponseBody {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.project() {
-            ResponseBodyProj::Upstream { inner, guard } => {
-                let poll = inner.poll_frame(cx);
-                if let Poll::Ready(None) | Poll::Ready(Some(Err(_))) = &poll {
-                    guard.take();
+            ResponseBodyProj::Upstream { mut inner, guard } => {
+                let poll = inner.as_mut().poll_frame(cx);
+                match &poll {
+                    // hyper stops polling once `is_end_stream` says so, so
+                    // the last data frame may be all we ever see.
+                    Poll::Ready(None) => {
+                        if let Some(mut g) = guard.take() {
+                            g.finished_cleanly();
+                        }
+                    }
+                    Poll::Ready(Some(Ok(_))) if inner.is_end_stream() => {
+                        if let Some(mut g) = guard.take() {
+                            g.finished_cleanly();
+                        }
+                    }
+                    Poll::Ready(Some(Err(_))) => {
+                        guard.take();
+                    }
+                    _ => {}
                 }
                 poll
             }

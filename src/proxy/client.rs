@@ -1,17 +1,24 @@
-//! The pooled keep-alive client to the backend, http or https (rustls with
-//! the bundled web PKI roots plus an optional extra CA file).
+//! The keep-alive connection pool to the backend, http or https (rustls
+//! with the bundled web PKI roots plus an optional extra CA file).
+//!
+//! Why not hyper-util's legacy client: per request it spawns a task to
+//! return the connection to its pool once the response body ends, and its
+//! checkout machinery costs more than the rest of our request path. Here a
+//! connection is a hyper `SendRequest` in a LIFO stack; the response body
+//! carries a [`Lease`] and puts the connection back when it ends cleanly.
 
 use super::body::RequestBody;
 use crate::config::UpstreamConfig;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
-
-pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, RequestBody>;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -25,45 +32,222 @@ pub enum ClientError {
     NoCertificate { path: PathBuf },
     #[error("TLS setup failed: {0}")]
     Tls(#[from] rustls::Error),
+    #[error("upstream host {0:?} is not a valid TLS server name")]
+    ServerName(String),
+}
+
+/// Why a request didn't get a response from the backend.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// Nothing was sent: the backend can't have acted on the request.
+    #[error("connecting to {authority}: {source}")]
+    Connect {
+        authority: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The request may have reached the backend.
+    #[error("exchanging with the backend: {0}")]
+    Exchange(#[source] hyper::Error),
+}
+
+impl UpstreamError {
+    pub fn is_connect(&self) -> bool {
+        matches!(self, UpstreamError::Connect { .. })
+    }
+}
+
+struct Idle {
+    sender: SendRequest<RequestBody>,
+    since: Instant,
+}
+
+pub struct Upstream {
+    host: String,
+    port: u16,
+    authority: String,
+    tls: Option<(TlsConnector, ServerName<'static>)>,
+    connect_timeout: Duration,
+    idle: Mutex<Vec<Idle>>,
+    max_idle: usize,
+    idle_timeout: Duration,
+}
+
+pub type UpstreamClient = Arc<Upstream>;
+
+/// A pooled connection lent to one exchange; back to the pool on
+/// [`release`](Lease::release), closed if simply dropped.
+pub struct Lease {
+    sender: Option<SendRequest<RequestBody>>,
+    pool: Arc<Upstream>,
+}
+
+impl Lease {
+    /// The exchange finished cleanly: the connection may serve another.
+    pub fn release(mut self) {
+        if let Some(sender) = self.sender.take() {
+            if !sender.is_closed() {
+                let mut idle = self.pool.idle.lock().unwrap_or_else(|p| p.into_inner());
+                if idle.len() < self.pool.max_idle {
+                    idle.push(Idle {
+                        sender,
+                        since: Instant::now(),
+                    });
+                }
+            }
+        }
+    }
 }
 
 pub fn build(cfg: &UpstreamConfig) -> Result<UpstreamClient, ClientError> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    if let Some(path) = &cfg.ca_file {
-        let pem = std::fs::read(path).map_err(|source| ClientError::CaFile {
-            path: path.clone(),
-            source,
-        })?;
-        let mut added = 0;
-        for cert in rustls_pemfile::certs(&mut pem.as_slice()).flatten() {
-            if roots.add(cert).is_ok() {
-                added += 1;
+    let https = cfg.url.scheme_str() == Some("https");
+    let host = cfg.url.host().unwrap_or("127.0.0.1").to_string();
+    let port = cfg.url.port_u16().unwrap_or(if https { 443 } else { 80 });
+    let tls = if https {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        if let Some(path) = &cfg.ca_file {
+            let pem = std::fs::read(path).map_err(|source| ClientError::CaFile {
+                path: path.clone(),
+                source,
+            })?;
+            let mut added = 0;
+            for cert in rustls_pemfile::certs(&mut pem.as_slice()).flatten() {
+                if roots.add(cert).is_ok() {
+                    added += 1;
+                }
+            }
+            if added == 0 {
+                return Err(ClientError::NoCertificate { path: path.clone() });
             }
         }
-        if added == 0 {
-            return Err(ClientError::NoCertificate { path: path.clone() });
+        let mut config =
+            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let name = ServerName::try_from(host.trim_start_matches('[').trim_end_matches(']').to_string())
+            .map_err(|_| ClientError::ServerName(host.clone()))?;
+        Some((TlsConnector::from(Arc::new(config)), name))
+    } else {
+        None
+    };
+    Ok(Arc::new(Upstream {
+        authority: format!("{host}:{port}"),
+        host,
+        port,
+        tls,
+        connect_timeout: cfg.timeout.min(Duration::from_secs(5)),
+        idle: Mutex::new(Vec::new()),
+        max_idle: cfg.pool_max_idle,
+        idle_timeout: Duration::from_secs(60),
+    }))
+}
+
+impl Upstream {
+    fn checkout(&self) -> Option<SendRequest<RequestBody>> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some(entry) = idle.pop() {
+            if !entry.sender.is_closed() && entry.since.elapsed() < self.idle_timeout {
+                return Some(entry.sender);
+            }
+        }
+        None
+    }
+
+    async fn connect(&self) -> Result<SendRequest<RequestBody>, UpstreamError> {
+        let connect_err = |source| UpstreamError::Connect {
+            authority: self.authority.clone(),
+            source,
+        };
+        let host = self.host.trim_start_matches('[').trim_end_matches(']');
+        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect((host, self.port)))
+            .await
+            .map_err(|_| connect_err(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")))?
+            .map_err(connect_err)?;
+        let _ = stream.set_nodelay(true);
+        let handshake = hyper::client::conn::http1::Builder::new();
+        match &self.tls {
+            None => {
+                let (sender, conn) = handshake
+                    .handshake(TokioIo::new(stream))
+                    .await
+                    .map_err(|e| connect_err(std::io::Error::other(e)))?;
+                tokio::spawn(async move {
+                    if let Err(e) = conn.with_upgrades().await {
+                        tracing::debug!(error = %e, "upstream connection ended with an error");
+                    }
+                });
+                Ok(sender)
+            }
+            Some((connector, name)) => {
+                let tls = tokio::time::timeout(self.connect_timeout, connector.connect(name.clone(), stream))
+                    .await
+                    .map_err(|_| {
+                        connect_err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "TLS handshake timed out",
+                        ))
+                    })?
+                    .map_err(connect_err)?;
+                let (sender, conn) = handshake
+                    .handshake(TokioIo::new(tls))
+                    .await
+                    .map_err(|e| connect_err(std::io::Error::other(e)))?;
+                tokio::spawn(async move {
+                    if let Err(e) = conn.with_upgrades().await {
+                        tracing::debug!(error = %e, "upstream TLS connection ended with an error");
+                    }
+                });
+                Ok(sender)
+            }
         }
     }
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
 
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(cfg.timeout.min(Duration::from_secs(5))));
-    http.set_keepalive(Some(Duration::from_secs(60)));
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .pool_max_idle_per_host(cfg.pool_max_idle)
-        // We set Host ourselves to preserve the client's.
-        .set_host(false)
-        .build(connector))
+    /// Sends `req` (origin-form URI) on a pooled or new connection. A
+    /// request that a stale pooled connection refused before writing is
+    /// retried on a fresh one; one that may have been written never is.
+    pub async fn send(
+        self: &Arc<Self>,
+        mut req: Request<RequestBody>,
+    ) -> Result<(Response<Incoming>, Lease), UpstreamError> {
+        loop {
+            let (mut sender, fresh) = match self.checkout() {
+                Some(s) => (s, false),
+                None => (self.connect().await?, true),
+            };
+            if !sender.is_ready() {
+                // A just-released connection whose task hasn't yet marked
+                // itself idle: wait the moment it takes, or give up on it.
+                if sender.ready().await.is_err() {
+                    if fresh {
+                        return Err(UpstreamError::Connect {
+                            authority: self.authority.clone(),
+                            source: std::io::Error::other("connection closed before use"),
+                        });
+                    }
+                    continue;
+                }
+            }
+            match sender.try_send_request(req).await {
+                Ok(resp) => {
+                    return Ok((
+                        resp,
+                        Lease {
+                            sender: Some(sender),
+                            pool: self.clone(),
+                        },
+                    ))
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) if !fresh => {
+                        req = unsent;
+                        continue;
+                    }
+                    _ => return Err(UpstreamError::Exchange(e.into_error())),
+                },
+            }
+        }
+    }
 }

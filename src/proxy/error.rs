@@ -98,7 +98,11 @@ impl ProxyError {
     }
 }
 
-pub fn json_response(status: StatusCode, body: &serde_json::Value, retry_after: Option<Duration>) -> Response<ResponseBody> {
+pub fn json_response(
+    status: StatusCode,
+    body: &serde_json::Value,
+    retry_after: Option<Duration>,
+) -> Response<ResponseBody> {
     let mut bytes = serde_json::to_vec(body).unwrap_or_default();
     bytes.push(b'\n');
     let mut resp = Response::new(ResponseBody::full(bytes));
@@ -106,7 +110,8 @@ pub fn json_response(status: StatusCode, body: &serde_json::Value, retry_after: 
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     if let Some(d) = retry_after {
-        resp.headers_mut().insert(RETRY_AFTER, HeaderValue::from(retry_after_secs(d)));
+        resp.headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(retry_after_secs(d)));
     }
     resp
 }

@@ -46,7 +46,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         .flat_map(|v| v.split(','))
         .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
         .collect();
-    let upgrade = if keep_upgrade { headers.get(header::UPGRADE).cloned() } else { None };
+    let upgrade = if keep_upgrade {
+        headers.get(header::UPGRADE).cloned()
+    } else {
+        None
+    };
     for name in named.iter().chain(HOP_BY_HOP.iter()) {
         headers.remove(name);
     }
@@ -68,22 +72,28 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 }
 
 /// Appends `peer` to X-Forwarded-For (joining repeated headers into one).
-pub fn append_forwarded_for(headers: &mut HeaderMap, peer: IpAddr) {
-    let mut value = String::new();
-    for v in headers.get_all(&X_FORWARDED_FOR).iter() {
-        if let Ok(s) = v.to_str() {
-            if !value.is_empty() {
-                value.push_str(", ");
-            }
-            value.push_str(s.trim());
+pub fn append_forwarded_for(headers: &mut HeaderMap, peer: &HeaderValue) {
+    let mut existing = headers.get_all(&X_FORWARDED_FOR).iter().peekable();
+    if existing.peek().is_none() {
+        headers.insert(&X_FORWARDED_FOR, peer.clone());
+        return;
+    }
+    let mut value: Vec<u8> = Vec::with_capacity(64);
+    for v in existing {
+        let trimmed = v.as_bytes().trim_ascii();
+        if trimmed.is_empty() {
+            continue;
         }
+        if !value.is_empty() {
+            value.extend_from_slice(b", ");
+        }
+        value.extend_from_slice(trimmed);
     }
     if !value.is_empty() {
-        value.push_str(", ");
+        value.extend_from_slice(b", ");
     }
-    use std::fmt::Write;
-    let _ = write!(value, "{peer}");
-    if let Ok(v) = HeaderValue::from_str(&value) {
+    value.extend_from_slice(peer.as_bytes());
+    if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(value)) {
         headers.insert(&X_FORWARDED_FOR, v);
     }
 }
@@ -161,10 +171,10 @@ mod tests {
     #[test]
     fn forwarded_for_appends() {
         let mut h = map(&[("x-forwarded-for", "1.1.1.1"), ("x-forwarded-for", "2.2.2.2")]);
-        append_forwarded_for(&mut h, "10.0.0.1".parse().unwrap());
+        append_forwarded_for(&mut h, &HeaderValue::from_static("10.0.0.1"));
         assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 10.0.0.1");
         let mut empty = HeaderMap::new();
-        append_forwarded_for(&mut empty, "::1".parse().unwrap());
+        append_forwarded_for(&mut empty, &HeaderValue::from_static("::1"));
         assert_eq!(empty["x-forwarded-for"], "::1");
     }
 

@@ -22,6 +22,21 @@ use std::sync::Arc;
 pub struct RouteStats {
     pub name: Arc<str>,
     pub metrics: RouteMetrics,
+    /// `RateLimit-Policy` never changes for a route: rendered once.
+    pub policy_header: http::HeaderValue,
+}
+
+impl RouteStats {
+    fn new(name: &str, rate: Option<crate::config::Rate>, metrics: &Metrics) -> Self {
+        let policy = rate
+            .map(|r| format!("\"{name}\";q={};w={}", r.count, r.per.as_secs().max(1)))
+            .unwrap_or_default();
+        RouteStats {
+            name: Arc::from(name),
+            metrics: metrics.route(name),
+            policy_header: http::HeaderValue::from_str(&policy).unwrap_or(http::HeaderValue::from_static("")),
+        }
+    }
 }
 
 /// Everything a reload replaces at once, swapped atomically so a request
@@ -43,12 +58,7 @@ impl Runtime {
         let stats = config
             .routes
             .iter()
-            .map(|r| {
-                Arc::new(RouteStats {
-                    name: Arc::from(r.name.as_str()),
-                    metrics: metrics.route(&r.name),
-                })
-            })
+            .map(|r| Arc::new(RouteStats::new(&r.name, Some(r.rate), metrics)))
             .collect();
         let spec = BudgetSpec::from(&config.upstream);
         let budget = previous
@@ -58,10 +68,7 @@ impl Runtime {
         Runtime {
             table,
             stats,
-            unmatched: Arc::new(RouteStats {
-                name: Arc::from(UNMATCHED_ROUTE),
-                metrics: metrics.route(UNMATCHED_ROUTE),
-            }),
+            unmatched: Arc::new(RouteStats::new(UNMATCHED_ROUTE, None, metrics)),
             budget,
             config,
         }

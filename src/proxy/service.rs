@@ -25,11 +25,25 @@ static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy"
 static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
 /// Facts about the connection a request arrived on.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
     /// "http" or "https": what X-Forwarded-Proto says.
     pub scheme: &'static str,
+    /// The peer address as a header value, rendered once per connection
+    /// rather than once per request.
+    peer_header: HeaderValue,
+}
+
+impl ConnInfo {
+    pub fn new(peer: SocketAddr, scheme: &'static str) -> Self {
+        let peer_header = HeaderValue::from_str(&peer.ip().to_string()).expect("an IP address is a valid header value");
+        ConnInfo {
+            peer,
+            scheme,
+            peer_header,
+        }
+    }
 }
 
 /// The data port's tower service: one clone per connection.
@@ -56,7 +70,7 @@ impl tower::Service<Request<Incoming>> for ProxyService {
 
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
         let shared = self.shared.clone();
-        let conn = self.conn;
+        let conn = self.conn.clone();
         Box::pin(async move { Ok(handle(shared, conn, req).await) })
     }
 }
@@ -78,7 +92,7 @@ async fn handle(shared: Arc<Shared>, conn: ConnInfo, req: Request<Incoming>) -> 
         stats,
         decision,
         response,
-    } = route_request(&shared, &rt, conn, req, start).await;
+    } = route_request(&shared, &rt, &conn, req, start).await;
     let elapsed = start.elapsed();
     stats.metrics.observe(decision, elapsed.as_secs_f64());
     if let (Some(method), Some(path)) = (method, path) {
@@ -124,7 +138,7 @@ fn content_length(req: &Request<Incoming>) -> Option<u64> {
 async fn route_request(
     shared: &Shared,
     rt: &Runtime,
-    conn: ConnInfo,
+    conn: &ConnInfo,
     req: Request<Incoming>,
     start: Instant,
 ) -> Handled {
@@ -151,7 +165,12 @@ async fn route_request(
 
     // Refuse an oversized body before it costs a token.
     if content_length(&req).is_some_and(|n| n > cfg.server.max_body) {
-        return fail(stats, ProxyError::TooLarge { limit: cfg.server.max_body });
+        return fail(
+            stats,
+            ProxyError::TooLarge {
+                limit: cfg.server.max_body,
+            },
+        );
     }
 
     // Gate 1: the route's bucket.
@@ -177,8 +196,6 @@ async fn route_request(
             }
         }
     }
-    drop(facts);
-    drop(host);
 
     // Gate 2: the upstream budget, shared with replay.
     let budget_deadline = start + route.as_ref().map_or(Duration::ZERO, |r| r.config.max_wait);
@@ -192,7 +209,7 @@ async fn route_request(
     match forward(shared, rt, conn, req, permit, start).await {
         Ok(mut response) => {
             if let (Some(route), Some(r)) = (&route, remaining) {
-                add_ratelimit_headers(response.headers_mut(), route, r, 0);
+                add_ratelimit_headers(response.headers_mut(), route, &stats, r, 0);
             }
             Handled {
                 stats,
@@ -212,7 +229,7 @@ fn rate_limited(stats: Arc<RouteStats>, route: &Route, retry_after: Duration) ->
     let decision = e.decision();
     let mut response = e.into_response();
     let reset = super::error::retry_after_secs(retry_after);
-    add_ratelimit_headers(response.headers_mut(), route, 0, reset);
+    add_ratelimit_headers(response.headers_mut(), route, &stats, 0, reset);
     Handled {
         stats,
         decision,
@@ -222,15 +239,23 @@ fn rate_limited(stats: Arc<RouteStats>, route: &Route, retry_after: Duration) ->
 
 /// `RateLimit-Policy` and `RateLimit` in the structured-field syntax of
 /// draft-ietf-httpapi-ratelimit-headers (-08 and later).
-fn add_ratelimit_headers(h: &mut http::HeaderMap, route: &Route, remaining: u32, reset_secs: u64) {
-    let rate = route.config.rate;
-    let window = rate.per.as_secs().max(1);
-    let reset = if reset_secs > 0 { reset_secs } else { route.seconds_to_full(remaining) };
-    let name = &route.config.name;
-    if let Ok(v) = HeaderValue::from_str(&format!("\"{name}\";q={};w={window}", rate.count)) {
-        h.insert(RATELIMIT_POLICY.clone(), v);
-    }
-    if let Ok(v) = HeaderValue::from_str(&format!("\"{name}\";r={remaining};t={reset}")) {
+fn add_ratelimit_headers(h: &mut http::HeaderMap, route: &Route, stats: &RouteStats, remaining: u32, reset_secs: u64) {
+    let reset = if reset_secs > 0 {
+        reset_secs
+    } else {
+        route.seconds_to_full(remaining)
+    };
+    h.insert(RATELIMIT_POLICY.clone(), stats.policy_header.clone());
+    // Built by hand into one buffer that becomes the header's storage.
+    let name = route.config.name.as_bytes();
+    let mut v = Vec::with_capacity(name.len() + 32);
+    v.push(b'"');
+    v.extend_from_slice(name);
+    v.extend_from_slice(b"\";r=");
+    v.extend_from_slice(itoa::Buffer::new().format(remaining).as_bytes());
+    v.extend_from_slice(b";t=");
+    v.extend_from_slice(itoa::Buffer::new().format(reset).as_bytes());
+    if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(v)) {
         h.insert(RATELIMIT.clone(), v);
     }
 }
@@ -249,7 +274,7 @@ fn is_body_too_large(e: &(dyn std::error::Error + 'static)) -> bool {
 async fn forward(
     shared: &Shared,
     rt: &Runtime,
-    conn: ConnInfo,
+    conn: &ConnInfo,
     mut req: Request<Incoming>,
     permit: crate::upstream::BudgetPermit,
     start: Instant,
@@ -268,7 +293,7 @@ async fn forward(
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
     };
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
-    headers::append_forwarded_for(&mut parts.headers, conn.peer.ip());
+    headers::append_forwarded_for(&mut parts.headers, &conn.peer_header);
     parts
         .headers
         .insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(conn.scheme));
@@ -277,16 +302,16 @@ async fn forward(
         parts.headers.insert(HOST, h);
     }
 
-    let upstream = &cfg.upstream.url;
-    let mut uri_parts = http::uri::Parts::default();
-    uri_parts.scheme = upstream.scheme().cloned();
-    uri_parts.authority = upstream.authority().cloned();
-    uri_parts.path_and_query = parts
-        .uri
-        .path_and_query()
-        .cloned()
-        .or_else(|| Some(http::uri::PathAndQuery::from_static("/")));
-    parts.uri = Uri::from_parts(uri_parts).map_err(|e| ProxyError::UpstreamFailed { detail: e.to_string() })?;
+    // Origin-form for the backend: the path and query only.
+    if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+        let mut uri_parts = http::uri::Parts::default();
+        uri_parts.path_and_query = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .or_else(|| Some(http::uri::PathAndQuery::from_static("/")));
+        parts.uri = Uri::from_parts(uri_parts).map_err(|e| ProxyError::UpstreamFailed { detail: e.to_string() })?;
+    }
     // We speak HTTP/1.1 to the backend whatever the client spoke.
     parts.version = Version::HTTP_11;
     let up_req = Request::from_parts(parts, RequestBody::streaming(body, cfg.server.max_body));
@@ -297,9 +322,9 @@ async fn forward(
         .min(cfg.server.request_timeout.saturating_sub(start.elapsed()));
     let guard = InFlight::new(Some(permit), shared.live.in_flight.clone());
     let sent_at = Instant::now();
-    let result = tokio::time::timeout(timeout, shared.client.request(up_req)).await;
+    let result = tokio::time::timeout(timeout, shared.client.send(up_req)).await;
     let took = sent_at.elapsed().as_secs_f64();
-    let mut resp = match result {
+    let resp = match result {
         Err(_) => {
             shared.live.observe(None, took);
             return Err(ProxyError::UpstreamTimeout { after: timeout });
@@ -307,7 +332,9 @@ async fn forward(
         Ok(Err(e)) => {
             shared.live.observe(None, took);
             if is_body_too_large(&e) {
-                return Err(ProxyError::TooLarge { limit: cfg.server.max_body });
+                return Err(ProxyError::TooLarge {
+                    limit: cfg.server.max_body,
+                });
             }
             let detail = error_chain(&e);
             return Err(if e.is_connect() {
@@ -318,6 +345,7 @@ async fn forward(
         }
         Ok(Ok(r)) => r,
     };
+    let (mut resp, lease) = resp;
     shared.live.observe(Some(resp.status().as_u16()), took);
 
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -348,7 +376,10 @@ async fn forward(
     headers::strip_hop_by_hop(&mut parts.headers, false);
     // An HTTP/1.0 backend must not downgrade the client's connection.
     parts.version = Version::HTTP_11;
-    Ok(Response::from_parts(parts, ResponseBody::upstream(body, guard)))
+    Ok(Response::from_parts(
+        parts,
+        ResponseBody::upstream(body, guard.with_lease(lease)),
+    ))
 }
 
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {

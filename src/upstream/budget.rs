@@ -118,7 +118,6 @@ impl Budget {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -29,8 +29,7 @@ pub struct Seen {
     pub at: std::time::Instant,
 }
 
-pub type Handler =
-    Arc<dyn Fn(Seen) -> Pin<Box<dyn Future<Output = Response<Full<Bytes>>> + Send>> + Send + Sync>;
+pub type Handler = Arc<dyn Fn(Seen) -> Pin<Box<dyn Future<Output = Response<Full<Bytes>>> + Send>> + Send + Sync>;
 
 /// An HTTP/1.1 backend on 127.0.0.1:0 that records every request.
 pub struct Backend {
@@ -75,7 +74,9 @@ impl Backend {
         let seen2 = seen.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let handler = handler.clone();
                 let seen = seen2.clone();
                 tokio::spawn(async move {
@@ -120,7 +121,12 @@ impl Backend {
     }
 
     pub fn last(&self) -> Seen {
-        self.seen.lock().unwrap().last().cloned().expect("backend saw a request")
+        self.seen
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("backend saw a request")
     }
 }
 
@@ -144,6 +150,7 @@ pub async fn start_sluice(text: &str) -> sluice::app::Running {
 
 pub struct Reply {
     pub status: StatusCode,
+    pub version: http::Version,
     pub headers: HeaderMap,
     pub body: Bytes,
 }
@@ -178,14 +185,18 @@ pub async fn send(
     for (k, v) in headers {
         b = b.header(*k, *v);
     }
-    let resp = tokio::time::timeout(Duration::from_secs(30), client.request(b.body(Full::new(body.into())).unwrap()))
-        .await
-        .expect("request finished within 30s")
-        .expect("request succeeded at the HTTP level");
+    let resp = tokio::time::timeout(
+        Duration::from_secs(30),
+        client.request(b.body(Full::new(body.into())).unwrap()),
+    )
+    .await
+    .expect("request finished within 30s")
+    .expect("request succeeded at the HTTP level");
     let (parts, body) = resp.into_parts();
     let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     Reply {
         status: parts.status,
+        version: parts.version,
         headers: parts.headers,
         body,
     }
@@ -288,4 +299,109 @@ impl Drop for SluiceProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A backend whose handler takes `delay` before answering 200 "slow".
+pub async fn slow_backend(delay: Duration) -> Backend {
+    Backend::start(Arc::new(move |_seen: Seen| {
+        Box::pin(async move {
+            tokio::time::sleep(delay).await;
+            Response::new(Full::new(Bytes::from_static(b"slow")))
+        })
+    }))
+    .await
+}
+
+/// A backend that holds every request until `gate` gets a permit (one
+/// permit releases one request), then answers 200 "released".
+pub async fn gated_backend(gate: Arc<tokio::sync::Semaphore>) -> Backend {
+    Backend::start(Arc::new(move |_seen: Seen| {
+        let gate = gate.clone();
+        Box::pin(async move {
+            gate.acquire().await.expect("gate open").forget();
+            Response::new(Full::new(Bytes::from_static(b"released")))
+        })
+    }))
+    .await
+}
+
+/// A port on 127.0.0.1 on which nothing listens (bound, then released).
+pub fn closed_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// The admin port's `/metrics` text.
+pub async fn metrics_text(client: &TestClient, admin: SocketAddr) -> String {
+    let r = get(client, &format!("http://{admin}/metrics")).await;
+    assert_eq!(r.status, 200, "/metrics answers 200");
+    String::from_utf8(r.body.to_vec()).expect("metrics are UTF-8")
+}
+
+/// The value of the sample `name{labels...}` in Prometheus text, whatever
+/// the label order; `None` when there is no such sample.
+pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|line| {
+        let (series, value) = line.rsplit_once(' ')?;
+        let (n, rest) = match series.split_once('{') {
+            Some((n, rest)) => (n, rest.strip_suffix('}')?),
+            None => (series, ""),
+        };
+        if n != name {
+            return None;
+        }
+        let have: Vec<(&str, &str)> = rest
+            .split(',')
+            .filter(|p| !p.is_empty())
+            .filter_map(|p| {
+                let (k, v) = p.split_once('=')?;
+                Some((k, v.trim_matches('"')))
+            })
+            .collect();
+        if labels.iter().all(|want| have.contains(want)) {
+            value.parse().ok()
+        } else {
+            None
+        }
+    })
+}
+
+/// A request body sent in `chunks` with no Content-Length, so hyper
+/// streams it with chunked transfer encoding.
+pub struct ChunkedBody {
+    chunks: std::collections::VecDeque<Bytes>,
+}
+
+impl ChunkedBody {
+    pub fn new(chunks: Vec<Bytes>) -> Self {
+        ChunkedBody { chunks: chunks.into() }
+    }
+}
+
+impl http_body::Body for ChunkedBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        std::task::Poll::Ready(self.chunks.pop_front().map(|c| Ok(http_body::Frame::data(c))))
+    }
+}
+
+/// Writes `text` to `dir/name` and returns the path.
+pub fn write_file(dir: &std::path::Path, name: &str, text: &str) -> std::path::PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// Starts sluice in this process from a config file, so it has a source
+/// path and `/admin/reload` re-reads that file.
+pub async fn start_sluice_from_file(path: &std::path::Path) -> sluice::app::Running {
+    let cfg = sluice::config::Config::load(Some(path), &Default::default()).expect("test config file is valid");
+    sluice::app::start(cfg, Default::default())
+        .await
+        .expect("sluice starts")
 }
