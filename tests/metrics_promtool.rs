@@ -26,7 +26,14 @@ async fn metrics_exposition_is_clean_under_promtool() {
     assert_eq!(get(&c, &api).await.status, 200);
     assert_eq!(get(&c, &api).await.status, 429);
     assert_eq!(get(&c, &format!("http://{}/other", sluice.data_addr)).await.status, 200);
-    let r = send(&c, Method::POST, &format!("http://{}/other", sluice.data_addr), &[], vec![b'x'; 2 << 20]).await;
+    let r = send(
+        &c,
+        Method::POST,
+        &format!("http://{}/other", sluice.data_addr),
+        &[],
+        vec![b'x'; 2 << 20],
+    )
+    .await;
     assert_eq!(r.status, 413);
 
     let body = get(&c, &format!("http://{}/metrics", sluice.admin_addr)).await.body;
@@ -49,7 +56,11 @@ async fn metrics_exposition_is_clean_under_promtool() {
     use std::io::Write;
     child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
-    let findings = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let findings = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(out.status.success(), "promtool failed: {findings}");
     assert!(findings.trim().is_empty(), "promtool findings: {findings}");
     sluice.shutdown().await;

@@ -208,23 +208,36 @@ impl Upstream {
     /// Sends `req` (origin-form URI) on a pooled or new connection. A
     /// request that a stale pooled connection refused before writing is
     /// retried on a fresh one; one that may have been written never is.
+    /// When the request certainly never reached the backend it comes back
+    /// in [`SendError::unsent`], so the caller may spool it instead.
     pub async fn send(
         self: &Arc<Self>,
         mut req: Request<RequestBody>,
-    ) -> Result<(Response<Incoming>, Lease), UpstreamError> {
+    ) -> Result<(Response<Incoming>, Lease), SendError> {
         loop {
             let (mut sender, fresh) = match self.checkout() {
                 Some(s) => (s, false),
-                None => (self.connect().await?, true),
+                None => match self.connect().await {
+                    Ok(s) => (s, true),
+                    Err(error) => {
+                        return Err(SendError {
+                            error,
+                            unsent: Some(req),
+                        })
+                    }
+                },
             };
             if !sender.is_ready() {
                 // A just-released connection whose task hasn't yet marked
                 // itself idle: wait the moment it takes, or give up on it.
                 if sender.ready().await.is_err() {
                     if fresh {
-                        return Err(UpstreamError::Connect {
-                            authority: self.authority.clone(),
-                            source: std::io::Error::other("connection closed before use"),
+                        return Err(SendError {
+                            error: UpstreamError::Connect {
+                                authority: self.authority.clone(),
+                                source: std::io::Error::other("connection closed before use"),
+                            },
+                            unsent: Some(req),
                         });
                     }
                     continue;
@@ -245,9 +258,30 @@ impl Upstream {
                         req = unsent;
                         continue;
                     }
-                    _ => return Err(UpstreamError::Exchange(e.into_error())),
+                    Some(unsent) => {
+                        return Err(SendError {
+                            error: UpstreamError::Connect {
+                                authority: self.authority.clone(),
+                                source: std::io::Error::other(e.into_error()),
+                            },
+                            unsent: Some(unsent),
+                        })
+                    }
+                    None => {
+                        return Err(SendError {
+                            error: UpstreamError::Exchange(e.into_error()),
+                            unsent: None,
+                        })
+                    }
                 },
             }
         }
     }
+}
+
+/// A failed [`Upstream::send`].
+pub struct SendError {
+    pub error: UpstreamError,
+    /// The request, when it certainly never reached the backend.
+    pub unsent: Option<Request<RequestBody>>,
 }

@@ -329,8 +329,9 @@ async fn forward(
             shared.live.observe(None, took);
             return Err(ProxyError::UpstreamTimeout { after: timeout });
         }
-        Ok(Err(e)) => {
+        Ok(Err(failure)) => {
             shared.live.observe(None, took);
+            let e = failure.error;
             if is_body_too_large(&e) {
                 return Err(ProxyError::TooLarge {
                     limit: cfg.server.max_body,
