@@ -5,10 +5,7 @@
 //! max_concurrency at once.
 
 use crate::config::{Rate, UpstreamConfig};
-use governor::clock::{Clock, DefaultClock};
-use governor::state::{InMemoryState, NotKeyed};
-use governor::{Quota, RateLimiter};
-use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -44,23 +41,68 @@ pub struct BudgetPermit {
     _slot: OwnedSemaphorePermit,
 }
 
+/// A GCRA token bucket on tokio's clock (so tests can pause time), with
+/// one thing governor's lacks: taking a token only if at least `reserve`
+/// remain afterwards. That is how replay leaves live traffic its share.
+struct Gcra {
+    epoch: Instant,
+    /// Emission interval: one token per `t_ns`.
+    t_ns: u64,
+    /// Burst tolerance: (burst - 1) intervals.
+    tau_ns: u64,
+    /// Theoretical arrival time, ns since `epoch`.
+    tat: AtomicU64,
+}
+
+impl Gcra {
+    fn new(rate: Rate, burst: u32) -> Gcra {
+        let t_ns = (rate.interval().as_nanos() as u64).max(1);
+        Gcra {
+            epoch: Instant::now(),
+            t_ns,
+            tau_ns: t_ns * u64::from(burst.max(1) - 1),
+            tat: AtomicU64::new(0),
+        }
+    }
+
+    /// Takes one token if `reserve` tokens remain after it; otherwise how
+    /// long until that would be true.
+    fn try_take(&self, reserve: u32) -> Result<(), Duration> {
+        let now = self.epoch.elapsed().as_nanos() as u64;
+        let mut tat = self.tat.load(Ordering::Acquire);
+        loop {
+            let new_tat = tat.max(now) + self.t_ns;
+            let allow_at = (new_tat + u64::from(reserve) * self.t_ns).saturating_sub(self.t_ns + self.tau_ns);
+            if now < allow_at {
+                return Err(Duration::from_nanos(allow_at - now));
+            }
+            match self
+                .tat
+                .compare_exchange_weak(tat, new_tat, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return Ok(()),
+                Err(actual) => tat = actual,
+            }
+        }
+    }
+}
+
 pub struct Budget {
     spec: BudgetSpec,
-    rate: Option<RateLimiter<NotKeyed, InMemoryState, DefaultClock>>,
+    rate: Option<Gcra>,
     slots: Arc<Semaphore>,
+    /// Tokens and slots replay must leave untouched for live requests.
+    replay_token_reserve: u32,
+    replay_slot_reserve: usize,
 }
 
 impl Budget {
     pub fn new(spec: BudgetSpec) -> Budget {
-        let rate = spec.capacity.map(|c| {
-            let quota = Quota::with_period(c.interval().max(Duration::from_nanos(1)))
-                .expect("non-zero period")
-                .allow_burst(NonZeroU32::new(spec.capacity_burst.max(1)).expect("burst >= 1"));
-            RateLimiter::direct(quota)
-        });
         Budget {
             slots: Arc::new(Semaphore::new(spec.max_concurrency as usize)),
-            rate,
+            rate: spec.capacity.map(|c| Gcra::new(c, spec.capacity_burst)),
+            replay_token_reserve: spec.capacity_burst / 2,
+            replay_slot_reserve: spec.max_concurrency as usize / 8,
             spec,
         }
     }
@@ -74,29 +116,27 @@ impl Budget {
         (self.spec.max_concurrency as usize).saturating_sub(self.slots.available_permits())
     }
 
-    /// Takes a slot and a token, waiting for them until `deadline`.
+    /// Takes a slot and a token for a live request, waiting for them until
+    /// `deadline`.
     pub async fn acquire(&self, deadline: Instant) -> Result<BudgetPermit, BudgetError> {
         let slot = match self.slots.clone().try_acquire_owned() {
             Ok(p) => p,
-            Err(_) => {
-                match tokio::time::timeout_at(deadline, self.slots.clone().acquire_owned()).await {
-                    Ok(Ok(p)) => p,
-                    // Closed never happens (we never close it); treat like
-                    // a timeout rather than panic.
-                    _ => {
-                        return Err(BudgetError::Exhausted {
-                            retry_after: Duration::from_secs(1),
-                        })
-                    }
+            Err(_) => match tokio::time::timeout_at(deadline, self.slots.clone().acquire_owned()).await {
+                Ok(Ok(p)) => p,
+                // Closed never happens (we never close it); treat it like
+                // a timeout rather than panic.
+                _ => {
+                    return Err(BudgetError::Exhausted {
+                        retry_after: Duration::from_secs(1),
+                    })
                 }
-            }
+            },
         };
         if let Some(rate) = &self.rate {
             loop {
-                match rate.check() {
+                match rate.try_take(0) {
                     Ok(()) => break,
-                    Err(not_until) => {
-                        let wait = not_until.wait_time_from(DefaultClock::default().now());
+                    Err(wait) => {
                         if Instant::now() + wait > deadline {
                             return Err(BudgetError::Exhausted { retry_after: wait });
                         }
@@ -112,9 +152,38 @@ impl Budget {
     pub fn try_acquire(&self) -> Option<BudgetPermit> {
         let slot = self.slots.clone().try_acquire_owned().ok()?;
         if let Some(rate) = &self.rate {
-            rate.check().ok()?;
+            rate.try_take(0).ok()?;
         }
         Some(BudgetPermit { _slot: slot })
+    }
+
+    /// For replay: takes a slot and a token only if live traffic would
+    /// still find its reserve of both; otherwise says how long to wait
+    /// before asking again.
+    pub fn try_acquire_replay(&self) -> Result<BudgetPermit, Duration> {
+        if self.slots.available_permits() <= self.replay_slot_reserve {
+            return Err(Duration::from_millis(5));
+        }
+        let slot = self
+            .slots
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Duration::from_millis(5))?;
+        if let Some(rate) = &self.rate {
+            rate.try_take(self.replay_token_reserve)?;
+        }
+        Ok(BudgetPermit { _slot: slot })
+    }
+
+    /// Waits (sleeping, not spinning) until [`try_acquire_replay`]
+    /// succeeds.
+    pub async fn acquire_replay(&self) -> BudgetPermit {
+        loop {
+            match self.try_acquire_replay() {
+                Ok(p) => return p,
+                Err(wait) => tokio::time::sleep(wait.max(Duration::from_millis(1))).await,
+            }
+        }
     }
 }
 
@@ -137,6 +206,43 @@ mod tests {
         assert!(b.acquire(Instant::now()).await.is_err());
         assert!(b.try_acquire().is_none());
         drop(p1);
+        assert!(b.try_acquire().is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn replay_leaves_live_its_reserve() {
+        let b = Budget::new(BudgetSpec {
+            capacity: Some(parse_rate("10/s").unwrap()),
+            capacity_burst: 4,
+            max_concurrency: 100,
+        });
+        // Replay may take the bucket down to half its burst, no further.
+        let mut held = Vec::new();
+        held.push(b.try_acquire_replay().unwrap());
+        held.push(b.try_acquire_replay().unwrap());
+        let wait = b.try_acquire_replay().err().expect("reserve of 2 tokens is left for live");
+        assert_eq!(wait, Duration::from_millis(100));
+        // Live can still take the reserve.
+        held.push(b.try_acquire().unwrap());
+        held.push(b.try_acquire().unwrap());
+        assert!(b.try_acquire().is_none());
+        tokio::time::advance(Duration::from_millis(300)).await;
+        held.push(b.try_acquire_replay().unwrap());
+        assert!(b.try_acquire_replay().is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn replay_leaves_concurrency_slots_for_live() {
+        let b = Budget::new(BudgetSpec {
+            capacity: None,
+            capacity_burst: 1,
+            max_concurrency: 16,
+        });
+        let mut held = Vec::new();
+        while let Ok(p) = b.try_acquire_replay() {
+            held.push(p);
+        }
+        assert_eq!(held.len(), 14, "replay leaves 16/8 = 2 slots");
         assert!(b.try_acquire().is_some());
     }
 
