@@ -38,6 +38,29 @@ pub enum AppError {
     },
     #[error("admin token in {path} is empty")]
     EmptyToken { path: std::path::PathBuf },
+    #[error("spool: {0}")]
+    Spool(#[from] crate::spool::SpoolError),
+    #[error("spool status journal: {0}")]
+    Outcomes(#[from] crate::drain::outcomes::OutcomeError),
+}
+
+/// The spool options a config asks for.
+pub fn spool_options(config: &Config) -> crate::spool::SpoolOptions {
+    use crate::config::FsyncPolicy;
+    let sp = &config.spool;
+    let mut o = crate::spool::SpoolOptions::new(&sp.dir);
+    o.partitions = sp.partitions;
+    o.max_bytes = sp.max_bytes;
+    o.segment_bytes = sp.segment_bytes;
+    // `spool.max_record` limits the body; the record also carries the
+    // request head, so the spool's own limit leaves room for it.
+    o.max_record = (sp.max_record + config.server.max_header_bytes as u64 + 4096).min(sp.segment_bytes / 2);
+    o.fsync = match sp.fsync {
+        FsyncPolicy::Always => crate::spool::FsyncMode::Always,
+        FsyncPolicy::Interval => crate::spool::FsyncMode::Interval(sp.fsync_interval),
+        FsyncPolicy::Never => crate::spool::FsyncMode::Never,
+    };
+    o
 }
 
 /// A running sluice: its bound addresses and the handles to steer it.
@@ -104,6 +127,17 @@ pub async fn start(config: Config, overrides: Overrides) -> Result<Running, AppE
     let tls = config.server.tls.as_ref().map(listener::tls_acceptor).transpose()?;
     let data_listener = bind(config.server.listen, "server.listen").await?;
     let admin_listener = bind(config.server.admin_listen, "server.admin_listen").await?;
+    let spool = crate::spool::Spool::open(
+        spool_options(&config),
+        Arc::new(crate::metrics::SpoolMetrics::new(&metrics, config.spool.partitions)),
+    )
+    .await?;
+    let outcomes = Arc::new(crate::drain::outcomes::OutcomeStore::open(
+        &config.spool.dir,
+        config.server.status_retention,
+        config.server.status_max_entries,
+    )?);
+    let spooler = Arc::new(crate::drain::spooler::Spooler::new(spool.clone(), outcomes));
     let data_addr = data_listener.local_addr().map_err(|source| AppError::Bind {
         addr: config.server.listen,
         what: "server.listen",
@@ -123,13 +157,17 @@ pub async fn start(config: Config, overrides: Overrides) -> Result<Running, AppE
     let grace = config.server.shutdown_grace;
     let scheme = if tls.is_some() { "https" } else { "http" };
     let runtime = Runtime::build(Arc::new(config), &metrics, None);
-    let shared = Arc::new(Shared::new(runtime, upstream_client, metrics.clone()));
+    let shared = Arc::new(Shared::new(runtime, upstream_client, metrics.clone(), spooler.clone()));
+    let drainer = crate::drain::replay::Drainer::new(spooler.clone(), shared.clone(), &metrics);
+    let drain_shutdown = Shutdown::new();
+    let mut drain_tasks = drainer.start(drain_shutdown.clone());
     let reloader = Arc::new(Reloader::new(shared.clone(), metrics.clone(), overrides));
     let admin_state = Arc::new(AdminState {
         metrics: metrics.clone(),
         ready: Default::default(),
         token,
         reloader: reloader.clone(),
+        spooler: spooler.clone(),
     });
 
     let shutdown = Shutdown::new();
@@ -174,6 +212,13 @@ pub async fn start(config: Config, overrides: Overrides) -> Result<Running, AppE
             data_tracker.close();
             if tokio::time::timeout(grace, data_tracker.wait()).await.is_err() {
                 tracing::warn!(grace = ?grace, "shutdown grace ran out with requests still in flight");
+            }
+            // Replay stops; what it had not acked is delivered after the
+            // next start (at least once).
+            drain_shutdown.trigger();
+            while drain_tasks.join_next().await.is_some() {}
+            if let Err(e) = spool.close().await {
+                tracing::error!(error = %e, "closing the spool failed; recovery will repair it at the next start");
             }
             admin_shutdown.trigger();
             let _ = admin.await;

@@ -25,5 +25,6 @@ pub mod metrics;
 pub mod proxy;
 pub mod reload;
 pub mod shutdown;
+pub mod spool;
 pub mod telemetry;
 pub mod upstream;

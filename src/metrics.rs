@@ -20,6 +20,8 @@ pub enum DecisionLabel {
     SpoolFull,
     TooLarge,
     UpstreamError,
+    /// Not a data-port decision: a status lookup, logged but not counted.
+    StatusLookup,
 }
 
 impl DecisionLabel {
@@ -42,6 +44,7 @@ impl DecisionLabel {
             DecisionLabel::SpoolFull => "spool_full",
             DecisionLabel::TooLarge => "too_large",
             DecisionLabel::UpstreamError => "upstream_error",
+            DecisionLabel::StatusLookup => "status",
         }
     }
 
@@ -107,6 +110,9 @@ pub struct RouteMetrics {
 
 impl RouteMetrics {
     pub fn observe(&self, decision: DecisionLabel, seconds: f64) {
+        if decision == DecisionLabel::StatusLookup {
+            return;
+        }
         self.requests[decision.index()].inc();
         self.durations[decision.index()].observe(seconds);
     }
@@ -308,5 +314,67 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// Feeds the spool's events into the registry; the spool itself knows no
+/// metrics crate.
+pub struct SpoolMetrics {
+    fsync: Histogram,
+    appended: Vec<prometheus::IntCounter>,
+    recovered: [prometheus::IntCounter; 3],
+}
+
+impl SpoolMetrics {
+    pub fn new(metrics: &Metrics, partitions: u32) -> SpoolMetrics {
+        SpoolMetrics {
+            fsync: metrics.spool_fsync_duration.clone(),
+            appended: (0..partitions)
+                .map(|p| metrics.spool_appended.with_label_values(&[&p.to_string()]))
+                .collect(),
+            recovered: ["records", "truncated_bytes", "corrupt_records"]
+                .map(|w| metrics.spool_recovered.with_label_values(&[w])),
+        }
+    }
+}
+
+impl crate::spool::SpoolObserver for SpoolMetrics {
+    fn fsync_done(&self, d: std::time::Duration) {
+        self.fsync.observe(d.as_secs_f64());
+    }
+
+    fn appended(&self, partition: u32, _bytes: u64) {
+        if let Some(c) = self.appended.get(partition as usize) {
+            c.inc();
+        }
+    }
+
+    fn recovered(&self, what: crate::spool::RecoveredKind, n: u64) {
+        let i = match what {
+            crate::spool::RecoveredKind::Records => 0,
+            crate::spool::RecoveredKind::TruncatedBytes => 1,
+            crate::spool::RecoveredKind::CorruptRecords => 2,
+        };
+        self.recovered[i].inc_by(n);
+    }
+}
+
+impl Metrics {
+    /// Sets the spool gauges from a status snapshot (called at scrape).
+    pub fn set_spool_status(&self, st: &crate::spool::SpoolStatus) {
+        for p in &st.partitions {
+            let label = p.partition.to_string();
+            self.spool_backlog_records
+                .with_label_values(&[&label])
+                .set(p.backlog_records as i64);
+            self.spool_backlog_bytes
+                .with_label_values(&[&label])
+                .set(p.backlog_bytes as i64);
+            self.spool_oldest_age
+                .with_label_values(&[&label])
+                .set(p.oldest_age_seconds.unwrap_or(0.0));
+        }
+        self.spool_disk_bytes.set(st.disk_bytes as i64);
+        self.dlq_records.set(st.dlq.records as i64);
     }
 }

@@ -1,6 +1,7 @@
 //! The admin port: `/healthz`, `/readyz`, `/metrics` (open) and
 //! `/admin/*` (bearer token, or loopback only when no token is set).
 
+use crate::drain::spooler::Spooler;
 use crate::metrics::Metrics;
 use crate::proxy::body::ResponseBody;
 use crate::proxy::error::json_response;
@@ -24,6 +25,7 @@ pub struct AdminState {
     /// `None`: no token configured, `/admin/*` answers loopback only.
     pub token: Option<String>,
     pub reloader: Arc<Reloader>,
+    pub spooler: Arc<Spooler>,
 }
 
 #[derive(Clone)]
@@ -111,13 +113,14 @@ async fn handle(state: Arc<AdminState>, peer: SocketAddr, req: Request<Incoming>
     match (req.method(), path) {
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => {
-            if state.ready.load(Ordering::Acquire) {
+            if state.ready.load(Ordering::Acquire) && state.spooler.spool.is_available() {
                 text(StatusCode::OK, "ready\n")
             } else {
                 text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
             }
         }
         (&Method::GET, "/metrics") => {
+            state.metrics.set_spool_status(&state.spooler.spool.status());
             let mut r = Response::new(ResponseBody::full(state.metrics.render()));
             r.headers_mut().insert(
                 CONTENT_TYPE,
@@ -150,6 +153,10 @@ async fn admin_route(state: &AdminState, req: Request<Incoming>) -> Response<Res
             ),
         },
         (_, "/admin/reload") => method_not_allowed("POST"),
+        (&Method::GET, "/admin/spool") => {
+            let status = state.spooler.spool.status();
+            json_response(StatusCode::OK, &serde_json::to_value(&status).unwrap_or_default(), None)
+        }
         _ => json_response(StatusCode::NOT_FOUND, &serde_json::json!({"error": "not_found"}), None),
     }
 }

@@ -42,6 +42,10 @@ pub struct ServerFile {
     pub max_header_bytes: Option<SizeLit>,
     /// Runtime worker threads; default: one per CPU core.
     pub workers: Option<usize>,
+    /// How long the status endpoint remembers outcomes and dedupes keys.
+    pub status_retention: Option<String>,
+    /// At most this many outcomes (and as many idempotency keys) in memory.
+    pub status_max_entries: Option<usize>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

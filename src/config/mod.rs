@@ -58,6 +58,8 @@ pub struct ServerConfig {
     pub max_header_bytes: usize,
     /// `None`: one per CPU core.
     pub workers: Option<usize>,
+    pub status_retention: Duration,
+    pub status_max_entries: usize,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -259,6 +261,11 @@ impl Config {
         if self.server.workers != new.server.workers {
             out.push("server.workers");
         }
+        if self.server.status_retention != new.server.status_retention
+            || self.server.status_max_entries != new.server.status_max_entries
+        {
+            out.push("server.status_retention");
+        }
         if self.server.tls != new.server.tls {
             out.push("server.tls");
         }
@@ -296,6 +303,8 @@ impl Config {
         self.server.admin_listen = running.server.admin_listen;
         self.server.tls = running.server.tls.clone();
         self.server.workers = running.server.workers;
+        self.server.status_retention = running.server.status_retention;
+        self.server.status_max_entries = running.server.status_max_entries;
         self.spool.dir = running.spool.dir.clone();
         self.spool.partitions = running.spool.partitions;
         self.spool.fsync = running.spool.fsync;
@@ -438,7 +447,16 @@ fn validate(src: &Source<'_>, f: FileConfig, upstream_given: bool) -> Result<Con
         max_headers: s.max_headers.unwrap_or(100),
         max_header_bytes: size("server.max_header_bytes", &s.max_header_bytes, 64 << 10)? as usize,
         workers: s.workers,
+        status_retention: dur(
+            "server.status_retention",
+            &s.status_retention,
+            Duration::from_secs(24 * 3600),
+        )?,
+        status_max_entries: s.status_max_entries.unwrap_or(100_000),
     };
+    if server.status_max_entries == 0 {
+        return Err(src.invalid("server.status_max_entries", "must be at least 1"));
+    }
     if server.workers == Some(0) {
         return Err(src.invalid("server.workers", "must be at least 1"));
     }

@@ -1,6 +1,9 @@
 //! Spooled requests: their record format ([`envelope`]), their ids
-//! ([`id`]), what became of them ([`outcomes`]).
+//! ([`id`]), intake and status ([`spooler`]), replay to the backend
+//! ([`replay`]) and what became of them ([`outcomes`]).
 
 pub mod envelope;
 pub mod id;
 pub mod outcomes;
+pub mod replay;
+pub mod spooler;

@@ -8,13 +8,14 @@
 //! truncated and becomes active, so disk use stays under twice the limit).
 //! At open the entries younger than the retention window are loaded back.
 //!
-//! Entry (80 bytes, little-endian):
+//! Entry (96 bytes, little-endian):
 //! ```text
 //! 0  crc32c u32 (of bytes 4..80)   4 kind u8 (1 outcome, 2 idempotency)
 //! 5  state u8   6 upstream_status u16   8 attempts u32   12 at_ms u64
 //! 20 partition u32   24 offset u64   32 token [16]
 //! 48 aux [16] (outcome: replayed_as token; idempotency: key hash)
 //! 64 aux_partition u32   68 aux_offset u64   76 flags u32 (bit 0: replayed)
+//! 80 enqueued_ms u64   88 reserved [8]
 //! ```
 //! Journal writes are not fsynced: they survive `kill -9` through the page
 //! cache, and after a power loss a missing outcome only makes a delivered
@@ -31,7 +32,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 use tokio::sync::watch;
 
-const ENTRY: usize = 80;
+const ENTRY: usize = 96;
 const KIND_OUTCOME: u8 = 1;
 const KIND_IDEMPOTENCY: u8 = 2;
 
@@ -73,6 +74,8 @@ pub struct Outcome {
     pub attempts: u32,
     pub upstream_status: Option<u16>,
     pub at_ms: u64,
+    /// When the request was spooled.
+    pub enqueued_ms: u64,
     /// Set when the dead letter was replayed under a new id.
     pub replayed_as: Option<RequestId>,
 }
@@ -133,7 +136,7 @@ pub fn key_hash(route: &str, key: &str) -> KeyHash {
     out
 }
 
-fn now_ms() -> u64 {
+pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -238,6 +241,7 @@ impl OutcomeStore {
                     attempts: u32::from_le_bytes(e[8..12].try_into().ok()?),
                     upstream_status: (status != 0).then_some(status),
                     at_ms,
+                    enqueued_ms: u64::from_le_bytes(e[80..88].try_into().ok()?),
                     replayed_as: replayed.then(|| RequestId {
                         partition: u32::from_le_bytes(e[64..68].try_into().unwrap()),
                         offset: u64::from_le_bytes(e[68..76].try_into().unwrap()),
@@ -288,6 +292,7 @@ impl OutcomeStore {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn encode(
         kind: u8,
         id: &RequestId,
@@ -297,6 +302,7 @@ impl OutcomeStore {
         at_ms: u64,
         aux: [u8; 16],
         aux_id: Option<(u32, u64)>,
+        enqueued_ms: u64,
     ) -> [u8; ENTRY] {
         let mut e = [0u8; ENTRY];
         e[4] = kind;
@@ -313,6 +319,7 @@ impl OutcomeStore {
             e[68..76].copy_from_slice(&o.to_le_bytes());
             e[76..80].copy_from_slice(&1u32.to_le_bytes());
         }
+        e[80..88].copy_from_slice(&enqueued_ms.to_le_bytes());
         let crc = crc32c::crc32c(&e[4..]);
         e[0..4].copy_from_slice(&crc.to_le_bytes());
         e
@@ -331,6 +338,7 @@ impl OutcomeStore {
             outcome.at_ms,
             aux,
             aux_id,
+            outcome.enqueued_ms,
         );
         self.write_entry(&entry);
         self.outcomes.insert((outcome.id.partition, outcome.id.offset), outcome);
@@ -379,7 +387,7 @@ impl OutcomeStore {
     /// The first request with this key was spooled as `id`.
     pub fn key_done(&self, hash: KeyHash, tx: watch::Sender<Option<RequestId>>, id: RequestId) {
         let at_ms = now_ms();
-        self.write_entry(&Self::encode(KIND_IDEMPOTENCY, &id, 0, 0, 0, at_ms, hash, None));
+        self.write_entry(&Self::encode(KIND_IDEMPOTENCY, &id, 0, 0, 0, at_ms, hash, None, 0));
         self.keys.insert(hash, KeySlot::Done { id, at_ms });
         let _ = tx.send(Some(id));
         if self.keys.len() > self.max_entries {
@@ -460,6 +468,7 @@ mod tests {
                 attempts: 2,
                 upstream_status: Some(201),
                 at_ms: now_ms(),
+                enqueued_ms: 7,
                 replayed_as: None,
             });
             s.record(Outcome {
@@ -468,6 +477,7 @@ mod tests {
                 attempts: 1,
                 upstream_status: Some(400),
                 at_ms: now_ms(),
+                enqueued_ms: 8,
                 replayed_as: Some(id(2, 30)),
             });
             let h = key_hash("orders", "k-1");
@@ -530,6 +540,7 @@ mod tests {
                 attempts: 1,
                 upstream_status: Some(200),
                 at_ms: now_ms() + i,
+                enqueued_ms: 1,
                 replayed_as: None,
             });
             assert!(s.len().0 <= 101);

@@ -28,6 +28,8 @@ pub enum ProxyError {
     UpstreamTimeout { after: Duration },
     #[error("not found")]
     NotFound,
+    #[error("could not read the request body: {detail}")]
+    BadRequest { detail: String },
 }
 
 /// Whole seconds for Retry-After, at least 1 (SPEC §4).
@@ -46,7 +48,8 @@ impl ProxyError {
             ProxyError::Unreachable { .. } | ProxyError::UpstreamFailed { .. } | ProxyError::UpstreamTimeout { .. } => {
                 DecisionLabel::UpstreamError
             }
-            ProxyError::NotFound => DecisionLabel::Rejected,
+            ProxyError::NotFound => DecisionLabel::StatusLookup,
+            ProxyError::BadRequest { .. } => DecisionLabel::Rejected,
         }
     }
 
@@ -93,6 +96,11 @@ impl ProxyError {
                 serde_json::json!({"error": "upstream_timeout", "timeout_ms": after.as_millis() as u64}),
             ),
             ProxyError::NotFound => (StatusCode::NOT_FOUND, None, serde_json::json!({"error": "not_found"})),
+            ProxyError::BadRequest { detail } => (
+                StatusCode::BAD_REQUEST,
+                None,
+                serde_json::json!({"error": "bad_request", "message": detail}),
+            ),
         };
         json_response(status, &body, retry)
     }

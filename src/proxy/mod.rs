@@ -12,6 +12,7 @@ pub use service::{ConnInfo, ProxyService};
 
 use crate::admission::RouteTable;
 use crate::config::{Config, UNMATCHED_ROUTE};
+use crate::drain::spooler::Spooler;
 use crate::metrics::{Metrics, RouteMetrics, Source, UpstreamMetrics};
 use crate::upstream::{Budget, BudgetSpec};
 use arc_swap::ArcSwap;
@@ -75,21 +76,23 @@ impl Runtime {
     }
 }
 
-/// State shared by every connection of the data port.
+/// State shared by every connection of the data port (and the drainer).
 pub struct Shared {
     pub runtime: ArcSwap<Runtime>,
     pub client: UpstreamClient,
     pub metrics: Arc<Metrics>,
     pub live: UpstreamMetrics,
+    pub spooler: Arc<Spooler>,
 }
 
 impl Shared {
-    pub fn new(runtime: Runtime, client: UpstreamClient, metrics: Arc<Metrics>) -> Shared {
+    pub fn new(runtime: Runtime, client: UpstreamClient, metrics: Arc<Metrics>, spooler: Arc<Spooler>) -> Shared {
         Shared {
             runtime: ArcSwap::from_pointee(runtime),
             client,
             live: metrics.upstream(Source::Live),
             metrics,
+            spooler,
         }
     }
 }

@@ -6,6 +6,9 @@ use super::error::ProxyError;
 use super::headers::{self, X_FORWARDED_HOST, X_FORWARDED_PROTO};
 use super::{RouteStats, Runtime, Shared};
 use crate::admission::{key_for, Decision, RequestFacts, Route};
+use crate::drain::envelope::Envelope;
+use crate::drain::id::RequestId;
+use crate::drain::spooler::SpoolingError;
 use crate::metrics::DecisionLabel;
 use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, HOST};
 use http::{Request, Response, StatusCode, Uri, Version};
@@ -23,6 +26,8 @@ use tokio::time::Instant;
 
 static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+static SLUICE_ID: HeaderName = HeaderName::from_static("sluice-id");
+static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 
 /// Facts about the connection a request arrived on.
 #[derive(Clone, Debug)]
@@ -80,6 +85,17 @@ struct Handled {
     stats: Arc<RouteStats>,
     decision: DecisionLabel,
     response: Response<ResponseBody>,
+}
+
+impl Handled {
+    /// Status lookups are sluice's own answers, not proxied traffic: they
+    /// are logged but not counted in `sluice_requests_total`.
+    fn status_lookup(self) -> Handled {
+        Handled {
+            decision: DecisionLabel::StatusLookup,
+            ..self
+        }
+    }
 }
 
 async fn handle(shared: Arc<Shared>, conn: ConnInfo, req: Request<Incoming>) -> Response<ResponseBody> {
@@ -143,6 +159,22 @@ async fn route_request(
     start: Instant,
 ) -> Handled {
     let cfg = &rt.config;
+    let prefix = cfg.server.status_path_prefix.as_str();
+    if !prefix.is_empty() && req.method() == http::Method::GET {
+        if let Some(id) = req
+            .uri()
+            .path()
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.strip_prefix("/requests/"))
+        {
+            return Handled {
+                stats: rt.unmatched.clone(),
+                decision: DecisionLabel::Forwarded,
+                response: request_status(shared, id).await,
+            }
+            .status_lookup();
+        }
+    }
     let client_ip = headers::client_ip(conn.peer.ip(), req.headers(), &cfg.server.trusted_proxies);
     let host = host_of(&req);
     let facts = RequestFacts {
@@ -173,9 +205,30 @@ async fn route_request(
         );
     }
 
+    // Where this request would be spooled, if it may be.
+    let route = matched.map(|(_, r)| r.clone());
+    let spool_partition = match &route {
+        Some(r) if r.can_spool(facts.method) => {
+            let mut buf = String::new();
+            let key = r
+                .config
+                .partition_key
+                .as_ref()
+                .map(|src| key_for(src, &facts, &mut buf).as_bytes().to_vec());
+            Some(shared.spooler.partition_for(key.as_deref()))
+        }
+        _ => None,
+    };
+
+    // An ordered route keeps a partition's requests behind its backlog.
+    if let (Some(r), Some(p)) = (&route, spool_partition) {
+        if r.config.ordered && shared.spooler.has_backlog(p) {
+            return spool_client_request(shared, rt, conn, r, stats, req, p).await;
+        }
+    }
+
     // Gate 1: the route's bucket.
     let mut remaining = None;
-    let route = matched.map(|(_, r)| r.clone());
     if let Some(route) = &route {
         let mut key_buf = String::new();
         let key = key_for(&route.config.key, &facts, &mut key_buf);
@@ -188,9 +241,9 @@ async fn route_request(
                     break;
                 }
                 Decision::Wait { wait } => tokio::time::sleep(wait).await,
-                // Until the spool lands, a spool route rejects like reject.
                 Decision::Spool => {
-                    return rate_limited(stats, route, Duration::from_secs(1));
+                    let p = spool_partition.expect("Spool is only decided for spoolable requests");
+                    return spool_client_request(shared, rt, conn, route, stats, req, p).await;
                 }
                 Decision::Reject { retry_after } => return rate_limited(stats, route, retry_after),
             }
@@ -202,6 +255,9 @@ async fn route_request(
     let permit = match rt.budget.acquire(budget_deadline).await {
         Ok(p) => p,
         Err(crate::upstream::BudgetError::Exhausted { retry_after }) => {
+            if let (Some(r), Some(p)) = (&route, spool_partition) {
+                return spool_client_request(shared, rt, conn, r, stats, req, p).await;
+            }
             return fail(stats, ProxyError::UpstreamBusy { retry_after });
         }
     };
@@ -217,7 +273,146 @@ async fn route_request(
                 response,
             }
         }
-        Err(e) => fail(stats, e),
+        // Refused before anything was sent: a spoolable request is spooled.
+        Err(ForwardError::Unsent(req, error)) => match (&route, spool_partition) {
+            (Some(r), Some(p)) => {
+                let (parts, body) = req.into_parts();
+                spool_parts(shared, rt, r, stats, parts, body, p).await
+            }
+            _ => fail(stats, error),
+        },
+        Err(ForwardError::Failed(e)) => fail(stats, e),
+    }
+}
+
+/// Spools a request straight from the client.
+async fn spool_client_request(
+    shared: &Shared,
+    rt: &Runtime,
+    conn: &ConnInfo,
+    route: &Route,
+    stats: Arc<RouteStats>,
+    req: Request<Incoming>,
+    partition: u32,
+) -> Handled {
+    let (mut parts, body) = req.into_parts();
+    prepare_parts(&mut parts, conn, false);
+    spool_parts(shared, rt, route, stats, parts, body, partition).await
+}
+
+/// Reads the body whole (up to `spool.max_record`), appends the request to
+/// the spool and answers 202 once it is durable.
+async fn spool_parts<B>(
+    shared: &Shared,
+    rt: &Runtime,
+    route: &Route,
+    stats: Arc<RouteStats>,
+    parts: http::request::Parts,
+    body: B,
+    partition: u32,
+) -> Handled
+where
+    B: http_body::Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let cfg = &rt.config;
+    let fail = |stats: Arc<RouteStats>, e: ProxyError| Handled {
+        stats,
+        decision: e.decision(),
+        response: e.into_response(),
+    };
+    let limit = cfg.spool.max_record.min(cfg.server.max_body);
+    let declared = parts
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return fail(stats, ProxyError::TooLarge { limit });
+    }
+    let body = match http_body_util::BodyExt::collect(http_body_util::Limited::new(body, limit as usize)).await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            if is_body_too_large(&*e) {
+                return fail(stats, ProxyError::TooLarge { limit });
+            }
+            return fail(
+                stats,
+                ProxyError::BadRequest {
+                    detail: error_chain(&*e),
+                },
+            );
+        }
+    };
+    let idempotency_key = parts
+        .headers
+        .get(&IDEMPOTENCY_KEY)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let key_hash = idempotency_key
+        .as_deref()
+        .map(|k| crate::drain::outcomes::key_hash(&route.config.name, k));
+    let envelope = Envelope {
+        token: RequestId::new_token(),
+        arrived_ms: shared.spooler.now_ms(),
+        attempt_base: 0,
+        route: route.config.name.clone(),
+        method: parts.method,
+        path_and_query: parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned(),
+        idempotency_key,
+        headers: parts.headers,
+        body,
+    };
+    match shared.spooler.spool(envelope, partition, key_hash).await {
+        Ok(id) => Handled {
+            stats,
+            decision: DecisionLabel::Spooled,
+            response: accepted(&cfg.server.status_path_prefix, id),
+        },
+        Err(SpoolingError::TooLarge { limit, .. }) => fail(stats, ProxyError::TooLarge { limit }),
+        Err(SpoolingError::Unavailable(e)) => {
+            tracing::warn!(error = %e, route = %route.config.name, "spool refused a request");
+            fail(
+                stats,
+                ProxyError::SpoolFull {
+                    retry_after: Duration::from_secs(5),
+                },
+            )
+        }
+    }
+}
+
+/// The 202 for a spooled request: `Sluice-Id`, `Location` and a JSON body.
+fn accepted(status_prefix: &str, id: RequestId) -> Response<ResponseBody> {
+    let id_text = id.encode();
+    let status_url = (!status_prefix.is_empty()).then(|| format!("{status_prefix}/requests/{id_text}"));
+    let body = match &status_url {
+        Some(url) => serde_json::json!({"id": id_text, "status_url": url}),
+        None => serde_json::json!({"id": id_text}),
+    };
+    let mut resp = super::error::json_response(StatusCode::ACCEPTED, &body, None);
+    let h = resp.headers_mut();
+    h.insert(
+        SLUICE_ID.clone(),
+        HeaderValue::from_str(&id_text).expect("ids are URL-safe"),
+    );
+    if let Some(url) = status_url {
+        if let Ok(v) = HeaderValue::from_str(&url) {
+            h.insert(http::header::LOCATION, v);
+        }
+    }
+    resp
+}
+
+/// `GET {status_path_prefix}/requests/{id}`.
+async fn request_status(shared: &Shared, id_text: &str) -> Response<ResponseBody> {
+    let view = match RequestId::parse(id_text) {
+        Some(id) => shared.spooler.status(id).await,
+        None => None,
+    };
+    match view {
+        Some(v) => super::error::json_response(StatusCode::OK, &serde_json::to_value(v).unwrap_or_default(), None),
+        None => ProxyError::NotFound.into_response(),
     }
 }
 
@@ -271,19 +466,9 @@ fn is_body_too_large(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-async fn forward(
-    shared: &Shared,
-    rt: &Runtime,
-    conn: &ConnInfo,
-    mut req: Request<Incoming>,
-    permit: crate::upstream::BudgetPermit,
-    start: Instant,
-) -> Result<Response<ResponseBody>, ProxyError> {
-    let cfg = &rt.config;
-    let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
-    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let (mut parts, body) = req.into_parts();
-
+/// Rewrites a client request's head for the backend: hop-by-hop headers
+/// out, X-Forwarded-* in, Host preserved, origin-form URI, HTTP/1.1.
+fn prepare_parts(parts: &mut http::request::Parts, conn: &ConnInfo, upgrade: bool) {
     // The original Host (h1) or authority (h2), preserved for the backend.
     let host = match parts.headers.get(HOST) {
         Some(h) => Some(h.clone()),
@@ -301,7 +486,6 @@ async fn forward(
         parts.headers.insert(X_FORWARDED_HOST.clone(), h.clone());
         parts.headers.insert(HOST, h);
     }
-
     // Origin-form for the backend: the path and query only.
     if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
         let mut uri_parts = http::uri::Parts::default();
@@ -310,10 +494,41 @@ async fn forward(
             .path_and_query()
             .cloned()
             .or_else(|| Some(http::uri::PathAndQuery::from_static("/")));
-        parts.uri = Uri::from_parts(uri_parts).map_err(|e| ProxyError::UpstreamFailed { detail: e.to_string() })?;
+        if let Ok(uri) = Uri::from_parts(uri_parts) {
+            parts.uri = uri;
+        }
     }
     // We speak HTTP/1.1 to the backend whatever the client spoke.
     parts.version = Version::HTTP_11;
+}
+
+/// How a forward ended when it didn't produce a response.
+enum ForwardError {
+    Failed(ProxyError),
+    /// The request certainly never reached the backend (connection
+    /// refused): it may still be spooled.
+    Unsent(Request<RequestBody>, ProxyError),
+}
+
+impl From<ProxyError> for ForwardError {
+    fn from(e: ProxyError) -> Self {
+        ForwardError::Failed(e)
+    }
+}
+
+async fn forward(
+    shared: &Shared,
+    rt: &Runtime,
+    conn: &ConnInfo,
+    mut req: Request<Incoming>,
+    permit: crate::upstream::BudgetPermit,
+    start: Instant,
+) -> Result<Response<ResponseBody>, ForwardError> {
+    let cfg = &rt.config;
+    let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    prepare_parts(&mut parts, conn, upgrade);
     let up_req = Request::from_parts(parts, RequestBody::streaming(body, cfg.server.max_body));
 
     let timeout = cfg
@@ -327,7 +542,7 @@ async fn forward(
     let resp = match result {
         Err(_) => {
             shared.live.observe(None, took);
-            return Err(ProxyError::UpstreamTimeout { after: timeout });
+            return Err(ProxyError::UpstreamTimeout { after: timeout }.into());
         }
         Ok(Err(failure)) => {
             shared.live.observe(None, took);
@@ -335,13 +550,17 @@ async fn forward(
             if is_body_too_large(&e) {
                 return Err(ProxyError::TooLarge {
                     limit: cfg.server.max_body,
-                });
+                }
+                .into());
             }
             let detail = error_chain(&e);
-            return Err(if e.is_connect() {
-                ProxyError::Unreachable { detail }
-            } else {
-                ProxyError::UpstreamFailed { detail }
+            if !e.is_connect() {
+                return Err(ProxyError::UpstreamFailed { detail }.into());
+            }
+            let error = ProxyError::Unreachable { detail };
+            return Err(match failure.unsent {
+                Some(req) => ForwardError::Unsent(req, error),
+                None => ForwardError::Failed(error),
             });
         }
         Ok(Ok(r)) => r,

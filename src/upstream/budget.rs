@@ -220,7 +220,10 @@ mod tests {
         let mut held = Vec::new();
         held.push(b.try_acquire_replay().unwrap());
         held.push(b.try_acquire_replay().unwrap());
-        let wait = b.try_acquire_replay().err().expect("reserve of 2 tokens is left for live");
+        let wait = b
+            .try_acquire_replay()
+            .err()
+            .expect("reserve of 2 tokens is left for live");
         assert_eq!(wait, Duration::from_millis(100));
         // Live can still take the reserve.
         held.push(b.try_acquire().unwrap());

@@ -143,9 +143,22 @@ pub fn parse_config(text: &str) -> sluice::config::Config {
 
 /// Starts sluice in this process.
 pub async fn start_sluice(text: &str) -> sluice::app::Running {
-    sluice::app::start(parse_config(text), Default::default())
-        .await
-        .expect("sluice starts")
+    let overrides = private_spool(&parse_config(text));
+    let cfg = sluice::config::Config::parse("test.toml", text, &overrides).expect("test config is valid");
+    sluice::app::start(cfg, overrides).await.expect("sluice starts")
+}
+
+/// Overrides giving a config that still names the default spool directory
+/// a fresh temporary one (as `--spool-dir` would), so parallel tests never
+/// share or lock one spool, and reloads keep it. The directory is left for
+/// the OS to clean with the rest of the temp dir.
+pub fn private_spool(cfg: &sluice::config::Config) -> sluice::config::Overrides {
+    let mut o = sluice::config::Overrides::default();
+    if cfg.spool.dir == std::path::Path::new("./sluice-spool") {
+        let dir = tempfile::tempdir().expect("temp dir").keep();
+        o.spool_dir = Some(dir.join("spool"));
+    }
+    o
 }
 
 pub struct Reply {
@@ -400,8 +413,8 @@ pub fn write_file(dir: &std::path::Path, name: &str, text: &str) -> std::path::P
 /// Starts sluice in this process from a config file, so it has a source
 /// path and `/admin/reload` re-reads that file.
 pub async fn start_sluice_from_file(path: &std::path::Path) -> sluice::app::Running {
-    let cfg = sluice::config::Config::load(Some(path), &Default::default()).expect("test config file is valid");
-    sluice::app::start(cfg, Default::default())
-        .await
-        .expect("sluice starts")
+    let plain = sluice::config::Config::load(Some(path), &Default::default()).expect("test config file is valid");
+    let overrides = private_spool(&plain);
+    let cfg = sluice::config::Config::load(Some(path), &overrides).expect("test config file is valid");
+    sluice::app::start(cfg, overrides).await.expect("sluice starts")
 }

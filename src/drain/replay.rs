@@ -1,0 +1,346 @@
+//! The drainer: a consumer of the spool, like a Kafka consumer group of
+//! one. Per partition: read → wait for replay budget → send → ack, with
+//! retries (exponential backoff, full jitter, Retry-After honoured), the
+//! dead-letter queue for what can't be delivered, and expiry.
+
+use super::envelope::Envelope;
+use super::id::RequestId;
+use super::outcomes::{now_ms, Outcome, State};
+use super::spooler::Spooler;
+use crate::config::{DrainConfig, Ordering};
+use crate::metrics::{Metrics, Source, UpstreamMetrics};
+use crate::proxy::body::{InFlight, RequestBody};
+use crate::proxy::Shared;
+use crate::shutdown::Shutdown;
+use crate::spool::Record;
+use http::header::{HeaderName, HeaderValue, RETRY_AFTER};
+use http::{Request, Uri, Version};
+use http_body_util::BodyExt;
+use prometheus::IntCounter;
+use rand::Rng;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinSet;
+
+static SLUICE_ID: HeaderName = HeaderName::from_static("sluice-id");
+static SLUICE_ATTEMPT: HeaderName = HeaderName::from_static("sluice-attempt");
+static SLUICE_PARTITION: HeaderName = HeaderName::from_static("sluice-partition");
+static SLUICE_SEQUENCE: HeaderName = HeaderName::from_static("sluice-sequence");
+static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+
+/// Responses of replayed requests are read and dropped; past this size
+/// the connection is closed instead of drained.
+const MAX_DRAINED_RESPONSE: usize = 1 << 20;
+/// Parallel deliveries per partition with `ordering = "none"`.
+const UNORDERED_PER_PARTITION: usize = 32;
+
+struct ReplayCounters {
+    delivered: IntCounter,
+    retried: IntCounter,
+    dead: IntCounter,
+    expired: IntCounter,
+}
+
+pub struct Drainer {
+    spooler: Arc<Spooler>,
+    shared: Arc<Shared>,
+    upstream: UpstreamMetrics,
+    counters: ReplayCounters,
+}
+
+/// How one attempt ended.
+enum Attempt {
+    Delivered(u16),
+    /// Worth another try; `retry_after` from the backend, if it said.
+    Retry {
+        status: Option<u16>,
+        retry_after: Option<Duration>,
+    },
+    /// The backend refused it for good.
+    Rejected(u16),
+}
+
+impl Drainer {
+    pub fn new(spooler: Arc<Spooler>, shared: Arc<Shared>, metrics: &Metrics) -> Arc<Drainer> {
+        let c = |o: &str| metrics.replay_total.with_label_values(&[o]);
+        Arc::new(Drainer {
+            spooler,
+            shared,
+            upstream: metrics.upstream(Source::Replay),
+            counters: ReplayCounters {
+                delivered: c("delivered"),
+                retried: c("retried"),
+                dead: c("dead"),
+                expired: c("expired"),
+            },
+        })
+    }
+
+    /// Starts one task per partition; they stop at `shutdown`, leaving
+    /// unfinished records unacked for the next start.
+    pub fn start(self: &Arc<Self>, shutdown: Shutdown) -> JoinSet<()> {
+        let mut set = JoinSet::new();
+        for p in 0..self.spooler.spool.partitions() {
+            let me = self.clone();
+            let shutdown = shutdown.clone();
+            set.spawn(async move {
+                tokio::select! {
+                    _ = me.run_partition(p) => {}
+                    _ = shutdown.wait() => {}
+                }
+            });
+        }
+        set
+    }
+
+    fn drain_config(&self) -> DrainConfig {
+        self.shared.runtime.load().config.drain.clone()
+    }
+
+    async fn run_partition(self: Arc<Self>, partition: u32) {
+        let mut reader = self.spooler.spool.reader(partition);
+        let mut parallel: JoinSet<()> = JoinSet::new();
+        loop {
+            let batch = match reader.next_batch(64, 4 << 20).await {
+                Ok(b) => b,
+                Err(crate::spool::SpoolError::Closed) => return,
+                Err(e) => {
+                    tracing::error!(partition, error = %e, "spool read failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            };
+            for record in batch {
+                match self.drain_config().ordering {
+                    Ordering::Partition => self.deliver(record).await,
+                    Ordering::None => {
+                        while parallel.len() >= UNORDERED_PER_PARTITION {
+                            parallel.join_next().await;
+                        }
+                        let me = self.clone();
+                        parallel.spawn(async move { me.deliver(record).await });
+                    }
+                }
+            }
+            while parallel.try_join_next().is_some() {}
+        }
+    }
+
+    async fn wait_unpaused(&self) {
+        let mut rx = self.spooler.paused.subscribe();
+        let _ = rx.wait_for(|paused| !*paused).await;
+    }
+
+    /// Delivers one record to a final outcome: delivered, or dead.
+    async fn deliver(&self, record: Record) {
+        let key = (record.partition, record.offset);
+        let env = match Envelope::decode(record.payload.clone()) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(partition = record.partition, offset = record.offset, error = %e, "undecodable spool record; dead-lettered");
+                self.finish_dead(&record, None, "undecodable", None, 0, record.timestamp_ms)
+                    .await;
+                return;
+            }
+        };
+        let id = RequestId {
+            partition: record.partition,
+            offset: record.offset,
+            token: env.token,
+        };
+        let mut attempt: u32 = 0;
+        let mut last_status = None;
+        loop {
+            self.wait_unpaused().await;
+            let cfg = self.drain_config();
+            let age = Duration::from_millis(now_ms().saturating_sub(env.arrived_ms));
+            if age > cfg.max_age {
+                self.counters.expired.inc();
+                self.finish_dead(&record, Some(id), "expired", last_status, attempt, env.arrived_ms)
+                    .await;
+                return;
+            }
+            attempt += 1;
+            self.spooler.inflight.insert(key, attempt);
+            let outcome = self.attempt(&env, id, attempt + u32::from(env.attempt_base)).await;
+            match outcome {
+                Attempt::Delivered(status) => {
+                    self.counters.delivered.inc();
+                    self.spooler.outcomes.record(Outcome {
+                        id,
+                        state: State::Delivered,
+                        attempts: attempt,
+                        upstream_status: Some(status),
+                        at_ms: now_ms(),
+                        enqueued_ms: env.arrived_ms,
+                        replayed_as: None,
+                    });
+                    self.ack(&record);
+                    self.spooler.inflight.remove(&key);
+                    return;
+                }
+                Attempt::Rejected(status) => {
+                    self.finish_dead(&record, Some(id), "rejected", Some(status), attempt, env.arrived_ms)
+                        .await;
+                    return;
+                }
+                Attempt::Retry { status, retry_after } => {
+                    last_status = status.or(last_status);
+                    if attempt >= cfg.max_attempts {
+                        self.finish_dead(&record, Some(id), "max_attempts", last_status, attempt, env.arrived_ms)
+                            .await;
+                        return;
+                    }
+                    self.counters.retried.inc();
+                    let backoff = full_jitter(&cfg, attempt).max(retry_after.unwrap_or_default().min(cfg.backoff_max));
+                    tokio::time::sleep(backoff).await;
+                }
+            }
+        }
+    }
+
+    fn ack(&self, record: &Record) {
+        if let Err(e) = self.spooler.spool.ack(record.partition, record.offset) {
+            tracing::error!(partition = record.partition, offset = record.offset, error = %e, "ack failed; the record will be delivered again after a restart");
+        }
+    }
+
+    async fn finish_dead(
+        &self,
+        record: &Record,
+        id: Option<RequestId>,
+        reason: &str,
+        last_status: Option<u16>,
+        attempts: u32,
+        enqueued_ms: u64,
+    ) {
+        self.counters.dead.inc();
+        // Dead-lettering must succeed before the ack, or the record would
+        // be lost; on failure leave it unacked for a later start.
+        loop {
+            match self.spooler.spool.dead_letter(record, reason, last_status).await {
+                Ok(_) => break,
+                Err(crate::spool::SpoolError::Closed) => return,
+                Err(e) => {
+                    tracing::error!(error = %e, "dead-lettering failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+        tracing::warn!(partition = record.partition, offset = record.offset, reason, status = ?last_status, attempts, "spooled request dead-lettered");
+        if let Some(id) = id {
+            self.spooler.outcomes.record(Outcome {
+                id,
+                state: State::Dead,
+                attempts,
+                upstream_status: last_status,
+                at_ms: now_ms(),
+                enqueued_ms,
+                replayed_as: None,
+            });
+        }
+        self.ack(record);
+        self.spooler.inflight.remove(&(record.partition, record.offset));
+    }
+
+    /// One send of a spooled request, within the replay share of the
+    /// upstream budget.
+    async fn attempt(&self, env: &Envelope, id: RequestId, attempt: u32) -> Attempt {
+        let rt = self.shared.runtime.load_full();
+        let permit = rt.budget.acquire_replay().await;
+        let mut req = Request::new(RequestBody::full(env.body.clone()));
+        *req.method_mut() = env.method.clone();
+        *req.version_mut() = Version::HTTP_11;
+        *req.uri_mut() = env.path_and_query.parse().unwrap_or_else(|_| Uri::from_static("/"));
+        let headers = req.headers_mut();
+        *headers = env.headers.clone();
+        let id_text = id.encode();
+        let id_value = HeaderValue::from_str(&id_text).expect("ids are URL-safe ASCII");
+        headers.insert(SLUICE_ID.clone(), id_value.clone());
+        headers.insert(SLUICE_ATTEMPT.clone(), HeaderValue::from(attempt));
+        headers.insert(SLUICE_PARTITION.clone(), HeaderValue::from(id.partition));
+        headers.insert(SLUICE_SEQUENCE.clone(), HeaderValue::from(id.offset));
+        let idem = env
+            .idempotency_key
+            .as_deref()
+            .and_then(|k| HeaderValue::from_str(k).ok())
+            .unwrap_or(id_value);
+        headers.insert(IDEMPOTENCY_KEY.clone(), idem);
+
+        let guard = InFlight::new(Some(permit), self.upstream.in_flight.clone());
+        let cfg = &rt.config;
+        let retry_on = |s: u16| cfg.drain.retry_on.contains(&s);
+        let started = std::time::Instant::now();
+        let sent = tokio::time::timeout(cfg.upstream.timeout, self.shared.client.send(req)).await;
+        let took = started.elapsed().as_secs_f64();
+        let (resp, lease) = match sent {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) | Err(_) => {
+                self.upstream.observe(None, took);
+                return Attempt::Retry {
+                    status: None,
+                    retry_after: None,
+                };
+            }
+        };
+        let status = resp.status().as_u16();
+        self.upstream.observe(Some(status), took);
+        let retry_after = resp
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        // Read the (small) answer so the connection can serve again.
+        let body = http_body_util::Limited::new(resp.into_body(), MAX_DRAINED_RESPONSE);
+        if body.collect().await.is_ok() {
+            lease.release();
+        }
+        drop(guard);
+        match status {
+            200..=399 => Attempt::Delivered(status),
+            s if retry_on(s) => Attempt::Retry {
+                status: Some(s),
+                retry_after,
+            },
+            s => Attempt::Rejected(s),
+        }
+    }
+}
+
+/// Exponential backoff with full jitter: uniform in [0, min(max, initial·2^(n-1))].
+fn full_jitter(cfg: &DrainConfig, attempt: u32) -> Duration {
+    let exp = cfg
+        .backoff_initial
+        .saturating_mul(1u32 << attempt.saturating_sub(1).min(20))
+        .min(cfg.backoff_max);
+    let ms = exp.as_millis() as u64;
+    Duration::from_millis(if ms == 0 {
+        0
+    } else {
+        rand::thread_rng().gen_range(0..=ms)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_within_the_exponential_envelope() {
+        let cfg = DrainConfig {
+            ordering: Ordering::Partition,
+            max_attempts: 10,
+            backoff_initial: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(1),
+            retry_on: vec![503],
+            max_age: Duration::from_secs(60),
+        };
+        for attempt in 1..15 {
+            let cap = Duration::from_millis(100 * (1u64 << (attempt - 1).min(20))).min(Duration::from_secs(1));
+            for _ in 0..50 {
+                assert!(full_jitter(&cfg, attempt) <= cap);
+            }
+        }
+    }
+}

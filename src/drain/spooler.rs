@@ -1,0 +1,163 @@
+//! The intake side of the spool: turns an over-limit request (already
+//! encoded as an [`Envelope`]) into a durable record and an id, dedupes
+//! Idempotency-Keys, and answers status lookups.
+
+use super::envelope::Envelope;
+use super::id::RequestId;
+use super::outcomes::{now_ms, KeyClaim, KeyHash, OutcomeStore, State};
+use crate::spool::{Spool, SpoolError};
+use dashmap::DashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolingError {
+    /// Over `spool.max_record`: 413.
+    #[error("request of {len} bytes is over spool.max_record ({limit} bytes)")]
+    TooLarge { len: u64, limit: u64 },
+    /// Spool full or failing: 503 with Retry-After; nothing was written.
+    #[error("spool cannot take the request: {0}")]
+    Unavailable(#[source] SpoolError),
+}
+
+/// What `GET {status_path_prefix}/requests/{id}` answers.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StatusView {
+    pub id: String,
+    pub state: State,
+    pub attempts: u32,
+    pub enqueued_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivered_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_status: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replayed_as: Option<String>,
+}
+
+fn rfc3339(ms: u64) -> String {
+    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+pub struct Spooler {
+    pub spool: Arc<Spool>,
+    pub outcomes: Arc<OutcomeStore>,
+    /// Records whose delivery has started and not finished, with the
+    /// attempt under way (or last made, while backing off).
+    pub inflight: DashMap<(u32, u64), u32>,
+    /// `true` stops replay (admin pause).
+    pub paused: watch::Sender<bool>,
+    round_robin: AtomicU32,
+}
+
+impl Spooler {
+    pub fn new(spool: Arc<Spool>, outcomes: Arc<OutcomeStore>) -> Spooler {
+        Spooler {
+            spool,
+            outcomes,
+            inflight: DashMap::new(),
+            paused: watch::Sender::new(false),
+            round_robin: AtomicU32::new(0),
+        }
+    }
+
+    /// The partition for a request: a stable hash of its partition key, or
+    /// round robin without one.
+    pub fn partition_for(&self, key: Option<&[u8]>) -> u32 {
+        let n = self.spool.partitions();
+        match key {
+            Some(k) => crc32c::crc32c(k) % n,
+            None => self.round_robin.fetch_add(1, Ordering::Relaxed) % n,
+        }
+    }
+
+    /// True while `partition` holds records not yet delivered.
+    pub fn has_backlog(&self, partition: u32) -> bool {
+        self.spool.next_offset(partition) > self.spool.committed(partition)
+    }
+
+    /// Appends `env` to `partition` and returns its id once the record is
+    /// durable as the fsync mode promises. With an idempotency `key`, a
+    /// repeat of an already spooled key returns the first id instead.
+    pub async fn spool(&self, env: Envelope, partition: u32, key: Option<KeyHash>) -> Result<RequestId, SpoolingError> {
+        let claim = match key {
+            Some(hash) => match self.outcomes.claim_key(hash).await {
+                KeyClaim::Existing(id) => return Ok(id),
+                KeyClaim::First(hash, tx) => Some((hash, tx)),
+            },
+            None => None,
+        };
+        let token = env.token;
+        let result = self.spool.append(partition, env.encode()).await;
+        match result {
+            Ok(offset) => {
+                let id = RequestId {
+                    partition,
+                    offset,
+                    token,
+                };
+                if let Some((hash, tx)) = claim {
+                    self.outcomes.key_done(hash, tx, id);
+                }
+                Ok(id)
+            }
+            Err(e) => {
+                if let Some((hash, tx)) = claim {
+                    self.outcomes.key_failed(hash, tx);
+                }
+                Err(match e {
+                    SpoolError::TooLarge { len, max, .. } => SpoolingError::TooLarge { len, limit: max },
+                    other => SpoolingError::Unavailable(other),
+                })
+            }
+        }
+    }
+
+    /// The status of `id`, or `None` when it is unknown, foreign or expired.
+    pub async fn status(&self, id: RequestId) -> Option<StatusView> {
+        let key = (id.partition, id.offset);
+        if let Some(o) = self.outcomes.get(id.partition, id.offset) {
+            if !id.token_matches(&o.id.token) {
+                return None;
+            }
+            return Some(StatusView {
+                id: id.encode(),
+                state: o.state,
+                attempts: o.attempts,
+                enqueued_at: rfc3339(o.enqueued_ms),
+                delivered_at: (o.state == State::Delivered).then(|| rfc3339(o.at_ms)),
+                upstream_status: o.upstream_status,
+                replayed_as: o.replayed_as.map(|r| r.encode()),
+            });
+        }
+        if id.partition >= self.spool.partitions() {
+            return None;
+        }
+        let record = self.spool.read_at(id.partition, id.offset).await.ok()??;
+        let env = Envelope::decode(record.payload).ok()?;
+        if !id.token_matches(&env.token) {
+            return None;
+        }
+        let (state, attempts) = match self.inflight.get(&key) {
+            Some(a) => (State::Delivering, *a),
+            // Finished, but its outcome detail has aged out of the store.
+            None if id.offset < self.spool.committed(id.partition) => (State::Delivered, 0),
+            None => (State::Queued, 0),
+        };
+        Some(StatusView {
+            id: id.encode(),
+            state,
+            attempts,
+            enqueued_at: rfc3339(env.arrived_ms),
+            delivered_at: None,
+            upstream_status: None,
+            replayed_as: None,
+        })
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        now_ms()
+    }
+}

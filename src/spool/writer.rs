@@ -1,0 +1,421 @@
+//! The writer thread of a log: group commit.
+//!
+//! Appends from every partition arrive on one channel. Each round drains
+//! what is waiting (up to `ROUND_BYTES`), encodes it into one buffer, writes
+//! it with one `pwrite` at the end of the active segment, issues one
+//! fdatasync (`always`), publishes the records to the index and readers, and
+//! only then completes the appenders. While one round's fsync runs, the next
+//! round's appends queue up, so fsyncs are shared by as many appends as are
+//! concurrently waiting.
+
+use std::collections::VecDeque;
+use std::io;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::oneshot;
+
+use super::codec;
+use super::error::{FullCause, SpoolError};
+use super::fs::{is_no_space, FsFile};
+use super::index::{idx_path, seg_path, SegMeta};
+use super::log::Shared;
+use super::meta::{self, INDEX_MAGIC};
+use super::options::{Clock, FsyncMode, SpoolObserver};
+
+/// Most bytes one round writes; bounds the buffer and the latency of the
+/// first append in a round.
+const ROUND_BYTES: usize = 4 << 20;
+/// While unavailable, how often the writer retries reopening.
+const REOPEN_EVERY: Duration = Duration::from_millis(50);
+
+pub(crate) struct AppendReq {
+    pub partition: u32,
+    pub flags: u8,
+    pub payload: Bytes,
+    pub done: oneshot::Sender<Result<u64, SpoolError>>,
+}
+
+pub(crate) enum Msg {
+    Append(AppendReq),
+    /// fdatasync whatever is written, then answer (used by close).
+    Sync(oneshot::Sender<Result<(), SpoolError>>),
+}
+
+pub(crate) struct WriterConfig {
+    pub fsync: FsyncMode,
+    /// None: no quota for this log (the dead-letter log).
+    pub max_bytes: Option<u64>,
+    pub segment_bytes: u64,
+    pub clock: Arc<dyn Clock>,
+    pub observer: Arc<dyn SpoolObserver>,
+}
+
+pub(crate) struct Writer {
+    sh: Arc<Shared>,
+    cfg: WriterConfig,
+    file: Option<Box<dyn FsFile>>,
+    seg_id: u64,
+    /// Written and published length of the active segment.
+    len: u64,
+    /// Writer's copy of the next offsets (equal to the published ones
+    /// between rounds).
+    next: Vec<u64>,
+    /// Since when written bytes wait for an fsync (`interval` mode).
+    dirty_since: Option<Instant>,
+    queue: VecDeque<AppendReq>,
+}
+
+impl Writer {
+    pub fn new(sh: Arc<Shared>, cfg: WriterConfig) -> Result<Self, SpoolError> {
+        let (seg_id, len, next) = {
+            let st = sh.lock();
+            let (id, seg) = st.segs.iter().next_back().expect("a log has an active segment");
+            (*id, seg.len, st.parts.iter().map(|p| p.next).collect())
+        };
+        let path = seg_path(&sh.dir, seg_id);
+        let file = sh
+            .fs
+            .open_rw(&path, false)
+            .map_err(|e| SpoolError::io("open", &path, e))?;
+        Ok(Writer {
+            sh,
+            cfg,
+            file: Some(file),
+            seg_id,
+            len,
+            next,
+            dirty_since: None,
+            queue: VecDeque::new(),
+        })
+    }
+
+    pub fn run(mut self, rx: Receiver<Msg>) {
+        let mut syncs = Vec::new();
+        loop {
+            if self.queue.is_empty() && syncs.is_empty() {
+                let timeout = self.idle_timeout();
+                match rx.recv_timeout(timeout) {
+                    Ok(m) => self.take(m, &mut syncs),
+                    Err(RecvTimeoutError::Timeout) => {
+                        self.on_idle();
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+            }
+            let mut queued: usize = self.queue.iter().map(|r| r.payload.len()).sum();
+            while queued < ROUND_BYTES {
+                match rx.try_recv() {
+                    Ok(m) => {
+                        if let Msg::Append(r) = &m {
+                            queued += r.payload.len();
+                        }
+                        self.take(m, &mut syncs);
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.round();
+            // A steady stream of appends never lets the writer go idle, so
+            // the interval deadline is also checked between rounds.
+            if let (FsyncMode::Interval(d), Some(t)) = (self.cfg.fsync, self.dirty_since) {
+                if t.elapsed() >= d {
+                    let _ = self.sync_now();
+                }
+            }
+            if self.queue.is_empty() && !syncs.is_empty() {
+                let res = self.sync_now();
+                for s in syncs.drain(..) {
+                    let _ = s.send(res.as_ref().map(|_| ()).map_err(clone_err));
+                }
+            }
+        }
+        if self.dirty_since.is_some() {
+            let _ = self.sync_now();
+        }
+    }
+
+    fn take(&mut self, m: Msg, syncs: &mut Vec<oneshot::Sender<Result<(), SpoolError>>>) {
+        match m {
+            Msg::Append(r) => self.queue.push_back(r),
+            Msg::Sync(s) => syncs.push(s),
+        }
+    }
+
+    fn idle_timeout(&self) -> Duration {
+        if !self.sh.available.load(Ordering::Acquire) {
+            return REOPEN_EVERY;
+        }
+        match (self.cfg.fsync, self.dirty_since) {
+            (FsyncMode::Interval(d), Some(t)) => d.saturating_sub(t.elapsed()),
+            _ => Duration::from_secs(3600),
+        }
+    }
+
+    fn on_idle(&mut self) {
+        if !self.sh.available.load(Ordering::Acquire) {
+            self.reopen();
+            return;
+        }
+        if let (FsyncMode::Interval(d), Some(t)) = (self.cfg.fsync, self.dirty_since) {
+            if t.elapsed() >= d {
+                let _ = self.sync_now();
+            }
+        }
+    }
+
+    fn path(&self) -> std::path::PathBuf {
+        seg_path(&self.sh.dir, self.seg_id)
+    }
+
+    /// fdatasync of the active segment; on error the spool goes unavailable
+    /// and reopens (the same file state is never fsynced twice).
+    fn sync_now(&mut self) -> Result<(), SpoolError> {
+        if !self.sh.available.load(Ordering::Acquire) {
+            return Err(SpoolError::Unavailable);
+        }
+        let t = Instant::now();
+        let res = self.file.as_ref().map_or(Ok(()), |f| f.sync_data());
+        self.cfg.observer.fsync_done(t.elapsed());
+        match res {
+            Ok(()) => {
+                self.dirty_since = None;
+                Ok(())
+            }
+            Err(e) => {
+                let err = SpoolError::Failed {
+                    path: self.path(),
+                    source: Arc::new(e),
+                };
+                tracing::error!(error = %err, "fsync failed; refusing appends and reopening the spool");
+                self.sh.available.store(false, Ordering::Release);
+                self.file = None;
+                self.reopen();
+                Err(err)
+            }
+        }
+    }
+
+    /// Reopens the active segment after an fsync error: cut it back to the
+    /// published length (dropping the unfsynced batch whose appenders were
+    /// told it failed) and fsync that new state.
+    fn reopen(&mut self) {
+        let path = self.path();
+        let res = self.sh.fs.open_rw(&path, false).and_then(|f| {
+            f.set_len(self.len)?;
+            f.sync_data()?;
+            Ok(f)
+        });
+        match res {
+            Ok(f) => {
+                self.file = Some(f);
+                self.dirty_since = None;
+                self.sh.available.store(true, Ordering::Release);
+                tracing::info!(path = %path.display(), len = self.len, "spool reopened after fsync error");
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "spool reopen failed; retrying");
+            }
+        }
+    }
+
+    fn fail_all(&mut self, err: impl Fn() -> SpoolError) {
+        for r in self.queue.drain(..) {
+            let _ = r.done.send(Err(err()));
+        }
+    }
+
+    /// Seals the active segment and starts the next: fsync it (in every
+    /// mode, so a sealed segment's index never claims bytes the disk may
+    /// not have), store its index, create the new file, fsync the dir.
+    fn roll(&mut self) -> Result<(), SpoolError> {
+        if let Some(f) = &self.file {
+            f.sync_data().map_err(|e| SpoolError::Failed {
+                path: self.path(),
+                source: Arc::new(e),
+            })?;
+        }
+        self.dirty_since = None;
+        let mut sealed: SegMeta = self.sh.lock().segs[&self.seg_id].clone();
+        sealed.sealed = true;
+        let ipath = idx_path(&self.sh.dir, self.seg_id);
+        meta::store(&*self.sh.fs, INDEX_MAGIC, &ipath, &sealed)?;
+        let idx_len = self.sh.fs.open_read(&ipath).and_then(|f| f.size()).unwrap_or(0);
+        let new_id = self.seg_id + 1;
+        let path = seg_path(&self.sh.dir, new_id);
+        let file = self
+            .sh
+            .fs
+            .open_rw(&path, true)
+            .map_err(|e| SpoolError::io("create", &path, e))?;
+        self.sh
+            .fs
+            .sync_dir(&self.sh.dir)
+            .map_err(|e| SpoolError::io("fsync dir", &self.sh.dir, e))?;
+        {
+            let mut st = self.sh.lock();
+            if let Some(s) = st.segs.get_mut(&self.seg_id) {
+                s.sealed = true;
+            }
+            st.segs.insert(new_id, SegMeta::new(new_id));
+        }
+        self.sh.disk_bytes.fetch_add(idx_len, Ordering::AcqRel);
+        self.file = Some(file);
+        self.seg_id = new_id;
+        self.len = 0;
+        Ok(())
+    }
+
+    fn round(&mut self) {
+        if !self.sh.available.load(Ordering::Acquire) {
+            self.reopen();
+            if !self.sh.available.load(Ordering::Acquire) {
+                self.fail_all(|| SpoolError::Unavailable);
+                return;
+            }
+        }
+        let ts = self.cfg.clock.now_ms();
+        let mut buf: Vec<u8> = Vec::new();
+        // (request, offset, position, frame length)
+        let mut batch: Vec<(AppendReq, u64, u64, u64)> = Vec::new();
+        let used = self.sh.disk_bytes.load(Ordering::Acquire);
+        while let Some(req) = self.queue.pop_front() {
+            let flen = codec::frame_len(req.payload.len()) as u64;
+            if let Some(limit) = self.cfg.max_bytes {
+                if used + buf.len() as u64 + flen > limit {
+                    let _ = req.done.send(Err(SpoolError::Full {
+                        partition: req.partition,
+                        cause: FullCause::Quota,
+                        used,
+                        limit,
+                    }));
+                    continue;
+                }
+            }
+            if self.len + buf.len() as u64 + flen > self.cfg.segment_bytes && self.len + (buf.len() as u64) > 0 {
+                if !buf.is_empty() {
+                    // Finish this round in the current segment; the rest
+                    // starts the next round in a new one.
+                    self.queue.push_front(req);
+                    break;
+                }
+                if let Err(e) = self.roll() {
+                    tracing::error!(error = %e, "segment roll failed");
+                    let fatal = matches!(e, SpoolError::Failed { .. });
+                    let _ = req.done.send(Err(e));
+                    if fatal {
+                        self.sh.available.store(false, Ordering::Release);
+                        self.file = None;
+                        self.reopen();
+                    }
+                    continue;
+                }
+            }
+            let p = req.partition as usize;
+            let offset = self.next[p];
+            self.next[p] += 1;
+            let pos = self.len + buf.len() as u64;
+            codec::encode(&mut buf, req.partition, offset, ts, req.flags, &req.payload);
+            batch.push((req, offset, pos, flen));
+        }
+        if batch.is_empty() {
+            return;
+        }
+        let rollback = |w: &mut Writer, batch: &[(AppendReq, u64, u64, u64)]| {
+            for (r, off, _, _) in batch.iter().rev() {
+                w.next[r.partition as usize] = *off;
+            }
+        };
+        let file = self.file.as_ref().expect("available writer has a file");
+        if let Err(e) = file.write_all_at(&buf, self.len) {
+            // Cut the file back to the last good record so a partial frame
+            // never sits before the next batch.
+            let cut = file.set_len(self.len);
+            rollback(self, &batch);
+            let limit = self.cfg.max_bytes.unwrap_or(u64::MAX);
+            let path = self.path();
+            tracing::warn!(path = %path.display(), error = %e, "segment write failed; batch refused");
+            if cut.is_err() {
+                self.sh.available.store(false, Ordering::Release);
+                self.file = None;
+            }
+            let e = Arc::new(e);
+            for (r, _, _, _) in batch {
+                let err = if is_no_space(&e) {
+                    SpoolError::Full {
+                        partition: r.partition,
+                        cause: FullCause::NoSpace,
+                        used,
+                        limit,
+                    }
+                } else {
+                    SpoolError::Failed {
+                        path: path.clone(),
+                        source: e.clone(),
+                    }
+                };
+                let _ = r.done.send(Err(err));
+            }
+            return;
+        }
+        match self.cfg.fsync {
+            FsyncMode::Always => {
+                if let Err(e) = self.sync_now() {
+                    // sync_now cut the file back to `self.len`: the batch is
+                    // gone and its offsets are free again.
+                    rollback(self, &batch);
+                    for (r, _, _, _) in batch {
+                        let _ = r.done.send(Err(clone_err(&e)));
+                    }
+                    return;
+                }
+            }
+            FsyncMode::Interval(_) => {
+                self.dirty_since.get_or_insert_with(Instant::now);
+            }
+            FsyncMode::Never => {}
+        }
+        self.len += buf.len() as u64;
+        self.sh.disk_bytes.fetch_add(buf.len() as u64, Ordering::AcqRel);
+        let mut touched = vec![false; self.next.len()];
+        {
+            let mut st = self.sh.lock();
+            let seg = st.segs.get_mut(&self.seg_id).expect("active segment indexed");
+            for (r, off, pos, flen) in &batch {
+                seg.add(r.partition, *off, *pos, *flen, ts);
+            }
+            seg.len = self.len;
+            for (r, off, _, _) in &batch {
+                st.parts[r.partition as usize].next = off + 1;
+                touched[r.partition as usize] = true;
+            }
+        }
+        for (p, t) in touched.iter().enumerate() {
+            if *t {
+                self.sh.published[p].send_replace(self.next[p]);
+            }
+        }
+        for (r, off, _, flen) in batch {
+            self.cfg.observer.appended(r.partition, flen);
+            let _ = r.done.send(Ok(off));
+        }
+    }
+}
+
+fn clone_err(e: &SpoolError) -> SpoolError {
+    match e {
+        SpoolError::Failed { path, source } => SpoolError::Failed {
+            path: path.clone(),
+            source: source.clone(),
+        },
+        SpoolError::Unavailable => SpoolError::Unavailable,
+        other => SpoolError::Failed {
+            path: Default::default(),
+            source: Arc::new(io::Error::other(other.to_string())),
+        },
+    }
+}
