@@ -276,7 +276,7 @@ async fn route_request(
         // Refused before anything was sent: a spoolable request is spooled.
         Err(ForwardError::Unsent(req, error)) => match (&route, spool_partition) {
             (Some(r), Some(p)) => {
-                let (parts, body) = req.into_parts();
+                let (parts, body) = (*req).into_parts();
                 spool_parts(shared, rt, r, stats, parts, body, p).await
             }
             _ => fail(stats, error),
@@ -507,7 +507,7 @@ enum ForwardError {
     Failed(ProxyError),
     /// The request certainly never reached the backend (connection
     /// refused): it may still be spooled.
-    Unsent(Request<RequestBody>, ProxyError),
+    Unsent(Box<Request<RequestBody>>, ProxyError),
 }
 
 impl From<ProxyError> for ForwardError {
@@ -559,7 +559,7 @@ async fn forward(
             }
             let error = ProxyError::Unreachable { detail };
             return Err(match failure.unsent {
-                Some(req) => ForwardError::Unsent(req, error),
+                Some(req) => ForwardError::Unsent(Box::new(req), error),
                 None => ForwardError::Failed(error),
             });
         }
