@@ -34,6 +34,21 @@ enum Command {
         #[arg(short, long)]
         config: PathBuf,
     },
+    /// Inspect a spool offline (safe while sluice runs).
+    #[command(subcommand)]
+    Spool(SpoolCommand),
+}
+
+#[derive(Subcommand)]
+enum SpoolCommand {
+    /// Per partition first/next/committed offset, backlog, oldest age; DLQ size.
+    Status {
+        #[arg(long)]
+        spool_dir: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(clap::Args)]
@@ -78,6 +93,26 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(e) => config_exit(&e),
+        },
+        Command::Spool(SpoolCommand::Status { spool_dir, json }) => match sluice::spool::inspect(&spool_dir) {
+            Ok(status) => {
+                if json {
+                    match serde_json::to_string_pretty(&status) {
+                        Ok(s) => println!("{s}"),
+                        Err(e) => {
+                            eprintln!("sluice: {e}");
+                            return ExitCode::from(1);
+                        }
+                    }
+                } else {
+                    print!("{status}");
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("sluice: {e}");
+                ExitCode::from(1)
+            }
         },
         Command::Run(args) => {
             let args = *args;
