@@ -74,11 +74,10 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// `None` when the caller may use `/admin/*`, else the refusal.
-fn refuse(state: &AdminState, peer: SocketAddr, req: &Request<Incoming>) -> Option<Response<ResponseBody>> {
-    match &state.token {
+fn refuse(token: Option<&str>, peer: SocketAddr, headers: &http::HeaderMap) -> Option<Response<ResponseBody>> {
+    match token {
         Some(token) => {
-            let given = req
-                .headers()
+            let given = headers
                 .get(AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.strip_prefix("Bearer "))
@@ -129,7 +128,7 @@ async fn handle(state: Arc<AdminState>, peer: SocketAddr, req: Request<Incoming>
             r
         }
         (_, p) if p.starts_with("/admin/") => {
-            if let Some(refusal) = refuse(&state, peer, &req) {
+            if let Some(refusal) = refuse(state.token.as_deref(), peer, req.headers()) {
                 return refusal;
             }
             admin_route(&state, req).await
@@ -170,4 +169,36 @@ fn method_not_allowed(allow: &'static str) -> Response<ResponseBody> {
     r.headers_mut()
         .insert(http::header::ALLOW, HeaderValue::from_static(allow));
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(token: Option<&str>, peer: &str, auth: Option<&str>) -> Option<StatusCode> {
+        let mut h = http::HeaderMap::new();
+        if let Some(a) = auth {
+            h.insert(AUTHORIZATION, a.parse().unwrap());
+        }
+        refuse(token, peer.parse().unwrap(), &h).map(|r| r.status())
+    }
+
+    #[test]
+    fn without_a_token_only_loopback_peers_get_in() {
+        assert_eq!(status(None, "127.0.0.1:5000", None), None);
+        assert_eq!(status(None, "[::1]:5000", None), None);
+        assert_eq!(status(None, "10.1.2.3:5000", None), Some(StatusCode::FORBIDDEN));
+        assert_eq!(status(None, "10.1.2.3:5000", Some("Bearer anything")), Some(StatusCode::FORBIDDEN));
+    }
+
+    #[test]
+    fn with_a_token_every_peer_needs_it() {
+        let t = Some("s3cret");
+        assert_eq!(status(t, "10.1.2.3:5000", Some("Bearer s3cret")), None);
+        assert_eq!(status(t, "127.0.0.1:5000", None), Some(StatusCode::UNAUTHORIZED));
+        assert_eq!(status(t, "10.1.2.3:5000", Some("Bearer nope")), Some(StatusCode::UNAUTHORIZED));
+        assert_eq!(status(t, "10.1.2.3:5000", Some("Basic czNjcmV0")), Some(StatusCode::UNAUTHORIZED));
+        let r = refuse(t, "10.1.2.3:5000".parse().unwrap(), &http::HeaderMap::new()).unwrap();
+        assert!(r.headers()[WWW_AUTHENTICATE].to_str().unwrap().starts_with("Bearer"));
+    }
 }
