@@ -197,6 +197,17 @@ pub async fn start(config: Config, overrides: Overrides) -> Result<Running, AppE
             admin_tracker.clone(),
         ))
     };
+    if let Some(path) = shared.runtime.load().config.source_path.clone() {
+        let every = shared.runtime.load().config.server.config_poll_interval;
+        if !every.is_zero() {
+            tokio::spawn(crate::reload::watch_file(
+                reloader.clone(),
+                path,
+                every,
+                shutdown.clone(),
+            ));
+        }
+    }
     admin_state.ready.store(true, Ordering::Release);
     tracing::info!(data = %data_addr, admin = %admin_addr, "listening");
 

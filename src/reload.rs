@@ -57,3 +57,53 @@ impl Reloader {
         Ok(ReloadOutcome { needs_restart })
     }
 }
+
+/// What identifies one version of the config file: following symlinks, so
+/// Kubernetes' swap of a mounted ConfigMap's `..data` link shows up as a
+/// new inode even when size and mtime happen to match.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FileVersion {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime_ns: i128,
+}
+
+fn file_version(path: &std::path::Path) -> Option<FileVersion> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some(FileVersion {
+        dev: m.dev(),
+        ino: m.ino(),
+        len: m.len(),
+        mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+    })
+}
+
+/// Reloads whenever the config file changes, checking every `every`
+/// (polling: it sees symlink swaps and editors' rename-over alike). A bad
+/// new file is refused by the reload like any other; the watcher then
+/// waits for the next change.
+pub async fn watch_file(
+    reloader: Arc<Reloader>,
+    path: std::path::PathBuf,
+    every: std::time::Duration,
+    shutdown: crate::shutdown::Shutdown,
+) {
+    let mut seen = file_version(&path);
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.wait() => return,
+        }
+        let now = file_version(&path);
+        if now.is_some() && now != seen {
+            tracing::info!(path = %path.display(), "config file changed: reloading");
+            // Logged and counted by the reloader, good or bad.
+            let _ = reloader.reload();
+            seen = now;
+        }
+    }
+}

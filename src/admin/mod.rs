@@ -188,7 +188,10 @@ mod tests {
         assert_eq!(status(None, "127.0.0.1:5000", None), None);
         assert_eq!(status(None, "[::1]:5000", None), None);
         assert_eq!(status(None, "10.1.2.3:5000", None), Some(StatusCode::FORBIDDEN));
-        assert_eq!(status(None, "10.1.2.3:5000", Some("Bearer anything")), Some(StatusCode::FORBIDDEN));
+        assert_eq!(
+            status(None, "10.1.2.3:5000", Some("Bearer anything")),
+            Some(StatusCode::FORBIDDEN)
+        );
     }
 
     #[test]
@@ -196,8 +199,14 @@ mod tests {
         let t = Some("s3cret");
         assert_eq!(status(t, "10.1.2.3:5000", Some("Bearer s3cret")), None);
         assert_eq!(status(t, "127.0.0.1:5000", None), Some(StatusCode::UNAUTHORIZED));
-        assert_eq!(status(t, "10.1.2.3:5000", Some("Bearer nope")), Some(StatusCode::UNAUTHORIZED));
-        assert_eq!(status(t, "10.1.2.3:5000", Some("Basic czNjcmV0")), Some(StatusCode::UNAUTHORIZED));
+        assert_eq!(
+            status(t, "10.1.2.3:5000", Some("Bearer nope")),
+            Some(StatusCode::UNAUTHORIZED)
+        );
+        assert_eq!(
+            status(t, "10.1.2.3:5000", Some("Basic czNjcmV0")),
+            Some(StatusCode::UNAUTHORIZED)
+        );
         let r = refuse(t, "10.1.2.3:5000".parse().unwrap(), &http::HeaderMap::new()).unwrap();
         assert!(r.headers()[WWW_AUTHENTICATE].to_str().unwrap().starts_with("Bearer"));
     }

@@ -46,6 +46,8 @@ pub struct ServerFile {
     pub status_retention: Option<String>,
     /// At most this many outcomes (and as many idempotency keys) in memory.
     pub status_max_entries: Option<usize>,
+    /// How often the config file is checked for changes ("0s": never).
+    pub config_poll_interval: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -60,6 +60,8 @@ pub struct ServerConfig {
     pub workers: Option<usize>,
     pub status_retention: Duration,
     pub status_max_entries: usize,
+    /// Zero: the file is not watched (SIGHUP and /admin/reload still work).
+    pub config_poll_interval: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -453,6 +455,11 @@ fn validate(src: &Source<'_>, f: FileConfig, upstream_given: bool) -> Result<Con
             Duration::from_secs(24 * 3600),
         )?,
         status_max_entries: s.status_max_entries.unwrap_or(100_000),
+        config_poll_interval: dur(
+            "server.config_poll_interval",
+            &s.config_poll_interval,
+            Duration::from_secs(2),
+        )?,
     };
     if server.status_max_entries == 0 {
         return Err(src.invalid("server.status_max_entries", "must be at least 1"));

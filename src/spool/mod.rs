@@ -19,20 +19,26 @@
 //! # Why one shared log and not a file per partition
 //!
 //! A durable append waits for an fdatasync, so throughput is
-//! (appends per fsync) / (fsync time). Measured here (virtio disk, ext4):
-//! one fdatasync after a 64 KiB write takes 0.26 ms; eight files written and
-//! fdatasynced in parallel (one commit round over eight partitions) take
-//! 1.64 ms, and sequentially 1.46 ms: the device serialises them. With 64
-//! appenders spread over 8 partitions that caps per-partition files near
-//! 40k records/s; one shared file does one fsync per round whatever the
-//! partition mix (see `benches/spool.rs` for the figures). So all partitions
-//! append to one log (RocketMQ's CommitLog shape), and each partition's
-//! records are found through an in-memory index: per segment and
-//! partition the first/last offset, count, bytes and a sparse list of
-//! `(offset, position)` every 64 KiB of that partition's data. The price is
-//! read amplification (a partition reader skips the other partitions'
-//! frames in the segments it reads) and retention by whole segment: a
-//! segment is reclaimed when every partition in it is committed past it.
+//! (appends per fsync) / (fsync time), and appends per fsync is bounded by
+//! how many appenders wait concurrently (64 in the target). Measured on this
+//! machine (virtio disk, ext4), writing 64 KiB per commit round:
+//! one file + one fdatasync took 0.26 ms (python probe) / 0.35 ms
+//! (`benches/spool.rs` `fsync_round_64KiB/parallel_files/1`); eight files
+//! (one per partition) fdatasynced in parallel took 1.64 ms / 0.75 ms, and
+//! sequentially 1.46 ms: the device largely serialises them. With 64
+//! appenders over 8 partitions that caps per-partition files at roughly
+//! 40-85k records/s on a quiet disk, below the 50k target as soon as the
+//! disk is busy; one shared file does one fsync per round whatever the
+//! partition mix, and measures ~130k durable 1 KiB appends/s (see
+//! BENCHMARKS.md). So all partitions append to one log (RocketMQ's
+//! CommitLog shape), and each partition's records are found through an
+//! in-memory index: per segment and partition the first/last offset,
+//! count, bytes and a sparse list of `(offset, position)` every 64 KiB of
+//! that partition's data. The costs, accepted: a partition reader skips
+//! the other partitions' frames in the segments it reads (on the header
+//! alone, without checksumming them), and retention is by whole segment:
+//! a segment is reclaimed when every partition in it is committed past it,
+//! so one stuck partition holds back reclaim of segments it has records in.
 //!
 //! # Record frame (all integers little-endian)
 //!

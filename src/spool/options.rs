@@ -166,6 +166,10 @@ impl SpoolOptions {
                 ),
             );
         }
+        // Open reads the active segment whole to scan it: keep that bounded.
+        if self.segment_bytes > 1 << 30 {
+            return bad("segment_bytes", format!("{} is above 1 GiB", self.segment_bytes));
+        }
         if self.max_bytes < self.segment_bytes {
             return bad(
                 "max_bytes",

@@ -94,7 +94,7 @@ impl LogReader {
             let st = self.sh.lock();
             let ps = &st.parts[self.partition as usize];
             let segs: Vec<(u64, u64)> = st.segs.values().map(|s| (s.id, s.len)).collect();
-            if self.cur.as_ref().map_or(true, |c| !st.segs.contains_key(&c.seg)) {
+            if self.cur.as_ref().is_none_or(|c| !st.segs.contains_key(&c.seg)) {
                 self.cur = None;
                 if let Some((seg, pos)) = self.start(&st) {
                     let path = seg_path(&self.sh.dir, seg);
@@ -120,7 +120,7 @@ impl LogReader {
         };
         while seg_i < segs.len() {
             let (seg_id, seg_len) = segs[seg_i];
-            if self.cur.as_ref().map_or(true, |c| c.seg != seg_id) {
+            if self.cur.as_ref().is_none_or(|c| c.seg != seg_id) {
                 let path = seg_path(&self.sh.dir, seg_id);
                 let file: Arc<dyn FsFile> = match self.sh.fs.open_read(&path) {
                     Ok(f) => Arc::from(f),

@@ -418,3 +418,50 @@ pub async fn start_sluice_from_file(path: &std::path::Path) -> sluice::app::Runn
     let cfg = sluice::config::Config::load(Some(path), &overrides).expect("test config file is valid");
     sluice::app::start(cfg, overrides).await.expect("sluice starts")
 }
+
+/// Like [`send`], but a transport failure (connection refused or reset,
+/// as when sluice is killed mid-request) is an `Err` rather than a panic.
+pub async fn try_send(
+    client: &TestClient,
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Result<Reply, String> {
+    let mut b = Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let resp = tokio::time::timeout(
+        Duration::from_secs(30),
+        client.request(b.body(Full::new(body.into())).unwrap()),
+    )
+    .await
+    .map_err(|_| "request did not finish within 30s".to_string())?
+    .map_err(|e| e.to_string())?;
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+    Ok(Reply {
+        status: parts.status,
+        version: parts.version,
+        headers: parts.headers,
+        body,
+    })
+}
+
+/// The admin port's `/admin/spool` JSON (loopback peers need no token).
+pub async fn admin_spool(client: &TestClient, admin: SocketAddr) -> serde_json::Value {
+    let r = get(client, &format!("http://{admin}/admin/spool")).await;
+    assert_eq!(r.status, 200, "/admin/spool answers 200: {:?}", r.body);
+    r.json()
+}
+
+/// The status endpoint's answer for `id` on the data port.
+pub async fn request_status(client: &TestClient, data: SocketAddr, id: &str) -> Reply {
+    get(client, &format!("http://{data}/_sluice/requests/{id}")).await
+}
+
+/// A header of a request the backend saw, as text.
+pub fn seen_header<'a>(s: &'a Seen, name: &str) -> Option<&'a str> {
+    s.headers.get(name).and_then(|v| v.to_str().ok())
+}
