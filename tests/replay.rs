@@ -201,7 +201,11 @@ async fn burst_is_absorbed_then_drained_within_the_upstream_budget() {
     assert!(per_partition.len() > 1, "round robin uses several partitions");
     for (p, seqs) in &per_partition {
         for w in seqs.windows(2) {
-            assert_eq!(w[1], w[0] + 1, "partition {p}: sequences {seqs:?} are not consecutive in order");
+            assert_eq!(
+                w[1],
+                w[0] + 1,
+                "partition {p}: sequences {seqs:?} are not consecutive in order"
+            );
         }
         assert_eq!(seqs[0], 0, "partition {p} starts at 0 in a fresh spool");
     }
@@ -307,8 +311,14 @@ async fn a_4xx_for_a_replay_goes_to_the_dlq() {
     assert_eq!(st["attempts"], 1, "a 4xx is not retried: {st}");
     let s = admin_spool(&c, sluice.admin_addr).await;
     assert!(s["dlq"]["records"].as_u64().unwrap() >= 1, "{s}");
-    assert_eq!(metric(&c, &sluice, "sluice_replay_total", &[("outcome", "dead")]).await, 1.0);
-    assert_eq!(metric(&c, &sluice, "sluice_replay_total", &[("outcome", "delivered")]).await, 0.0);
+    assert_eq!(
+        metric(&c, &sluice, "sluice_replay_total", &[("outcome", "dead")]).await,
+        1.0
+    );
+    assert_eq!(
+        metric(&c, &sluice, "sluice_replay_total", &[("outcome", "delivered")]).await,
+        0.0
+    );
     assert_eq!(replayed(&backend).len(), 1, "sent once, not retried");
     assert_eq!(replayed(&backend)[0].body, "doomed");
     sluice.shutdown().await;
@@ -340,7 +350,10 @@ async fn a_record_older_than_max_age_goes_to_the_dlq_as_expired() {
         t.elapsed()
     );
     assert!(st["attempts"].as_u64().unwrap() >= 2, "retried until it expired: {st}");
-    assert_eq!(metric(&c, &sluice, "sluice_replay_total", &[("outcome", "expired")]).await, 1.0);
+    assert_eq!(
+        metric(&c, &sluice, "sluice_replay_total", &[("outcome", "expired")]).await,
+        1.0
+    );
     let s = admin_spool(&c, sluice.admin_addr).await;
     assert_eq!(s["dlq"]["records"], 1, "{s}");
     sluice.shutdown().await;
@@ -388,9 +401,15 @@ async fn a_503_with_retry_after_is_retried_then_delivered() {
     assert!(r.iter().all(|s| seen_header(s, "sluice-id") == Some(id.as_str())));
     // Retry-After: 1 is honoured (the default backoff alone is <= 200ms).
     let gap = r[1].at - r[0].at;
-    assert!(gap >= Duration::from_millis(900), "retried after {gap:?}, before Retry-After");
+    assert!(
+        gap >= Duration::from_millis(900),
+        "retried after {gap:?}, before Retry-After"
+    );
     assert!(metric(&c, &sluice, "sluice_replay_total", &[("outcome", "retried")]).await >= 1.0);
-    assert_eq!(metric(&c, &sluice, "sluice_replay_total", &[("outcome", "delivered")]).await, 1.0);
+    assert_eq!(
+        metric(&c, &sluice, "sluice_replay_total", &[("outcome", "delivered")]).await,
+        1.0
+    );
     sluice.shutdown().await;
 }
 
@@ -437,7 +456,11 @@ async fn idempotency_key_repeats_get_the_same_id_and_one_delivery() {
     let keyed: Vec<_> = r.iter().filter(|s| seen_header(s, "sluice-id") == Some(&id1)).collect();
     assert_eq!(keyed.len(), 1);
     assert_eq!(keyed[0].body, "a1", "the first request is the one kept");
-    assert_eq!(seen_header(keyed[0], "idempotency-key"), Some("k-1"), "client's key passed on");
+    assert_eq!(
+        seen_header(keyed[0], "idempotency-key"),
+        Some("k-1"),
+        "client's key passed on"
+    );
     let k2: Vec<_> = r.iter().filter(|s| seen_header(s, "sluice-id") == Some(&id2)).collect();
     assert_eq!(k2.len(), 1);
     assert_eq!(seen_header(k2[0], "idempotency-key"), Some("k-2"));
@@ -516,7 +539,12 @@ async fn status_endpoint_walks_queued_delivering_delivered() {
     assert!(st_b["delivered_at"].is_string(), "{st_b}");
 
     // Malformed ids and a foreign token: 404.
-    for bad in ["garbage".to_string(), String::new(), b[..37].to_string(), format!("{b}A")] {
+    for bad in [
+        "garbage".to_string(),
+        String::new(),
+        b[..37].to_string(),
+        format!("{b}A"),
+    ] {
         let r = request_status(&c, sluice.data_addr, &bad).await;
         assert_eq!(r.status, 404, "id {bad:?}");
     }
@@ -543,7 +571,7 @@ async fn ordered_route_never_reorders_one_keys_requests() {
     let backend = Backend::start(Arc::new(|s: Seen| {
         Box::pin(async move {
             if s.headers.contains_key("sluice-id") {
-                tokio::time::sleep(Duration::from_millis(60)).await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
             reply(200, "ok")
         })

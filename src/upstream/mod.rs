@@ -4,3 +4,6 @@
 mod budget;
 
 pub use budget::{Budget, BudgetError, BudgetPermit, BudgetSpec};
+
+pub mod adaptive;
+pub mod breaker;

@@ -1,0 +1,214 @@
+//! The circuit breaker: consecutive upstream failures (connection errors,
+//! timeouts, 502/503/504 — live or replayed) open it; while open, live
+//! requests don't reach the backend (spoolable ones are spooled, others
+//! get 503) and replay pauses; after `cooldown` it lets `probes` requests
+//! through (half-open) and closes on their success, or opens again.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::time::Instant;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BreakerConfig {
+    /// 0 disables the breaker.
+    pub failures: u32,
+    pub cooldown: Duration,
+    pub probes: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Closed,
+    Open { until: Instant },
+    HalfOpen { in_flight: u32 },
+}
+
+/// What the breaker says about sending one request now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admit {
+    /// Send it.
+    Pass,
+    /// Send it as a half-open probe: report its result with `probe = true`.
+    Probe,
+    /// Don't send it; the breaker is open for about this long.
+    Refuse { retry_after: Duration },
+}
+
+/// How an exchange with the backend went, as far as the breaker cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    Ok,
+    Failed,
+}
+
+impl Health {
+    /// Connection errors, timeouts and 502/503/504 count as failures; other
+    /// statuses (a 500 or 4xx is the backend answering) do not.
+    pub fn of(status: Option<u16>) -> Health {
+        match status {
+            None | Some(502..=504) => Health::Failed,
+            Some(_) => Health::Ok,
+        }
+    }
+}
+
+pub struct Breaker {
+    config: Mutex<BreakerConfig>,
+    state: Mutex<State>,
+    consecutive: AtomicU32,
+    gauge: prometheus::IntGauge,
+}
+
+impl Breaker {
+    pub fn new(config: BreakerConfig, gauge: prometheus::IntGauge) -> Breaker {
+        gauge.set(0);
+        Breaker {
+            config: Mutex::new(config),
+            state: Mutex::new(State::Closed),
+            consecutive: AtomicU32::new(0),
+            gauge,
+        }
+    }
+
+    /// Takes new thresholds (reload); the current state stays.
+    pub fn reconfigure(&self, config: BreakerConfig) {
+        *self.config.lock().unwrap_or_else(|p| p.into_inner()) = config;
+    }
+
+    fn config(&self) -> BreakerConfig {
+        *self.config.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn is_open(&self) -> bool {
+        !matches!(*self.state.lock().unwrap_or_else(|p| p.into_inner()), State::Closed)
+    }
+
+    pub fn admit(&self) -> Admit {
+        let cfg = self.config();
+        if cfg.failures == 0 {
+            return Admit::Pass;
+        }
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        match *st {
+            State::Closed => Admit::Pass,
+            State::Open { until } => {
+                let now = Instant::now();
+                if now < until {
+                    return Admit::Refuse {
+                        retry_after: until - now,
+                    };
+                }
+                *st = State::HalfOpen { in_flight: 1 };
+                Admit::Probe
+            }
+            State::HalfOpen { in_flight } if in_flight < cfg.probes.max(1) => {
+                *st = State::HalfOpen {
+                    in_flight: in_flight + 1,
+                };
+                Admit::Probe
+            }
+            State::HalfOpen { .. } => Admit::Refuse {
+                retry_after: cfg.cooldown,
+            },
+        }
+    }
+
+    /// Reports the result of an exchange that [`admit`](Self::admit) let
+    /// through (or any other exchange with the backend, `probe = false`).
+    pub fn record(&self, health: Health, probe: bool) {
+        let cfg = self.config();
+        if cfg.failures == 0 {
+            return;
+        }
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        match (health, *st) {
+            (Health::Ok, State::HalfOpen { .. }) if probe => {
+                tracing::info!("upstream circuit breaker closed: a probe succeeded");
+                *st = State::Closed;
+                self.consecutive.store(0, Ordering::Relaxed);
+                self.gauge.set(0);
+            }
+            (Health::Ok, State::Closed) => {
+                self.consecutive.store(0, Ordering::Relaxed);
+            }
+            (Health::Failed, State::HalfOpen { .. }) if probe => {
+                tracing::warn!(cooldown = ?cfg.cooldown, "upstream circuit breaker re-opened: a probe failed");
+                *st = State::Open {
+                    until: Instant::now() + cfg.cooldown,
+                };
+            }
+            (Health::Failed, State::Closed) => {
+                let n = self.consecutive.fetch_add(1, Ordering::Relaxed) + 1;
+                if n >= cfg.failures {
+                    tracing::warn!(failures = n, cooldown = ?cfg.cooldown, "upstream circuit breaker opened");
+                    *st = State::Open {
+                        until: Instant::now() + cfg.cooldown,
+                    };
+                    self.gauge.set(1);
+                }
+            }
+            // Results of requests sent before the breaker opened don't move it.
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn breaker(failures: u32) -> Breaker {
+        Breaker::new(
+            BreakerConfig {
+                failures,
+                cooldown: Duration::from_secs(5),
+                probes: 1,
+            },
+            prometheus::IntGauge::new("t", "t").unwrap(),
+        )
+    }
+
+    #[test]
+    fn health_classes() {
+        assert_eq!(Health::of(None), Health::Failed);
+        assert_eq!(Health::of(Some(503)), Health::Failed);
+        assert_eq!(Health::of(Some(500)), Health::Ok);
+        assert_eq!(Health::of(Some(404)), Health::Ok);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn opens_after_consecutive_failures_and_closes_on_a_good_probe() {
+        let b = breaker(3);
+        b.record(Health::Failed, false);
+        b.record(Health::Failed, false);
+        b.record(Health::Ok, false);
+        b.record(Health::Failed, false);
+        b.record(Health::Failed, false);
+        assert_eq!(b.admit(), Admit::Pass, "a success in between resets the count");
+        b.record(Health::Failed, false);
+        assert!(b.is_open());
+        assert_eq!(b.gauge.get(), 1);
+        assert!(matches!(b.admit(), Admit::Refuse { .. }));
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(b.admit(), Admit::Probe);
+        assert!(matches!(b.admit(), Admit::Refuse { .. }), "one probe at a time");
+        b.record(Health::Failed, true);
+        assert!(matches!(b.admit(), Admit::Refuse { .. }), "a failed probe re-opens");
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(b.admit(), Admit::Probe);
+        b.record(Health::Ok, true);
+        assert!(!b.is_open());
+        assert_eq!(b.gauge.get(), 0);
+        assert_eq!(b.admit(), Admit::Pass);
+    }
+
+    #[test]
+    fn zero_failures_disables_it() {
+        let b = breaker(0);
+        for _ in 0..100 {
+            b.record(Health::Failed, false);
+        }
+        assert_eq!(b.admit(), Admit::Pass);
+    }
+}
