@@ -20,6 +20,7 @@ pub mod admin;
 pub mod admission;
 pub mod app;
 pub mod config;
+pub mod demo;
 pub mod drain;
 pub mod metrics;
 pub mod proxy;

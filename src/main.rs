@@ -34,6 +34,13 @@ enum Command {
         #[arg(short, long)]
         config: PathBuf,
     },
+    /// Show peak shaving on this machine: a slow backend and a burst of
+    /// writes, first without and then with sluice in front (under a minute).
+    Demo {
+        /// Requests in the burst.
+        #[arg(long, default_value_t = 600)]
+        requests: usize,
+    },
     /// Inspect a spool offline (safe while sluice runs).
     #[command(subcommand)]
     Spool(SpoolCommand),
@@ -41,6 +48,10 @@ enum Command {
 
 #[derive(Subcommand)]
 enum SpoolCommand {
+    /// Dead letters, offline (refused while a running sluice holds the spool;
+    /// use the admin API then).
+    #[command(subcommand)]
+    Dlq(DlqCommand),
     /// Per partition first/next/committed offset, backlog, oldest age; DLQ size.
     Status {
         #[arg(long)]
@@ -49,6 +60,38 @@ enum SpoolCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// List dead letters.
+    List {
+        #[arg(long)]
+        spool_dir: PathBuf,
+        /// Start at this DLQ offset.
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-enqueue dead letters at the tail of their partitions.
+    Replay(DlqSelect),
+    /// Drop dead letters.
+    Purge(DlqSelect),
+}
+
+#[derive(clap::Args)]
+struct DlqSelect {
+    #[arg(long)]
+    spool_dir: PathBuf,
+    /// Every dead letter.
+    #[arg(long, conflicts_with = "id")]
+    all: bool,
+    /// A request id (Sluice-Id); repeatable.
+    #[arg(long, required_unless_present = "all")]
+    id: Vec<String>,
 }
 
 #[derive(clap::Args)]
@@ -114,6 +157,30 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        Command::Demo { requests } => {
+            let opts = sluice::demo::DemoOptions {
+                requests,
+                ..Default::default()
+            };
+            match offline(async move {
+                let summary = sluice::demo::run(opts).await?;
+                print!("{summary}");
+                Ok(())
+            }) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("sluice: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::Spool(SpoolCommand::Dlq(cmd)) => match offline(dlq_command(cmd)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("sluice: {e:#}");
+                ExitCode::from(1)
+            }
+        },
         Command::Run(args) => {
             let args = *args;
             let overrides = Overrides {
@@ -155,4 +222,96 @@ fn run(cfg: Config, overrides: Overrides) -> anyhow::Result<()> {
     };
     let rt = builder.enable_all().build().context("starting the tokio runtime")?;
     rt.block_on(sluice::app::run(cfg, overrides)).context("sluice stopped")
+}
+
+fn offline<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?
+        .block_on(f)
+}
+
+/// Opens an existing spool for offline work, with its own partition count.
+async fn open_offline(dir: &std::path::Path) -> anyhow::Result<std::sync::Arc<sluice::spool::Spool>> {
+    let status = sluice::spool::inspect(dir)?;
+    let mut opts = sluice::spool::SpoolOptions::new(dir);
+    opts.partitions = status.partitions.len() as u32;
+    match sluice::spool::Spool::open(opts, std::sync::Arc::new(sluice::spool::NoopObserver)).await {
+        Ok(s) => Ok(s),
+        Err(sluice::spool::SpoolError::Locked { path }) => anyhow::bail!(
+            "{} is held by a running sluice; refusing to change it offline (use the admin API: /admin/dlq)",
+            path.display()
+        ),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn dlq_command(cmd: DlqCommand) -> anyhow::Result<()> {
+    use sluice::drain::dlq;
+    match cmd {
+        DlqCommand::List {
+            spool_dir,
+            from,
+            limit,
+            json,
+        } => {
+            let spool = open_offline(&spool_dir).await?;
+            let (items, next) = dlq::list(&spool, from, limit).await?;
+            if json {
+                println!("{}", serde_json::json!({"dead_letters": items, "next_from": next}));
+            } else {
+                println!(
+                    "{:>8}  {:>4}  {:>10}  {:<12} {:>6}  {:<8} path / id",
+                    "dlq", "part", "offset", "reason", "status", "method"
+                );
+                for d in &items {
+                    println!(
+                        "{:>8}  {:>4}  {:>10}  {:<12} {:>6}  {:<8} {} {}",
+                        d.dlq_offset,
+                        d.partition,
+                        d.offset,
+                        d.reason,
+                        d.last_status.map_or("-".to_string(), |s| s.to_string()),
+                        d.method.as_deref().unwrap_or("-"),
+                        d.path.as_deref().unwrap_or("-"),
+                        d.id.as_deref().unwrap_or("-"),
+                    );
+                }
+                if let Some(n) = next {
+                    println!("(more: --from {n})");
+                }
+            }
+            spool.close().await?;
+        }
+        DlqCommand::Replay(sel) => {
+            let spool = open_offline(&sel.spool_dir).await?;
+            let outcomes = sluice::drain::outcomes::OutcomeStore::open(
+                &sel.spool_dir,
+                std::time::Duration::from_secs(24 * 3600),
+                100_000,
+            )?;
+            let selection = dlq::Selection {
+                all: sel.all,
+                ids: sel.id,
+            };
+            let pairs = dlq::replay(&spool, Some(&outcomes), &selection).await?;
+            for (old, new) in &pairs {
+                println!("{old} -> {new}");
+            }
+            println!("replayed {}", pairs.len());
+            spool.close().await?;
+        }
+        DlqCommand::Purge(sel) => {
+            let spool = open_offline(&sel.spool_dir).await?;
+            let selection = dlq::Selection {
+                all: sel.all,
+                ids: sel.id,
+            };
+            let n = dlq::purge(&spool, &selection).await?;
+            println!("purged {n}");
+            spool.close().await?;
+        }
+    }
+    Ok(())
 }

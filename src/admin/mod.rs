@@ -1,6 +1,7 @@
 //! The admin port: `/healthz`, `/readyz`, `/metrics` (open) and
 //! `/admin/*` (bearer token, or loopback only when no token is set).
 
+use crate::drain::dlq;
 use crate::drain::spooler::Spooler;
 use crate::metrics::Metrics;
 use crate::proxy::body::ResponseBody;
@@ -154,10 +155,101 @@ async fn admin_route(state: &AdminState, req: Request<Incoming>) -> Response<Res
         (_, "/admin/reload") => method_not_allowed("POST"),
         (&Method::GET, "/admin/spool") => {
             let status = state.spooler.spool.status();
-            json_response(StatusCode::OK, &serde_json::to_value(&status).unwrap_or_default(), None)
+            let mut v = serde_json::to_value(&status).unwrap_or_default();
+            v["paused"] = serde_json::Value::Bool(*state.spooler.paused.borrow());
+            json_response(StatusCode::OK, &v, None)
+        }
+        (&Method::POST, "/admin/drain/pause") => {
+            state.spooler.paused.send_replace(true);
+            tracing::info!("replay paused by the admin API");
+            json_response(StatusCode::OK, &serde_json::json!({"paused": true}), None)
+        }
+        (&Method::POST, "/admin/drain/resume") => {
+            state.spooler.paused.send_replace(false);
+            tracing::info!("replay resumed by the admin API");
+            json_response(StatusCode::OK, &serde_json::json!({"paused": false}), None)
+        }
+        (&Method::GET, "/admin/dlq") => {
+            let (from, limit) = page_params(req.uri().query());
+            match dlq::list(&state.spooler.spool, from, limit).await {
+                Ok((items, next)) => json_response(
+                    StatusCode::OK,
+                    &serde_json::json!({"dead_letters": items, "next_from": next}),
+                    None,
+                ),
+                Err(e) => dlq_error(e),
+            }
+        }
+        (&Method::POST, path @ ("/admin/dlq/replay" | "/admin/dlq/purge")) => {
+            let replay = path.ends_with("replay");
+            let selection = match read_selection(req).await {
+                Ok(s) => s,
+                Err(r) => return r,
+            };
+            let spooler = &state.spooler;
+            if replay {
+                match dlq::replay(&spooler.spool, Some(&spooler.outcomes), &selection).await {
+                    Ok(pairs) => {
+                        let replayed: Vec<_> = pairs
+                            .into_iter()
+                            .map(|(old, new)| serde_json::json!({"id": old, "replayed_as": new}))
+                            .collect();
+                        json_response(StatusCode::OK, &serde_json::json!({"replayed": replayed}), None)
+                    }
+                    Err(e) => dlq_error(e),
+                }
+            } else {
+                match dlq::purge(&spooler.spool, &selection).await {
+                    Ok(n) => json_response(StatusCode::OK, &serde_json::json!({"purged": n}), None),
+                    Err(e) => dlq_error(e),
+                }
+            }
+        }
+        (_, "/admin/drain/pause" | "/admin/drain/resume" | "/admin/dlq/replay" | "/admin/dlq/purge") => {
+            method_not_allowed("POST")
         }
         _ => json_response(StatusCode::NOT_FOUND, &serde_json::json!({"error": "not_found"}), None),
     }
+}
+
+/// `?from=N&limit=M` for paged lists: limit defaults to 100, at most 1000.
+fn page_params(query: Option<&str>) -> (u64, usize) {
+    let mut from = 0;
+    let mut limit = 100;
+    for pair in query.unwrap_or("").split('&') {
+        match pair.split_once('=') {
+            Some(("from", v)) => from = v.parse().unwrap_or(0),
+            Some(("limit", v)) => limit = v.parse().unwrap_or(100),
+            _ => {}
+        }
+    }
+    (from, limit.clamp(1, 1000))
+}
+
+async fn read_selection(req: Request<Incoming>) -> Result<dlq::Selection, Response<ResponseBody>> {
+    use http_body_util::BodyExt;
+    let bad = |msg: String| {
+        json_response(
+            StatusCode::BAD_REQUEST,
+            &serde_json::json!({"error": "bad_request", "message": msg}),
+            None,
+        )
+    };
+    let body = http_body_util::Limited::new(req.into_body(), 1 << 20)
+        .collect()
+        .await
+        .map_err(|e| bad(format!("cannot read the body: {e}")))?
+        .to_bytes();
+    serde_json::from_slice(&body).map_err(|e| bad(format!("expected {{\"all\": true}} or {{\"ids\": [\"...\"]}}: {e}")))
+}
+
+fn dlq_error(e: dlq::DlqError) -> Response<ResponseBody> {
+    let status = match e {
+        dlq::DlqError::EmptySelection | dlq::DlqError::BadId(_) => StatusCode::BAD_REQUEST,
+        dlq::DlqError::Spool(ref s) if s.is_retryable() => StatusCode::SERVICE_UNAVAILABLE,
+        dlq::DlqError::Spool(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    json_response(status, &serde_json::json!({"error": e.to_string()}), None)
 }
 
 fn method_not_allowed(allow: &'static str) -> Response<ResponseBody> {

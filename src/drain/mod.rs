@@ -2,6 +2,7 @@
 //! ([`id`]), intake and status ([`spooler`]), replay to the backend
 //! ([`replay`]) and what became of them ([`outcomes`]).
 
+pub mod dlq;
 pub mod envelope;
 pub mod id;
 pub mod outcomes;

@@ -1,0 +1,166 @@
+//! Dead-letter operations shared by the admin API (online) and the CLI
+//! (offline): list, replay (append again at the tail of the partition
+//! with a new id and the same Idempotency-Key), purge — all, or selected
+//! by request id.
+
+use super::envelope::Envelope;
+use super::id::RequestId;
+use super::outcomes::{now_ms, Outcome, OutcomeStore, State};
+use crate::spool::{DeadLetter, DlqSelection, Spool, SpoolError};
+
+/// A dead letter as shown to operators.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DeadLetterView {
+    /// The request's id, when its record could be decoded.
+    pub id: Option<String>,
+    pub dlq_offset: u64,
+    pub partition: u32,
+    pub offset: u64,
+    pub reason: String,
+    pub last_status: Option<u16>,
+    pub dead_at_ms: u64,
+    pub enqueued_at_ms: u64,
+    pub route: Option<String>,
+    pub method: Option<String>,
+    pub path: Option<String>,
+    pub bytes: usize,
+}
+
+/// Which dead letters an operation applies to.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Selection {
+    #[serde(default)]
+    pub all: bool,
+    /// Request ids (`Sluice-Id`).
+    #[serde(default)]
+    pub ids: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DlqError {
+    #[error("select dead letters with {{\"all\": true}} or {{\"ids\": [...]}}")]
+    EmptySelection,
+    #[error("{0:?} is not a request id")]
+    BadId(String),
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+}
+
+fn view(d: &DeadLetter) -> DeadLetterView {
+    let env = Envelope::decode(d.payload.clone()).ok();
+    DeadLetterView {
+        id: env.as_ref().map(|e| {
+            RequestId {
+                partition: d.partition,
+                offset: d.offset,
+                token: e.token,
+            }
+            .encode()
+        }),
+        dlq_offset: d.dlq_offset,
+        partition: d.partition,
+        offset: d.offset,
+        reason: d.reason.clone(),
+        last_status: d.last_status,
+        dead_at_ms: d.dead_at_ms,
+        enqueued_at_ms: env.as_ref().map_or(d.timestamp_ms, |e| e.arrived_ms),
+        route: env.as_ref().map(|e| e.route.clone()),
+        method: env.as_ref().map(|e| e.method.to_string()),
+        path: env.as_ref().map(|e| e.path_and_query.clone()),
+        bytes: d.payload_len,
+    }
+}
+
+/// A page of dead letters from `from` (a dlq offset), and where the next
+/// page starts.
+pub async fn list(spool: &Spool, from: u64, limit: usize) -> Result<(Vec<DeadLetterView>, Option<u64>), DlqError> {
+    let page = spool.dlq_list(from, limit.saturating_add(1)).await?;
+    let next = (page.len() > limit).then(|| page[limit].dlq_offset);
+    Ok((page.iter().take(limit).map(view).collect(), next))
+}
+
+async fn select(spool: &Spool, sel: &Selection) -> Result<Vec<DeadLetter>, DlqError> {
+    if !sel.all && sel.ids.is_empty() {
+        return Err(DlqError::EmptySelection);
+    }
+    let mut wanted = Vec::new();
+    for text in &sel.ids {
+        wanted.push(RequestId::parse(text).ok_or_else(|| DlqError::BadId(text.clone()))?);
+    }
+    let all = spool.dlq_list(0, usize::MAX).await?;
+    Ok(all
+        .into_iter()
+        .filter(|d| {
+            sel.all
+                || wanted.iter().any(|id| {
+                    id.partition == d.partition
+                        && id.offset == d.offset
+                        && Envelope::decode(d.payload.clone()).is_ok_and(|e| id.token_matches(&e.token))
+                })
+        })
+        .collect())
+}
+
+/// Drops the selected dead letters; returns how many.
+pub async fn purge(spool: &Spool, sel: &Selection) -> Result<u64, DlqError> {
+    let letters = select(spool, sel).await?;
+    let offsets = letters.iter().map(|d| d.dlq_offset).collect();
+    Ok(spool.dlq_purge(&DlqSelection::Offsets(offsets))?)
+}
+
+/// Appends each selected dead letter again at the tail of its partition
+/// and drops it from the DLQ. The new record keeps the request's
+/// Idempotency-Key (the client's, or else the old id), so a backend that
+/// dedupes sees the same key; the old id's status shows `replayed_as`.
+/// Returns `(old id, new id)` pairs.
+pub async fn replay(
+    spool: &Spool,
+    outcomes: Option<&OutcomeStore>,
+    sel: &Selection,
+) -> Result<Vec<(String, String)>, DlqError> {
+    let letters = select(spool, sel).await?;
+    let mut done = Vec::new();
+    for d in letters {
+        let partition = d.partition.min(spool.partitions() - 1);
+        let Ok(mut env) = Envelope::decode(d.payload.clone()) else {
+            // Not a request we can send (e.g. a corrupt record's stub):
+            // leave it for an operator to purge.
+            tracing::warn!(
+                dlq_offset = d.dlq_offset,
+                "dead letter is not a decodable request; not replayed"
+            );
+            continue;
+        };
+        let old = RequestId {
+            partition: d.partition,
+            offset: d.offset,
+            token: env.token,
+        };
+        if env.idempotency_key.is_none() {
+            env.idempotency_key = Some(old.encode());
+        }
+        env.token = RequestId::new_token();
+        let new_offset = spool.append(partition, env.encode()).await?;
+        let new = RequestId {
+            partition,
+            offset: new_offset,
+            token: env.token,
+        };
+        spool.dlq_purge(&DlqSelection::Offsets(vec![d.dlq_offset]))?;
+        if let Some(store) = outcomes {
+            let previous = store.get(old.partition, old.offset);
+            store.record(Outcome {
+                id: old,
+                state: State::Dead,
+                attempts: previous.map_or(0, |p| p.attempts),
+                upstream_status: d.last_status,
+                at_ms: now_ms(),
+                enqueued_ms: env.arrived_ms,
+                replayed_as: Some(new),
+            });
+        }
+        done.push((old.encode(), new.encode()));
+    }
+    Ok(done)
+}
