@@ -53,7 +53,7 @@ impl Reloader {
         let needs_restart = current.config.restart_only_changes(&next);
         next.keep_restart_only(&current.config);
         let runtime = Runtime::build(Arc::new(next), &self.metrics, Some(&current));
-        self.shared.runtime.store(Arc::new(runtime));
+        self.shared.install(runtime);
         Ok(ReloadOutcome { needs_restart })
     }
 }

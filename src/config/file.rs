@@ -19,7 +19,20 @@ pub struct FileConfig {
     #[serde(default)]
     pub drain: DrainFile,
     #[serde(default)]
+    pub breaker: BreakerFile,
+    #[serde(default)]
     pub route: Vec<RouteFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerFile {
+    /// Consecutive upstream failures that open the breaker (0: never).
+    pub failures: Option<u32>,
+    /// How long it stays open before half-open probes.
+    pub cooldown: Option<String>,
+    /// Probes let through while half-open.
+    pub probes: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -39,6 +39,7 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     pub spool: SpoolConfig,
     pub drain: DrainConfig,
+    pub breaker: crate::upstream::breaker::BreakerConfig,
     pub routes: Vec<RouteConfig>,
 }
 
@@ -583,6 +584,20 @@ fn validate(src: &Source<'_>, f: FileConfig, upstream_given: bool) -> Result<Con
         }
     }
 
+    // [breaker]
+    let b = &f.breaker;
+    let breaker = crate::upstream::breaker::BreakerConfig {
+        failures: b.failures.unwrap_or(5),
+        cooldown: dur("breaker.cooldown", &b.cooldown, Duration::from_secs(5))?,
+        probes: b.probes.unwrap_or(1),
+    };
+    if breaker.probes == 0 {
+        return Err(src.invalid("breaker.probes", "must be at least 1"));
+    }
+    if breaker.cooldown.is_zero() {
+        return Err(src.invalid("breaker.cooldown", "must be above zero"));
+    }
+
     // [[route]]
     let mut routes = Vec::with_capacity(f.route.len());
     for (i, r) in f.route.iter().enumerate() {
@@ -606,6 +621,7 @@ fn validate(src: &Source<'_>, f: FileConfig, upstream_given: bool) -> Result<Con
         upstream,
         spool,
         drain,
+        breaker,
         routes,
     })
 }

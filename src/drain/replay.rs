@@ -13,6 +13,8 @@ use crate::proxy::body::{InFlight, RequestBody};
 use crate::proxy::Shared;
 use crate::shutdown::Shutdown;
 use crate::spool::Record;
+use crate::upstream::adaptive::Signal;
+use crate::upstream::breaker::{Admit, Health};
 use http::header::{HeaderName, HeaderValue, RETRY_AFTER};
 use http::{Request, Uri, Version};
 use http_body_util::BodyExt;
@@ -49,6 +51,7 @@ pub struct Drainer {
 }
 
 /// How one attempt ended.
+#[derive(Debug, Clone, Copy)]
 enum Attempt {
     Delivered(u16),
     /// Worth another try; `retry_after` from the backend, if it said.
@@ -160,9 +163,21 @@ impl Drainer {
                     .await;
                 return;
             }
+            // While the breaker is open replay waits (re-checking expiry);
+            // when half-open it may send a probe.
+            let probe = match self.shared.breaker.admit() {
+                Admit::Pass => false,
+                Admit::Probe => true,
+                Admit::Refuse { retry_after } => {
+                    tokio::time::sleep(retry_after.min(Duration::from_millis(500))).await;
+                    continue;
+                }
+            };
             attempt += 1;
             self.spooler.inflight.insert(key, attempt);
-            let outcome = self.attempt(&env, id, attempt + u32::from(env.attempt_base)).await;
+            let outcome = self
+                .attempt(&env, id, attempt + u32::from(env.attempt_base), probe)
+                .await;
             match outcome {
                 Attempt::Delivered(status) => {
                     self.counters.delivered.inc();
@@ -245,9 +260,46 @@ impl Drainer {
 
     /// One send of a spooled request, within the replay share of the
     /// upstream budget.
-    async fn attempt(&self, env: &Envelope, id: RequestId, attempt: u32) -> Attempt {
+    async fn attempt(&self, env: &Envelope, id: RequestId, attempt: u32, probe: bool) -> Attempt {
         let rt = self.shared.runtime.load_full();
+        let adaptive = if rt.config.upstream.adaptive {
+            Some(self.shared.adaptive.acquire().await)
+        } else {
+            None
+        };
         let permit = rt.budget.acquire_replay().await;
+        let started = std::time::Instant::now();
+        let outcome = self.send(&rt, env, id, attempt, permit).await;
+        let rtt = started.elapsed();
+        let status = match outcome {
+            Attempt::Delivered(s) | Attempt::Rejected(s) => Some(s),
+            Attempt::Retry { status, .. } => status,
+        };
+        self.shared.breaker.record(Health::of(status), probe);
+        if let Some(permit) = adaptive {
+            permit.report(match (outcome, status) {
+                (Attempt::Delivered(_), _) => Signal::Success(rtt),
+                (_, None) | (_, Some(429)) | (_, Some(500..=599)) => Signal::Overload {
+                    retry_after: match outcome {
+                        Attempt::Retry { retry_after, .. } => retry_after,
+                        _ => None,
+                    },
+                },
+                _ => Signal::Ignore,
+            });
+        }
+        outcome
+    }
+
+    /// Sends one spooled request and reads the answer.
+    async fn send(
+        &self,
+        rt: &crate::proxy::Runtime,
+        env: &Envelope,
+        id: RequestId,
+        attempt: u32,
+        permit: crate::upstream::BudgetPermit,
+    ) -> Attempt {
         let mut req = Request::new(RequestBody::full(env.body.clone()));
         *req.method_mut() = env.method.clone();
         *req.version_mut() = Version::HTTP_11;

@@ -14,6 +14,8 @@ use crate::admission::RouteTable;
 use crate::config::{Config, UNMATCHED_ROUTE};
 use crate::drain::spooler::Spooler;
 use crate::metrics::{Metrics, RouteMetrics, Source, UpstreamMetrics};
+use crate::upstream::adaptive::{AdaptiveConfig, AdaptiveLimit};
+use crate::upstream::breaker::Breaker;
 use crate::upstream::{Budget, BudgetSpec};
 use arc_swap::ArcSwap;
 use client::UpstreamClient;
@@ -83,16 +85,34 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub live: UpstreamMetrics,
     pub spooler: Arc<Spooler>,
+    pub breaker: Breaker,
+    /// Replay's in-flight limit when `upstream.adaptive` is on.
+    pub adaptive: AdaptiveLimit,
 }
 
 impl Shared {
     pub fn new(runtime: Runtime, client: UpstreamClient, metrics: Arc<Metrics>, spooler: Arc<Spooler>) -> Shared {
+        let cfg = runtime.config.clone();
         Shared {
+            breaker: Breaker::new(cfg.breaker, metrics.breaker_open.clone()),
+            adaptive: AdaptiveLimit::new(
+                AdaptiveConfig::for_max(cfg.upstream.max_concurrency),
+                metrics.replay_limit.with_label_values(&["concurrency"]),
+                metrics.replay_limit.with_label_values(&["rate"]),
+            ),
             runtime: ArcSwap::from_pointee(runtime),
             client,
             live: metrics.upstream(Source::Live),
             metrics,
             spooler,
         }
+    }
+
+    /// Installs a new runtime (reload) and passes its limits on.
+    pub fn install(&self, runtime: Runtime) {
+        self.breaker.reconfigure(runtime.config.breaker);
+        self.adaptive
+            .reconfigure(AdaptiveConfig::for_max(runtime.config.upstream.max_concurrency));
+        self.runtime.store(Arc::new(runtime));
     }
 }

@@ -10,6 +10,7 @@ use crate::drain::envelope::Envelope;
 use crate::drain::id::RequestId;
 use crate::drain::spooler::SpoolingError;
 use crate::metrics::DecisionLabel;
+use crate::upstream::breaker::{Admit, Health};
 use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, HOST};
 use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
@@ -250,6 +251,18 @@ async fn route_request(
         }
     }
 
+    // The breaker: while the backend is failing, don't pile on.
+    let probe = match shared.breaker.admit() {
+        Admit::Pass => false,
+        Admit::Probe => true,
+        Admit::Refuse { retry_after } => {
+            if let (Some(r), Some(p)) = (&route, spool_partition) {
+                return spool_client_request(shared, rt, conn, r, stats, req, p).await;
+            }
+            return fail(stats, ProxyError::UpstreamUnavailable { retry_after });
+        }
+    };
+
     // Gate 2: the upstream budget, shared with replay.
     let budget_deadline = start + route.as_ref().map_or(Duration::ZERO, |r| r.config.max_wait);
     let permit = match rt.budget.acquire(budget_deadline).await {
@@ -262,7 +275,22 @@ async fn route_request(
         }
     };
 
-    match forward(shared, rt, conn, req, permit, start).await {
+    let forwarded = forward(shared, rt, conn, req, permit, start).await;
+    match &forwarded {
+        Ok(resp) => shared.breaker.record(Health::of(Some(resp.status().as_u16())), probe),
+        Err(ForwardError::Unsent(..))
+        | Err(ForwardError::Failed(
+            ProxyError::Unreachable { .. } | ProxyError::UpstreamFailed { .. } | ProxyError::UpstreamTimeout { .. },
+        )) => shared.breaker.record(Health::Failed, probe),
+        // Not the backend's doing (a too-large body): a probe slot is freed
+        // by counting it as neither.
+        Err(ForwardError::Failed(_)) => {
+            if probe {
+                shared.breaker.record(Health::Ok, false);
+            }
+        }
+    }
+    match forwarded {
         Ok(mut response) => {
             if let (Some(route), Some(r)) = (&route, remaining) {
                 add_ratelimit_headers(response.headers_mut(), route, &stats, r, 0);
