@@ -213,7 +213,8 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 /// Starts the real binary on `dir` and returns it with the time until
-/// /readyz answered 200.
+/// /readyz answered 200. The caller kills and waits for the child.
+#[allow(clippy::zombie_processes)]
 fn start_binary(cfg_path: &std::path::Path, admin: u16) -> (std::process::Child, Duration) {
     let started = Instant::now();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
