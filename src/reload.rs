@@ -83,14 +83,26 @@ fn file_version(path: &std::path::Path) -> Option<FileVersion> {
 /// Reloads whenever the config file changes, checking every `every`
 /// (polling: it sees symlink swaps and editors' rename-over alike). A bad
 /// new file is refused by the reload like any other; the watcher then
-/// waits for the next change.
-pub async fn watch_file(
+/// waits for the next change. The file's current version is taken when
+/// this is called, not when the returned future first runs, so a change
+/// made right after startup is not mistaken for the starting point.
+pub fn watch_file(
     reloader: Arc<Reloader>,
     path: std::path::PathBuf,
     every: std::time::Duration,
     shutdown: crate::shutdown::Shutdown,
+) -> impl std::future::Future<Output = ()> {
+    let seen = file_version(&path);
+    watch_from(reloader, path, every, shutdown, seen)
+}
+
+async fn watch_from(
+    reloader: Arc<Reloader>,
+    path: std::path::PathBuf,
+    every: std::time::Duration,
+    shutdown: crate::shutdown::Shutdown,
+    mut seen: Option<FileVersion>,
 ) {
-    let mut seen = file_version(&path);
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -46,6 +46,10 @@ pub(crate) struct Shared {
     /// False while reopening after an fsync error.
     pub available: AtomicBool,
     pub commits_dirty: AtomicBool,
+    /// Serialises checkpoints: the housekeeper and an explicit
+    /// `checkpoint`/`close` must not write `COMMITS` (through the same
+    /// temporary file) at once, nor an older snapshot after a newer one.
+    pub checkpointing: Mutex<()>,
     /// Wakes the housekeeper to persist commits and reclaim segments.
     pub housekeep: Arc<Notify>,
     /// Set at close, so readers waiting at the tail return `Closed`.
@@ -98,6 +102,7 @@ impl Shared {
     /// persisted commit, so after a crash no committed offset points below
     /// a deleted segment's records without the commit saying so.
     pub fn checkpoint(&self) -> Result<u64, SpoolError> {
+        let _one_at_a_time = self.checkpointing.lock().unwrap_or_else(|p| p.into_inner());
         if self.commits_dirty.swap(false, Ordering::AcqRel) {
             let commits = self.snapshot_commits();
             let path = self.dir.join(COMMITS_FILE);

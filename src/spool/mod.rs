@@ -229,6 +229,7 @@ fn new_shared(
         disk_bytes,
         available: AtomicBool::new(true),
         commits_dirty: AtomicBool::new(false),
+        checkpointing: Mutex::new(()),
         housekeep,
         closed: watch::Sender::new(false),
     })
