@@ -10,13 +10,10 @@ use crate::reload::Reloader;
 use http::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 pub struct AdminState {
     pub metrics: Arc<Metrics>,
@@ -29,31 +26,18 @@ pub struct AdminState {
     pub spooler: Arc<Spooler>,
 }
 
-#[derive(Clone)]
-pub struct AdminService {
-    state: Arc<AdminState>,
-    peer: SocketAddr,
-}
+/// The admin port's service for one connection.
+pub type AdminService = crate::proxy::listener::ConnService<AdminState>;
 
-impl AdminService {
-    pub fn new(state: Arc<AdminState>, peer: SocketAddr) -> Self {
-        AdminService { state, peer }
-    }
-}
+impl crate::proxy::listener::ConnHandler for AdminState {
+    type Conn = SocketAddr;
 
-impl tower::Service<Request<Incoming>> for AdminService {
-    type Response = Response<ResponseBody>;
-    type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, Infallible>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
-        let state = self.state.clone();
-        let peer = self.peer;
-        Box::pin(async move { Ok(handle(state, peer, req).await) })
+    fn handle(
+        self: Arc<Self>,
+        peer: SocketAddr,
+        req: Request<Incoming>,
+    ) -> impl Future<Output = Response<ResponseBody>> + Send + 'static {
+        handle(self, peer, req)
     }
 }
 

@@ -18,6 +18,56 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
+/// Something that answers requests of one connection: the data port's
+/// proxy and the admin port both serve through [`ConnService`].
+pub trait ConnHandler: Send + Sync + 'static {
+    /// What the handler knows about the connection (peer, scheme).
+    type Conn: Clone + Send + Sync + 'static;
+
+    fn handle(
+        self: Arc<Self>,
+        conn: Self::Conn,
+        req: Request<Incoming>,
+    ) -> impl std::future::Future<Output = Response<crate::proxy::body::ResponseBody>> + Send + 'static;
+}
+
+/// The tower service for one connection: the shared handler plus that
+/// connection's facts.
+pub struct ConnService<H: ConnHandler> {
+    handler: Arc<H>,
+    conn: H::Conn,
+}
+
+impl<H: ConnHandler> ConnService<H> {
+    pub fn new(handler: Arc<H>, conn: H::Conn) -> Self {
+        ConnService { handler, conn }
+    }
+}
+
+impl<H: ConnHandler> Clone for ConnService<H> {
+    fn clone(&self) -> Self {
+        ConnService {
+            handler: self.handler.clone(),
+            conn: self.conn.clone(),
+        }
+    }
+}
+
+impl<H: ConnHandler> tower::Service<Request<Incoming>> for ConnService<H> {
+    type Response = Response<crate::proxy::body::ResponseBody>;
+    type Error = Infallible;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        let fut = self.handler.clone().handle(self.conn.clone(), req);
+        Box::pin(async move { Ok(fut.await) })
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct ConnLimits {
     pub header_read_timeout: Duration,

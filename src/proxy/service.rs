@@ -16,12 +16,9 @@ use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use std::borrow::Cow;
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -52,32 +49,18 @@ impl ConnInfo {
     }
 }
 
-/// The data port's tower service: one clone per connection.
-#[derive(Clone)]
-pub struct ProxyService {
-    shared: Arc<Shared>,
-    conn: ConnInfo,
-}
+/// The data port's service for one connection.
+pub type ProxyService = super::listener::ConnService<Shared>;
 
-impl ProxyService {
-    pub fn new(shared: Arc<Shared>, conn: ConnInfo) -> Self {
-        ProxyService { shared, conn }
-    }
-}
+impl super::listener::ConnHandler for Shared {
+    type Conn = ConnInfo;
 
-impl tower::Service<Request<Incoming>> for ProxyService {
-    type Response = Response<ResponseBody>;
-    type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, Infallible>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
-        let shared = self.shared.clone();
-        let conn = self.conn.clone();
-        Box::pin(async move { Ok(handle(shared, conn, req).await) })
+    fn handle(
+        self: Arc<Self>,
+        conn: ConnInfo,
+        req: Request<Incoming>,
+    ) -> impl Future<Output = Response<ResponseBody>> + Send + 'static {
+        handle(self, conn, req)
     }
 }
 
