@@ -113,6 +113,26 @@ fn admin_token(config: &Config) -> Result<Option<String>, AppError> {
         .filter(|t| !t.is_empty()))
 }
 
+fn bind_data(addr: SocketAddr, reuse_port: bool) -> Result<TcpListener, AppError> {
+    let err = |source| AppError::Bind {
+        addr,
+        what: "server.listen",
+        source,
+    };
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(err)?;
+    socket.set_reuseaddr(true).map_err(err)?;
+    if reuse_port {
+        socket.set_reuseport(true).map_err(err)?;
+    }
+    socket.bind(addr).map_err(err)?;
+    socket.listen(1024).map_err(err)
+}
+
 async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, AppError> {
     TcpListener::bind(addr)
         .await
@@ -125,7 +145,15 @@ pub async fn start(config: Config, overrides: Overrides) -> Result<Running, AppE
     let token = admin_token(&config)?;
     let upstream_client = client::build(&config.upstream)?;
     let tls = config.server.tls.as_ref().map(listener::tls_acceptor).transpose()?;
-    let data_listener = bind(config.server.listen, "server.listen").await?;
+    // One data listener per worker thread, sharing the port through
+    // SO_REUSEPORT: like nginx's worker processes, each thread runs its own
+    // single-threaded runtime and keeps its connections to itself, which on
+    // a small machine beats a work-stealing scheduler (BENCHMARKS.md).
+    let workers = config
+        .server
+        .workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let data_listener = bind_data(config.server.listen, workers > 1)?;
     let admin_listener = bind(config.server.admin_listen, "server.admin_listen").await?;
     let spool = crate::spool::Spool::open(
         spool_options(&config),
@@ -175,6 +203,50 @@ pub async fn start(config: Config, overrides: Overrides) -> Result<Running, AppE
     let data_tracker = TaskTracker::new();
     let admin_tracker = TaskTracker::new();
 
+    // Workers 1..n: their own threads and runtimes, on the same port.
+    let mut worker_threads = Vec::new();
+    for n in 1..workers {
+        let listener = bind_data(data_addr, true)?;
+        let (shared, tls, shutdown, tracker) = (shared.clone(), tls.clone(), shutdown.clone(), data_tracker.clone());
+        let thread = std::thread::Builder::new()
+            .name(format!("sluice-worker-{n}"))
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot start a worker runtime; this worker stays idle");
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    let listener = match TcpListener::from_std(listener.into_std().expect("a bound listener")) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            tracing::error!(error = %e, "worker cannot register its listener");
+                            return;
+                        }
+                    };
+                    listener::serve(
+                        listener,
+                        tls,
+                        move |peer| ProxyService::new(shared.clone(), ConnInfo::new(peer, scheme)),
+                        limits,
+                        shutdown,
+                        tracker.clone(),
+                    )
+                    .await;
+                    // Let this runtime's connections finish (the main
+                    // shutdown sequence bounds the wait with the grace).
+                    tracker.wait().await;
+                });
+            })
+            .map_err(|source| AppError::Bind {
+                addr: data_addr,
+                what: "server.workers",
+                source,
+            })?;
+        worker_threads.push(thread);
+    }
     let data = {
         let shared = shared.clone();
         tokio::spawn(listener::serve(
@@ -223,6 +295,13 @@ pub async fn start(config: Config, overrides: Overrides) -> Result<Running, AppE
             data_tracker.close();
             if tokio::time::timeout(grace, data_tracker.wait()).await.is_err() {
                 tracing::warn!(grace = ?grace, "shutdown grace ran out with requests still in flight");
+            }
+            // Worker threads end with their connections; past the grace
+            // they are left to process exit.
+            for t in worker_threads {
+                if t.is_finished() {
+                    let _ = t.join();
+                }
             }
             // Replay stops; what it had not acked is delivered after the
             // next start (at least once).

@@ -209,17 +209,10 @@ fn main() -> ExitCode {
 }
 
 fn run(cfg: Config, overrides: Overrides) -> anyhow::Result<()> {
-    // One worker: a current-thread runtime does the same work without the
-    // work-stealing scheduler's cross-thread bookkeeping.
-    let mut builder = match cfg.server.workers {
-        Some(1) => tokio::runtime::Builder::new_current_thread(),
-        Some(n) => {
-            let mut b = tokio::runtime::Builder::new_multi_thread();
-            b.worker_threads(n);
-            b
-        }
-        None => tokio::runtime::Builder::new_multi_thread(),
-    };
+    // The main thread runs one worker (plus the admin port, the drainer
+    // and the spool's async side) on a current-thread runtime; the app
+    // starts one more thread per extra worker (`server.workers`).
+    let mut builder = tokio::runtime::Builder::new_current_thread();
     let rt = builder.enable_all().build().context("starting the tokio runtime")?;
     rt.block_on(sluice::app::run(cfg, overrides)).context("sluice stopped")
 }
