@@ -284,6 +284,18 @@ impl Config {
         if self.spool.segment_bytes != new.spool.segment_bytes {
             out.push("spool.segment_bytes");
         }
+        if self.spool.max_bytes != new.spool.max_bytes {
+            out.push("spool.max_bytes");
+        }
+        if self.spool.max_record != new.spool.max_record {
+            out.push("spool.max_record");
+        }
+        if self.server.max_header_bytes != new.server.max_header_bytes
+            || self.server.max_headers != new.server.max_headers
+            || self.server.header_read_timeout != new.server.header_read_timeout
+        {
+            out.push("server.max_header_bytes/max_headers/header_read_timeout");
+        }
         if self.upstream.url != new.upstream.url {
             out.push("upstream.url");
         }
@@ -313,6 +325,11 @@ impl Config {
         self.spool.fsync = running.spool.fsync;
         self.spool.fsync_interval = running.spool.fsync_interval;
         self.spool.segment_bytes = running.spool.segment_bytes;
+        self.spool.max_bytes = running.spool.max_bytes;
+        self.spool.max_record = running.spool.max_record;
+        self.server.max_header_bytes = running.server.max_header_bytes;
+        self.server.max_headers = running.server.max_headers;
+        self.server.header_read_timeout = running.server.header_read_timeout;
         self.upstream.url = running.upstream.url.clone();
         self.upstream.ca_file = running.upstream.ca_file.clone();
         self.upstream.pool_max_idle = running.upstream.pool_max_idle;
@@ -604,6 +621,12 @@ fn validate(src: &Source<'_>, f: FileConfig, upstream_given: bool) -> Result<Con
         routes.push(validate_route(src, i, r)?);
     }
     for (i, r) in routes.iter().enumerate() {
+        if r.max_wait >= server.request_timeout {
+            return Err(src.invalid(
+                &format!("route[{i}].max_wait"),
+                "must be below server.request_timeout, or the wait leaves no time for the backend",
+            ));
+        }
         if routes[..i].iter().any(|o| o.name == r.name) {
             return Err(src.invalid(
                 &format!("route[{i}].name"),

@@ -141,6 +141,10 @@ pub async fn replay(
             env.idempotency_key = Some(old.encode());
         }
         env.token = RequestId::new_token();
+        // A replayed dead letter starts its max_age over: otherwise one that
+        // died of old age would expire again at once.
+        let enqueued_ms = env.arrived_ms;
+        env.arrived_ms = now_ms();
         let new_offset = spool.append(partition, env.encode()).await?;
         let new = RequestId {
             partition,
@@ -156,7 +160,7 @@ pub async fn replay(
                 attempts: previous.map_or(0, |p| p.attempts),
                 upstream_status: d.last_status,
                 at_ms: now_ms(),
-                enqueued_ms: env.arrived_ms,
+                enqueued_ms,
                 replayed_as: Some(new),
             });
         }

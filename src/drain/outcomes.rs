@@ -367,6 +367,13 @@ impl OutcomeStore {
                         *o.into_ref() = KeySlot::Pending(rx);
                         return KeyClaim::First(hash, tx);
                     }
+                    // Its first request vanished without settling the key
+                    // (its task was dropped): this one takes over.
+                    KeySlot::Pending(rx) if rx.has_changed().is_err() && rx.borrow().is_none() => {
+                        let (tx, rx) = watch::channel(None);
+                        *o.into_ref() = KeySlot::Pending(rx);
+                        return KeyClaim::First(hash, tx);
+                    }
                     KeySlot::Pending(rx) => rx.clone(),
                 },
                 dashmap::mapref::entry::Entry::Vacant(v) => {

@@ -158,7 +158,6 @@ impl Drainer {
             let cfg = self.drain_config();
             let age = Duration::from_millis(now_ms().saturating_sub(env.arrived_ms));
             if age > cfg.max_age {
-                self.counters.expired.inc();
                 self.finish_dead(&record, Some(id), "expired", last_status, attempt, env.arrived_ms)
                     .await;
                 return;
@@ -229,7 +228,12 @@ impl Drainer {
         attempts: u32,
         enqueued_ms: u64,
     ) {
-        self.counters.dead.inc();
+        // Expired records are dead too, but counted under their own outcome.
+        if reason == "expired" {
+            self.counters.expired.inc();
+        } else {
+            self.counters.dead.inc();
+        }
         // Dead-lettering must succeed before the ack, or the record would
         // be lost; on failure leave it unacked for a later start.
         loop {
@@ -342,10 +346,14 @@ impl Drainer {
             .get(RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
-        // Read the (small) answer so the connection can serve again.
+            // A backend's word is honoured up to backoff_max, no further.
+            .map(|secs| Duration::from_secs(secs).min(cfg.drain.backoff_max));
+        // Read the (small) answer so the connection can serve again, within
+        // what is left of the timeout: a backend that stalls mid-body must
+        // not hold this partition (and a budget slot) for ever.
         let body = http_body_util::Limited::new(resp.into_body(), MAX_DRAINED_RESPONSE);
-        if body.collect().await.is_ok() {
+        let left = cfg.upstream.timeout.saturating_sub(started.elapsed());
+        if let Ok(Ok(_)) = tokio::time::timeout(left, body.collect()).await {
             lease.release();
         }
         drop(guard);

@@ -22,6 +22,31 @@ pub enum SpoolingError {
     Unavailable(#[source] SpoolError),
 }
 
+/// An Idempotency-Key held while its first request is being spooled; if
+/// that request goes away (its task dropped, or the append failed) the key
+/// is freed on drop, so later requests with it never wait on a ghost.
+struct Claim<'a> {
+    store: &'a OutcomeStore,
+    hash: KeyHash,
+    tx: Option<watch::Sender<Option<RequestId>>>,
+}
+
+impl Claim<'_> {
+    fn done(&mut self, id: RequestId) {
+        if let Some(tx) = self.tx.take() {
+            self.store.key_done(self.hash, tx, id);
+        }
+    }
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        if let Some(tx) = self.tx.take() {
+            self.store.key_failed(self.hash, tx);
+        }
+    }
+}
+
 /// What `GET {status_path_prefix}/requests/{id}` answers.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct StatusView {
@@ -82,10 +107,14 @@ impl Spooler {
     /// durable as the fsync mode promises. With an idempotency `key`, a
     /// repeat of an already spooled key returns the first id instead.
     pub async fn spool(&self, env: Envelope, partition: u32, key: Option<KeyHash>) -> Result<RequestId, SpoolingError> {
-        let claim = match key {
+        let mut claim = match key {
             Some(hash) => match self.outcomes.claim_key(hash).await {
                 KeyClaim::Existing(id) => return Ok(id),
-                KeyClaim::First(hash, tx) => Some((hash, tx)),
+                KeyClaim::First(hash, tx) => Some(Claim {
+                    store: &self.outcomes,
+                    hash,
+                    tx: Some(tx),
+                }),
             },
             None => None,
         };
@@ -98,15 +127,14 @@ impl Spooler {
                     offset,
                     token,
                 };
-                if let Some((hash, tx)) = claim {
-                    self.outcomes.key_done(hash, tx, id);
+                if let Some(c) = claim.as_mut() {
+                    c.done(id);
                 }
                 Ok(id)
             }
             Err(e) => {
-                if let Some((hash, tx)) = claim {
-                    self.outcomes.key_failed(hash, tx);
-                }
+                // Dropping the claim frees the key for the next request.
+                drop(claim);
                 Err(match e {
                     SpoolError::TooLarge { len, max, .. } => SpoolingError::TooLarge { len, limit: max },
                     other => SpoolingError::Unavailable(other),
@@ -142,8 +170,9 @@ impl Spooler {
         }
         let (state, attempts) = match self.inflight.get(&key) {
             Some(a) => (State::Delivering, *a),
-            // Finished, but its outcome detail has aged out of the store.
-            None if id.offset < self.spool.committed(id.partition) => (State::Delivered, 0),
+            // Finished, but its outcome has aged out of the store: delivered
+            // or dead can't be told apart any more, so it counts as expired.
+            None if id.offset < self.spool.committed(id.partition) => return None,
             None => (State::Queued, 0),
         };
         Some(StatusView {

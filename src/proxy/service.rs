@@ -181,12 +181,14 @@ async fn route_request(
 
     // Refuse an oversized body before it costs a token.
     if content_length(&req).is_some_and(|n| n > cfg.server.max_body) {
-        return fail(
+        let refused = fail(
             stats,
             ProxyError::TooLarge {
                 limit: cfg.server.max_body,
             },
         );
+        linger(req.into_body());
+        return refused;
     }
 
     // Where this request would be spooled, if it may be.
@@ -251,6 +253,9 @@ async fn route_request(
     let permit = match rt.budget.acquire(budget_deadline).await {
         Ok(p) => p,
         Err(crate::upstream::BudgetError::Exhausted { retry_after }) => {
+            if probe {
+                shared.breaker.release_probe();
+            }
             if let (Some(r), Some(p)) = (&route, spool_partition) {
                 return spool_client_request(shared, rt, conn, r, stats, req, p).await;
             }
@@ -265,11 +270,11 @@ async fn route_request(
         | Err(ForwardError::Failed(
             ProxyError::Unreachable { .. } | ProxyError::UpstreamFailed { .. } | ProxyError::UpstreamTimeout { .. },
         )) => shared.breaker.record(Health::Failed, probe),
-        // Not the backend's doing (a too-large body): a probe slot is freed
-        // by counting it as neither.
+        // Not the backend's doing (a too-large body, a client that broke
+        // off its upload): the probe slot is given back unjudged.
         Err(ForwardError::Failed(_)) => {
             if probe {
-                shared.breaker.record(Health::Ok, false);
+                shared.breaker.release_probe();
             }
         }
     }
@@ -323,7 +328,8 @@ async fn spool_parts<B>(
     partition: u32,
 ) -> Handled
 where
-    B: http_body::Body,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let cfg = &rt.config;
@@ -339,6 +345,7 @@ where
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit) {
+        linger(body);
         return fail(stats, ProxyError::TooLarge { limit });
     }
     let body = match http_body_util::BodyExt::collect(http_body_util::Limited::new(body, limit as usize)).await {
@@ -477,6 +484,22 @@ fn is_body_too_large(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// Reads and discards (a bounded amount of) a refused request's body, so
+/// the client, still sending it, reads our 413 instead of a connection
+/// reset — what nginx calls a lingering close.
+fn linger<B>(body: B)
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    const MAX_DISCARD: usize = 16 << 20;
+    tokio::spawn(async move {
+        let discard = http_body_util::BodyExt::collect(http_body_util::Limited::new(body, MAX_DISCARD));
+        let _ = tokio::time::timeout(Duration::from_secs(5), discard).await;
+    });
+}
+
 /// Rewrites a client request's head for the backend: hop-by-hop headers
 /// out, X-Forwarded-* in, Host preserved, origin-form URI, HTTP/1.1.
 fn prepare_parts(parts: &mut http::request::Parts, conn: &ConnInfo, upgrade: bool) {
@@ -489,6 +512,10 @@ fn prepare_parts(parts: &mut http::request::Parts, conn: &ConnInfo, upgrade: boo
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
     };
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+    // Sluice-* headers are ours to set on replay; a client can't forge them.
+    for name in ["sluice-id", "sluice-attempt", "sluice-partition", "sluice-sequence"] {
+        parts.headers.remove(name);
+    }
     headers::append_forwarded_for(&mut parts.headers, &conn.peer_header);
     parts
         .headers
@@ -565,6 +592,9 @@ async fn forward(
                 .into());
             }
             let detail = error_chain(&e);
+            if client_body_failed(&e) {
+                return Err(ProxyError::BadRequest { detail }.into());
+            }
             if !e.is_connect() {
                 return Err(ProxyError::UpstreamFailed { detail }.into());
             }
@@ -611,6 +641,15 @@ async fn forward(
         parts,
         ResponseBody::upstream(body, guard.with_lease(lease)),
     ))
+}
+
+/// True when the exchange failed because the client's own body did (it
+/// broke off its upload): the client's fault, not the backend's.
+fn client_body_failed(e: &super::client::UpstreamError) -> bool {
+    match e {
+        super::client::UpstreamError::Exchange(h) => h.is_user(),
+        super::client::UpstreamError::Connect { .. } => false,
+    }
 }
 
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {

@@ -177,7 +177,7 @@ impl AdaptiveLimit {
             Signal::Overload { retry_after } => {
                 st.limit = (st.limit * 0.7).max(cfg.min_limit);
                 if let Some(d) = retry_after {
-                    st.paused_until = Some(Instant::now() + d);
+                    st.paused_until = Instant::now().checked_add(d.min(Duration::from_secs(3600)));
                 }
             }
             Signal::Success(rtt) => {

@@ -21,7 +21,7 @@ pub struct BreakerConfig {
 enum State {
     Closed,
     Open { until: Instant },
-    HalfOpen { in_flight: u32 },
+    HalfOpen { in_flight: u32, since: Instant },
 }
 
 /// What the breaker says about sending one request now.
@@ -99,18 +99,44 @@ impl Breaker {
                         retry_after: until - now,
                     };
                 }
-                *st = State::HalfOpen { in_flight: 1 };
+                *st = State::HalfOpen {
+                    in_flight: 1,
+                    since: now,
+                };
                 Admit::Probe
             }
-            State::HalfOpen { in_flight } if in_flight < cfg.probes.max(1) => {
+            State::HalfOpen { in_flight, since } if in_flight < cfg.probes.max(1) => {
                 *st = State::HalfOpen {
                     in_flight: in_flight + 1,
+                    since,
+                };
+                Admit::Probe
+            }
+            // Probes that never reported (their request was dropped) must
+            // not hold the breaker half-open for ever: after a cooldown
+            // without an answer, start a new round of probes.
+            State::HalfOpen { since, .. } if since.elapsed() >= cfg.cooldown => {
+                *st = State::HalfOpen {
+                    in_flight: 1,
+                    since: Instant::now(),
                 };
                 Admit::Probe
             }
             State::HalfOpen { .. } => Admit::Refuse {
                 retry_after: cfg.cooldown,
             },
+        }
+    }
+
+    /// A probe that was admitted but never sent (its request was spooled,
+    /// shed or refused for its own reasons): frees its slot.
+    pub fn release_probe(&self) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if let State::HalfOpen { in_flight, since } = *st {
+            *st = State::HalfOpen {
+                in_flight: in_flight.saturating_sub(1),
+                since,
+            };
         }
     }
 
@@ -201,6 +227,25 @@ mod tests {
         assert!(!b.is_open());
         assert_eq!(b.gauge.get(), 0);
         assert_eq!(b.admit(), Admit::Pass);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lost_probe_does_not_hold_it_half_open() {
+        let b = breaker(1);
+        b.record(Health::Failed, false);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(b.admit(), Admit::Probe);
+        // The probe's request vanished without a report.
+        assert!(matches!(b.admit(), Admit::Refuse { .. }));
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(
+            b.admit(),
+            Admit::Probe,
+            "a new probe after a cooldown without an answer"
+        );
+        // A probe given back unused frees its slot at once.
+        b.release_probe();
+        assert_eq!(b.admit(), Admit::Probe);
     }
 
     #[test]
