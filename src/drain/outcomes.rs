@@ -24,7 +24,6 @@
 use super::id::RequestId;
 use dashmap::DashMap;
 use std::fs::{File, OpenOptions};
-use std::hash::{Hash, Hasher};
 use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -124,16 +123,17 @@ struct Journal {
     limit: u64,
 }
 
+/// The journalled identity of (route, Idempotency-Key): SipHash-1-3 with
+/// fixed keys, 128 bits. A pinned algorithm, unlike std's `DefaultHasher`
+/// (whose output may change between Rust releases), so hashes written
+/// before an upgrade still match after it.
 pub fn key_hash(route: &str, key: &str) -> KeyHash {
-    let mut out = [0u8; 16];
-    for (i, salt) in [0x5a_u8, 0xc3].into_iter().enumerate() {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        salt.hash(&mut h);
-        route.hash(&mut h);
-        key.hash(&mut h);
-        out[i * 8..(i + 1) * 8].copy_from_slice(&h.finish().to_le_bytes());
-    }
-    out
+    use std::hash::Hasher;
+    let mut h = siphasher::sip128::SipHasher13::new_with_keys(0x736c_7569_6365_6964, 0x656d_706f_7465_6e63);
+    h.write(route.as_bytes());
+    h.write_u8(0xff);
+    h.write(key.as_bytes());
+    siphasher::sip128::Hasher128::finish128(&h).as_bytes()
 }
 
 pub fn now_ms() -> u64 {
@@ -176,21 +176,27 @@ impl OutcomeStore {
             dir: dir.clone(),
         };
         let horizon = now_ms().saturating_sub(retention.as_millis() as u64);
-        let mut newest = (0u64, 0u8);
+        // Load the older generation first, so the newer one's entries win.
+        let mut generations = Vec::new();
         for generation in [0u8, 1] {
             let path = journal_path(&dir, generation);
             let mut bytes = Vec::new();
             if let Ok(mut f) = File::open(&path) {
                 f.read_to_end(&mut bytes).map_err(io(&path))?;
             }
-            let mut last = 0;
+            let newest_at = bytes
+                .chunks_exact(ENTRY)
+                .filter(|e| u32::from_le_bytes([e[0], e[1], e[2], e[3]]) == crc32c::crc32c(&e[4..]))
+                .map(|e| u64::from_le_bytes(e[12..20].try_into().unwrap_or_default()))
+                .max()
+                .unwrap_or(0);
+            generations.push((newest_at, generation, bytes));
+        }
+        generations.sort_by_key(|g| g.0);
+        let newest = (generations[1].0, generations[1].1);
+        for (_, _, bytes) in &generations {
             for chunk in bytes.chunks_exact(ENTRY) {
-                if let Some(at) = store.apply_entry(chunk, horizon) {
-                    last = last.max(at);
-                }
-            }
-            if last >= newest.0 && !bytes.is_empty() {
-                newest = (last, generation);
+                store.apply_entry(chunk, horizon);
             }
         }
         let active = journal_path(&dir, newest.1);
@@ -288,7 +294,11 @@ impl OutcomeStore {
         }
         match j.file.write_all(entry) {
             Ok(()) => j.len += ENTRY as u64,
-            Err(e) => tracing::warn!(error = %e, "status journal write failed; status detail may be lost on restart"),
+            Err(e) => {
+                // Cut a partial entry so the journal stays aligned.
+                let _ = j.file.set_len(j.len);
+                tracing::warn!(error = %e, "status journal write failed; status detail may be lost on restart");
+            }
         }
     }
 

@@ -229,8 +229,11 @@ impl Upstream {
             };
             if !sender.is_ready() {
                 // A just-released connection whose task hasn't yet marked
-                // itself idle: wait the moment it takes, or give up on it.
-                if sender.ready().await.is_err() {
+                // itself idle: wait the moment it takes, or give up on it
+                // (one still busy, e.g. with a slow upload the backend
+                // answered early, is dropped rather than waited for).
+                let ready = tokio::time::timeout(Duration::from_millis(50), sender.ready()).await;
+                if !matches!(ready, Ok(Ok(()))) {
                     if fresh {
                         return Err(SendError {
                             error: UpstreamError::Connect {
