@@ -80,32 +80,52 @@ pub async fn list(spool: &Spool, from: u64, limit: usize) -> Result<(Vec<DeadLet
     Ok((page.iter().take(limit).map(view).collect(), next))
 }
 
-async fn select(spool: &Spool, sel: &Selection) -> Result<Vec<DeadLetter>, DlqError> {
+/// Dead letters are visited a page at a time, so a large DLQ is never
+/// held in memory whole.
+const PAGE: usize = 256;
+
+fn parse_selection(sel: &Selection) -> Result<Vec<RequestId>, DlqError> {
     if !sel.all && sel.ids.is_empty() {
         return Err(DlqError::EmptySelection);
     }
-    let mut wanted = Vec::new();
-    for text in &sel.ids {
-        wanted.push(RequestId::parse(text).ok_or_else(|| DlqError::BadId(text.clone()))?);
-    }
-    let all = spool.dlq_list(0, usize::MAX).await?;
-    Ok(all
-        .into_iter()
-        .filter(|d| {
-            sel.all
-                || wanted.iter().any(|id| {
-                    id.partition == d.partition
-                        && id.offset == d.offset
-                        && Envelope::decode(d.payload.clone()).is_ok_and(|e| id.token_matches(&e.token))
-                })
+    sel.ids
+        .iter()
+        .map(|text| RequestId::parse(text).ok_or_else(|| DlqError::BadId(text.clone())))
+        .collect()
+}
+
+fn selected(sel: &Selection, wanted: &[RequestId], d: &DeadLetter) -> bool {
+    sel.all
+        || wanted.iter().any(|id| {
+            id.partition == d.partition
+                && id.offset == d.offset
+                && Envelope::decode(d.payload.clone()).is_ok_and(|e| id.token_matches(&e.token))
         })
-        .collect())
+}
+
+/// The selected dead letters of one page starting at `from`, and where the
+/// next page starts.
+async fn select_page(
+    spool: &Spool,
+    sel: &Selection,
+    wanted: &[RequestId],
+    from: u64,
+) -> Result<(Vec<DeadLetter>, Option<u64>), DlqError> {
+    let page = spool.dlq_list(from, PAGE).await?;
+    let next = (page.len() == PAGE).then(|| page[PAGE - 1].dlq_offset + 1);
+    Ok((page.into_iter().filter(|d| selected(sel, wanted, d)).collect(), next))
 }
 
 /// Drops the selected dead letters; returns how many.
 pub async fn purge(spool: &Spool, sel: &Selection) -> Result<u64, DlqError> {
-    let letters = select(spool, sel).await?;
-    let offsets = letters.iter().map(|d| d.dlq_offset).collect();
+    let wanted = parse_selection(sel)?;
+    let mut offsets = Vec::new();
+    let mut from = Some(0);
+    while let Some(start) = from {
+        let (page, next) = select_page(spool, sel, &wanted, start).await?;
+        offsets.extend(page.iter().map(|d| d.dlq_offset));
+        from = next;
+    }
     Ok(spool.dlq_purge(&DlqSelection::Offsets(offsets))?)
 }
 
@@ -119,9 +139,20 @@ pub async fn replay(
     outcomes: Option<&OutcomeStore>,
     sel: &Selection,
 ) -> Result<Vec<(String, String)>, DlqError> {
-    let letters = select(spool, sel).await?;
+    let wanted = parse_selection(sel)?;
     let mut done = Vec::new();
-    for d in letters {
+    let mut letters = Vec::new();
+    let mut from = Some(0);
+    loop {
+        if letters.is_empty() {
+            let Some(start) = from else { break };
+            let (page, next) = select_page(spool, sel, &wanted, start).await?;
+            letters = page;
+            letters.reverse();
+            from = next;
+            continue;
+        }
+        let Some(d) = letters.pop() else { break };
         let partition = d.partition.min(spool.partitions() - 1);
         let Ok(mut env) = Envelope::decode(d.payload.clone()) else {
             // Not a request we can send (e.g. a corrupt record's stub):
