@@ -8,6 +8,7 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::{Full, Limited};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -55,10 +56,25 @@ pin_project! {
     /// What the client receives.
     #[project = ResponseBodyProj]
     pub enum ResponseBody {
-        Upstream { #[pin] inner: Incoming, guard: Option<InFlight> },
+        Upstream {
+            #[pin] inner: Incoming,
+            guard: Option<InFlight>,
+            // The whole live request must end by this instant
+            // (`server.request_timeout`); a body still streaming then is
+            // cut off, freeing its budget slot.
+            deadline: tokio::time::Instant,
+            // Armed only once the body has to wait for data, so a body that
+            // is already complete costs no timer.
+            timer: Option<Pin<Box<tokio::time::Sleep>>>,
+        },
         Full { #[pin] inner: Full<Bytes> },
     }
 }
+
+/// The live response body outlived `server.request_timeout`.
+#[derive(Debug, thiserror::Error)]
+#[error("response body still streaming at the request deadline")]
+pub struct BodyDeadline;
 
 impl ResponseBody {
     pub fn full(b: impl Into<Bytes>) -> Self {
@@ -73,7 +89,7 @@ impl ResponseBody {
         }
     }
 
-    pub fn upstream(inner: Incoming, mut guard: InFlight) -> Self {
+    pub fn upstream(inner: Incoming, mut guard: InFlight, deadline: tokio::time::Instant) -> Self {
         if inner.is_end_stream() {
             // Nothing to stream (e.g. 204, HEAD): the exchange is over.
             guard.finished_cleanly();
@@ -81,18 +97,34 @@ impl ResponseBody {
         ResponseBody::Upstream {
             inner,
             guard: Some(guard),
+            deadline,
+            timer: None,
         }
     }
 }
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.project() {
-            ResponseBodyProj::Upstream { mut inner, guard } => {
+            ResponseBodyProj::Upstream {
+                mut inner,
+                guard,
+                deadline,
+                timer,
+            } => {
                 let poll = inner.as_mut().poll_frame(cx);
+                if poll.is_pending() {
+                    let t = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(*deadline)));
+                    if t.as_mut().poll(cx).is_ready() {
+                        guard.take();
+                        return Poll::Ready(Some(Err(Box::new(BodyDeadline))));
+                    }
+                    return Poll::Pending;
+                }
+                let poll = poll.map_err(|e| Box::new(e) as BoxError);
                 match &poll {
                     // hyper stops polling once `is_end_stream` says so, so
                     // the last data frame may be all we ever see.

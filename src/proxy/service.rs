@@ -639,7 +639,7 @@ async fn forward(
     parts.version = Version::HTTP_11;
     Ok(Response::from_parts(
         parts,
-        ResponseBody::upstream(body, guard.with_lease(lease)),
+        ResponseBody::upstream(body, guard.with_lease(lease), start + cfg.server.request_timeout),
     ))
 }
 
