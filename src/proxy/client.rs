@@ -167,7 +167,8 @@ impl Upstream {
             .map_err(|_| connect_err(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")))?
             .map_err(connect_err)?;
         let _ = stream.set_nodelay(true);
-        let handshake = hyper::client::conn::http1::Builder::new();
+        let mut handshake = hyper::client::conn::http1::Builder::new();
+        handshake.writev(false);
         match &self.tls {
             None => {
                 let (sender, conn) = handshake

@@ -127,7 +127,8 @@ fn builder(limits: ConnLimits) -> auto::Builder<TokioExecutor> {
         .header_read_timeout(limits.header_read_timeout)
         .max_headers(limits.max_headers)
         .max_buf_size(limits.max_header_bytes.max(8192))
-        .keep_alive(true);
+        .keep_alive(true)
+        .writev(false);
     b.http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
