@@ -48,6 +48,21 @@ async fn status_json(c: &TestClient, sluice: &sluice::app::Running, id: &str) ->
     r.json()
 }
 
+/// Polls the status of `id` until its state is `state`; returns it.
+async fn wait_for_state(
+    c: &TestClient,
+    sluice: &sluice::app::Running,
+    id: &str,
+    state: &str,
+    deadline: Duration,
+) -> serde_json::Value {
+    eventually(deadline, state, || async {
+        let st = status_json(c, sluice, id).await;
+        (st["state"] == state).then_some(st)
+    })
+    .await
+}
+
 async fn metric(c: &TestClient, sluice: &sluice::app::Running, name: &str, labels: &[(&str, &str)]) -> f64 {
     metric_value(&metrics_text(c, sluice.admin_addr).await, name, labels).unwrap_or(0.0)
 }
@@ -302,11 +317,7 @@ async fn a_4xx_for_a_replay_goes_to_the_dlq() {
     assert_eq!(send(&c, Method::POST, &url, &[], "live").await.status, 200);
     let id = accepted_id(&send(&c, Method::POST, &url, &[], "doomed").await);
 
-    let st = eventually(Duration::from_secs(5), "dead", || async {
-        let st = status_json(&c, &sluice, &id).await;
-        (st["state"] == "dead").then_some(st)
-    })
-    .await;
+    let st = wait_for_state(&c, &sluice, &id, "dead", Duration::from_secs(5)).await;
     assert_eq!(st["upstream_status"], 400, "{st}");
     assert_eq!(st["attempts"], 1, "a 4xx is not retried: {st}");
     let s = admin_spool(&c, sluice.admin_addr).await;
@@ -339,11 +350,7 @@ async fn a_record_older_than_max_age_goes_to_the_dlq_as_expired() {
     let c = client();
     let t = Instant::now();
     let id = accepted_id(&send(&c, Method::POST, &orders_url(&sluice), &[], "stale").await);
-    let st = eventually(Duration::from_secs(5), "dead", || async {
-        let st = status_json(&c, &sluice, &id).await;
-        (st["state"] == "dead").then_some(st)
-    })
-    .await;
+    let st = wait_for_state(&c, &sluice, &id, "dead", Duration::from_secs(5)).await;
     assert!(
         t.elapsed() >= Duration::from_millis(900),
         "dead only once older than max_age, not after {:?}",
@@ -387,11 +394,7 @@ async fn a_503_with_retry_after_is_retried_then_delivered() {
     let url = orders_url(&sluice);
     assert_eq!(send(&c, Method::POST, &url, &[], "live").await.status, 200);
     let id = accepted_id(&send(&c, Method::POST, &url, &[], "retry-me").await);
-    let st = eventually(Duration::from_secs(6), "delivered", || async {
-        let st = status_json(&c, &sluice, &id).await;
-        (st["state"] == "delivered").then_some(st)
-    })
-    .await;
+    let st = wait_for_state(&c, &sluice, &id, "delivered", Duration::from_secs(6)).await;
     assert_eq!(st["attempts"], 2, "{st}");
     assert_eq!(st["upstream_status"], 200, "{st}");
     let r = replayed(&backend);
