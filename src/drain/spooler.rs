@@ -146,19 +146,8 @@ impl Spooler {
     /// The status of `id`, or `None` when it is unknown, foreign or expired.
     pub async fn status(&self, id: RequestId) -> Option<StatusView> {
         let key = (id.partition, id.offset);
-        if let Some(o) = self.outcomes.get(id.partition, id.offset) {
-            if !id.token_matches(&o.id.token) {
-                return None;
-            }
-            return Some(StatusView {
-                id: id.encode(),
-                state: o.state,
-                attempts: o.attempts,
-                enqueued_at: rfc3339(o.enqueued_ms),
-                delivered_at: (o.state == State::Delivered).then(|| rfc3339(o.at_ms)),
-                upstream_status: o.upstream_status,
-                replayed_as: o.replayed_as.map(|r| r.encode()),
-            });
+        if self.outcomes.get(id.partition, id.offset).is_some() {
+            return self.outcome_view(id);
         }
         if id.partition >= self.spool.partitions() {
             return None;
@@ -172,7 +161,11 @@ impl Spooler {
             Some(a) => (State::Delivering, *a),
             // Finished, but its outcome has aged out of the store: delivered
             // or dead can't be told apart any more, so it counts as expired.
-            None if id.offset < self.spool.committed(id.partition) => return None,
+            // (Looked up again first: the drainer may have finished it
+            // between our first look at the outcomes and now.)
+            None if id.offset < self.spool.committed(id.partition) => {
+                return self.outcome_view(id);
+            }
             None => (State::Queued, 0),
         };
         Some(StatusView {
@@ -183,6 +176,21 @@ impl Spooler {
             delivered_at: None,
             upstream_status: None,
             replayed_as: None,
+        })
+    }
+
+    /// The status of `id` from its recorded outcome, if it has one and
+    /// the token matches.
+    fn outcome_view(&self, id: RequestId) -> Option<StatusView> {
+        let o = self.outcomes.get(id.partition, id.offset)?;
+        id.token_matches(&o.id.token).then(|| StatusView {
+            id: id.encode(),
+            state: o.state,
+            attempts: o.attempts,
+            enqueued_at: rfc3339(o.enqueued_ms),
+            delivered_at: (o.state == State::Delivered).then(|| rfc3339(o.at_ms)),
+            upstream_status: o.upstream_status,
+            replayed_as: o.replayed_as.map(|r| r.encode()),
         })
     }
 

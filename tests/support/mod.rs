@@ -201,6 +201,210 @@ pub async fn send(
         .unwrap_or_else(|e| panic!("request succeeded at the HTTP level: {e}"))
 }
 
+pub async fn get(client: &TestClient, url: &str) -> Reply {
+    send(client, Method::GET, url, &[], Bytes::new()).await
+}
+
+/// Polls `check` every 20 ms until it returns Some or `deadline` passes.
+pub async fn eventually<T, F, Fut>(deadline: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let end = tokio::time::Instant::now() + deadline;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if tokio::time::Instant::now() > end {
+            panic!("timed out after {deadline:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A sluice process (the real binary), for signal and crash tests.
+pub struct SluiceProcess {
+    pub child: std::process::Child,
+    pub data_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub stderr_lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl SluiceProcess {
+    pub fn spawn(args: &[&str]) -> SluiceProcess {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(args)
+            .arg("--log-format")
+            .arg("json")
+            .env("RUST_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn sluice");
+        let stderr = child.stderr.take().unwrap();
+        let lines: Arc<Mutex<Vec<String>>> = Arc::default();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let lines2 = lines.clone();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if line.contains("\"listening\"") {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(line.clone());
+                    }
+                }
+                lines2.lock().unwrap().push(line);
+            }
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("sluice did not report listening; stderr: {:?}", lines.lock().unwrap()));
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        SluiceProcess {
+            data_addr: v["data"].as_str().unwrap().parse().unwrap(),
+            admin_addr: v["admin"].as_str().unwrap().parse().unwrap(),
+            child,
+            stderr_lines: lines,
+        }
+    }
+
+    pub fn signal(&self, sig: i32) {
+        let rc = unsafe { libc::kill(self.child.id() as i32, sig) };
+        assert_eq!(rc, 0, "kill({sig}) failed");
+    }
+
+    /// Waits for exit with a deadline; returns the exit status.
+    pub fn wait_exit(&mut self, deadline: Duration) -> std::process::ExitStatus {
+        let end = std::time::Instant::now() + deadline;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            if std::time::Instant::now() > end {
+                let _ = self.child.kill();
+                panic!("sluice did not exit within {deadline:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for SluiceProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A backend whose handler takes `delay` before answering 200 "slow".
+pub async fn slow_backend(delay: Duration) -> Backend {
+    Backend::start(Arc::new(move |_seen: Seen| {
+        Box::pin(async move {
+            tokio::time::sleep(delay).await;
+            Response::new(Full::new(Bytes::from_static(b"slow")))
+        })
+    }))
+    .await
+}
+
+/// A backend that holds every request until `gate` gets a permit (one
+/// permit releases one request), then answers 200 "released".
+pub async fn gated_backend(gate: Arc<tokio::sync::Semaphore>) -> Backend {
+    Backend::start(Arc::new(move |_seen: Seen| {
+        let gate = gate.clone();
+        Box::pin(async move {
+            gate.acquire().await.expect("gate open").forget();
+            Response::new(Full::new(Bytes::from_static(b"released")))
+        })
+    }))
+    .await
+}
+
+/// A port on 127.0.0.1 on which nothing listens (bound, then released).
+pub fn closed_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// The admin port's `/metrics` text.
+pub async fn metrics_text(client: &TestClient, admin: SocketAddr) -> String {
+    let r = get(client, &format!("http://{admin}/metrics")).await;
+    assert_eq!(r.status, 200, "/metrics answers 200");
+    String::from_utf8(r.body.to_vec()).expect("metrics are UTF-8")
+}
+
+/// The value of the sample `name{labels...}` in Prometheus text, whatever
+/// the label order; `None` when there is no such sample.
+pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|line| {
+        let (series, value) = line.rsplit_once(' ')?;
+        let (n, rest) = match series.split_once('{') {
+            Some((n, rest)) => (n, rest.strip_suffix('}')?),
+            None => (series, ""),
+        };
+        if n != name {
+            return None;
+        }
+        let have: Vec<(&str, &str)> = rest
+            .split(',')
+            .filter(|p| !p.is_empty())
+            .filter_map(|p| {
+                let (k, v) = p.split_once('=')?;
+                Some((k, v.trim_matches('"')))
+            })
+            .collect();
+        if labels.iter().all(|want| have.contains(want)) {
+            value.parse().ok()
+        } else {
+            None
+        }
+    })
+}
+
+/// A request body sent in `chunks` with no Content-Length, so hyper
+/// streams it with chunked transfer encoding.
+pub struct ChunkedBody {
+    chunks: std::collections::VecDeque<Bytes>,
+}
+
+impl ChunkedBody {
+    pub fn new(chunks: Vec<Bytes>) -> Self {
+        ChunkedBody { chunks: chunks.into() }
+    }
+}
+
+impl http_body::Body for ChunkedBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        std::task::Poll::Ready(self.chunks.pop_front().map(|c| Ok(http_body::Frame::data(c))))
+    }
+}
+
+/// Writes `text` to `dir/name` and returns the path.
+pub fn write_file(dir: &std::path::Path, name: &str, text: &str) -> std::path::PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// Starts sluice in this process from a config file, so it has a source
+/// path and `/admin/reload` re-reads that file.
+pub async fn start_sluice_from_file(path: &std::path::Path) -> sluice::app::Running {
+    let plain = sluice::config::Config::load(Some(path), &Default::default()).expect("test config file is valid");
+    let overrides = private_spool(&plain);
+    let cfg = sluice::config::Config::load(Some(path), &overrides).expect("test config file is valid");
+    sluice::app::start(cfg, overrides).await.expect("sluice starts")
+}
+
 /// Like [`send`], but a transport failure (connection refused or reset,
 /// as when sluice is killed mid-request) is an `Err` rather than a panic.
 pub async fn try_send(
