@@ -64,10 +64,15 @@ impl Runtime {
             .map(|r| Arc::new(RouteStats::new(&r.name, Some(r.rate), metrics)))
             .collect();
         let spec = BudgetSpec::from(&config.upstream);
-        let budget = previous
-            .filter(|p| *p.budget.spec() == spec)
-            .map(|p| p.budget.clone())
-            .unwrap_or_else(|| Arc::new(Budget::new(spec)));
+        // One budget for the life of the process: a reload resizes it in
+        // place, so requests in flight stay counted.
+        let budget = match previous {
+            Some(p) => {
+                p.budget.resize(spec);
+                p.budget.clone()
+            }
+            None => Arc::new(Budget::new(spec)),
+        };
         Runtime {
             table,
             stats,

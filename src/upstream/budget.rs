@@ -5,7 +5,8 @@
 //! max_concurrency at once.
 
 use crate::config::{Rate, UpstreamConfig};
-use std::sync::atomic::{AtomicU64, Ordering};
+use arc_swap::ArcSwap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -38,7 +39,24 @@ pub enum BudgetError {
 
 /// Held while a request is in flight to the backend.
 pub struct BudgetPermit {
-    _slot: OwnedSemaphorePermit,
+    slot: Option<OwnedSemaphorePermit>,
+    /// Slots owed after a reload lowered `max_concurrency` while they
+    /// were in use: a returning permit pays one off instead of coming back.
+    debt: Arc<AtomicUsize>,
+}
+
+impl Drop for BudgetPermit {
+    fn drop(&mut self) {
+        if let Some(slot) = self.slot.take() {
+            let paid = self
+                .debt
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| d.checked_sub(1))
+                .is_ok();
+            if paid {
+                slot.forget();
+            }
+        }
+    }
 }
 
 /// A GCRA token bucket on tokio's clock (so tests can pause time), with
@@ -65,6 +83,17 @@ impl Gcra {
         }
     }
 
+    /// A bucket with new parameters that continues this one's state, so a
+    /// reload hands out no fresh burst.
+    fn successor(&self, rate: Rate, burst: u32) -> Gcra {
+        let next = Gcra::new(rate, burst);
+        let tat = self.tat.load(Ordering::Acquire);
+        // Re-express the theoretical arrival time on the new epoch.
+        let shifted = (self.epoch + Duration::from_nanos(tat)).saturating_duration_since(next.epoch);
+        next.tat.store(shifted.as_nanos() as u64, Ordering::Release);
+        next
+    }
+
     /// Takes one token if `reserve` tokens remain after it; otherwise how
     /// long until that would be true.
     fn try_take(&self, reserve: u32) -> Result<(), Duration> {
@@ -87,33 +116,82 @@ impl Gcra {
     }
 }
 
-pub struct Budget {
+/// The parts of the budget a reload replaces together.
+struct Shape {
     spec: BudgetSpec,
     rate: Option<Gcra>,
-    slots: Arc<Semaphore>,
     /// Tokens and slots replay must leave untouched for live requests.
     replay_token_reserve: u32,
     replay_slot_reserve: usize,
+}
+
+impl Shape {
+    fn new(spec: BudgetSpec, previous: Option<&Shape>) -> Shape {
+        let rate = spec.capacity.map(|c| match previous.and_then(|p| p.rate.as_ref()) {
+            Some(old) => old.successor(c, spec.capacity_burst),
+            None => Gcra::new(c, spec.capacity_burst),
+        });
+        Shape {
+            rate,
+            replay_token_reserve: spec.capacity_burst / 2,
+            replay_slot_reserve: spec.max_concurrency as usize / 8,
+            spec,
+        }
+    }
+}
+
+pub struct Budget {
+    shape: ArcSwap<Shape>,
+    slots: Arc<Semaphore>,
+    debt: Arc<AtomicUsize>,
+    /// Serialises resizes (the slot arithmetic is read-modify-write).
+    resizing: std::sync::Mutex<()>,
 }
 
 impl Budget {
     pub fn new(spec: BudgetSpec) -> Budget {
         Budget {
             slots: Arc::new(Semaphore::new(spec.max_concurrency as usize)),
-            rate: spec.capacity.map(|c| Gcra::new(c, spec.capacity_burst)),
-            replay_token_reserve: spec.capacity_burst / 2,
-            replay_slot_reserve: spec.max_concurrency as usize / 8,
-            spec,
+            debt: Arc::new(AtomicUsize::new(0)),
+            shape: ArcSwap::from_pointee(Shape::new(spec, None)),
+            resizing: std::sync::Mutex::new(()),
         }
     }
 
-    pub fn spec(&self) -> &BudgetSpec {
-        &self.spec
+    pub fn spec(&self) -> BudgetSpec {
+        self.shape.load().spec.clone()
+    }
+
+    /// Takes new limits in place (reload): requests in flight keep their
+    /// slots and still count, and the rate bucket keeps its state, so the
+    /// change never lets more through than either the old or new limits.
+    pub fn resize(&self, spec: BudgetSpec) {
+        let _one = self.resizing.lock().unwrap_or_else(|p| p.into_inner());
+        let old = self.shape.load_full();
+        if old.spec == spec {
+            return;
+        }
+        let (from, to) = (old.spec.max_concurrency as usize, spec.max_concurrency as usize);
+        if to > from {
+            let grow = to - from;
+            // Cancel debt first: those slots were never given back.
+            let mut paid = 0;
+            let _ = self.debt.fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| {
+                paid = d.min(grow);
+                Some(d - paid)
+            });
+            self.slots.add_permits(grow - paid);
+        } else if to < from {
+            let shrink = from - to;
+            let forgotten = self.slots.forget_permits(shrink);
+            self.debt.fetch_add(shrink - forgotten, Ordering::AcqRel);
+        }
+        self.shape.store(Arc::new(Shape::new(spec, Some(&old))));
     }
 
     /// Requests in flight through this budget.
     pub fn in_flight(&self) -> usize {
-        (self.spec.max_concurrency as usize).saturating_sub(self.slots.available_permits())
+        (self.shape.load().spec.max_concurrency as usize).saturating_sub(self.slots.available_permits())
     }
 
     /// Takes a slot and a token for a live request, waiting for them until
@@ -132,7 +210,8 @@ impl Budget {
                 }
             },
         };
-        if let Some(rate) = &self.rate {
+        let shape = self.shape.load();
+        if let Some(rate) = &shape.rate {
             loop {
                 match rate.try_take(0) {
                     Ok(()) => break,
@@ -145,23 +224,32 @@ impl Budget {
                 }
             }
         }
-        Ok(BudgetPermit { _slot: slot })
+        Ok(self.permit(slot))
+    }
+
+    fn permit(&self, slot: OwnedSemaphorePermit) -> BudgetPermit {
+        BudgetPermit {
+            slot: Some(slot),
+            debt: self.debt.clone(),
+        }
     }
 
     /// Takes a slot and a token only if both are free right now.
     pub fn try_acquire(&self) -> Option<BudgetPermit> {
         let slot = self.slots.clone().try_acquire_owned().ok()?;
-        if let Some(rate) = &self.rate {
+        let permit = self.permit(slot);
+        if let Some(rate) = &self.shape.load().rate {
             rate.try_take(0).ok()?;
         }
-        Some(BudgetPermit { _slot: slot })
+        Some(permit)
     }
 
     /// For replay: takes a slot and a token only if live traffic would
     /// still find its reserve of both; otherwise says how long to wait
     /// before asking again.
     pub fn try_acquire_replay(&self) -> Result<BudgetPermit, Duration> {
-        if self.slots.available_permits() <= self.replay_slot_reserve {
+        let shape = self.shape.load();
+        if self.slots.available_permits() <= shape.replay_slot_reserve {
             return Err(Duration::from_millis(5));
         }
         let slot = self
@@ -169,10 +257,11 @@ impl Budget {
             .clone()
             .try_acquire_owned()
             .map_err(|_| Duration::from_millis(5))?;
-        if let Some(rate) = &self.rate {
-            rate.try_take(self.replay_token_reserve)?;
+        let permit = self.permit(slot);
+        if let Some(rate) = &shape.rate {
+            rate.try_take(shape.replay_token_reserve)?;
         }
-        Ok(BudgetPermit { _slot: slot })
+        Ok(permit)
     }
 
     /// Waits (sleeping, not spinning) until [`try_acquire_replay`]
@@ -247,6 +336,38 @@ mod tests {
         }
         assert_eq!(held.len(), 14, "replay leaves 16/8 = 2 slots");
         assert!(b.try_acquire().is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn resizing_keeps_in_flight_slots_counted_and_the_bucket_state() {
+        let spec = |conc, cap: &str, burst| BudgetSpec {
+            capacity: Some(parse_rate(cap).unwrap()),
+            capacity_burst: burst,
+            max_concurrency: conc,
+        };
+        let b = Budget::new(spec(4, "10/s", 4));
+        let held: Vec<_> = (0..4).map(|_| b.try_acquire().unwrap()).collect();
+        // Shrink to 2 while 4 are in flight: nothing new until two return.
+        b.resize(spec(2, "10/s", 4));
+        assert!(b.try_acquire().is_none());
+        let mut held = held.into_iter();
+        drop(held.next());
+        drop(held.next());
+        assert!(b.try_acquire().is_none(), "the first two returns pay the debt");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        drop(held.next());
+        let p = b.try_acquire().expect("one slot of the new two");
+        drop(p);
+        // Growing back cancels no more debt than is owed.
+        b.resize(spec(6, "10/s", 4));
+        let more: Vec<_> = (0..5).filter_map(|_| b.try_acquire()).collect();
+        // Five slots are free (one of the first four is still held), but
+        // the bucket refilled to 4 and one token went to `p`: 3 left.
+        assert_eq!(more.len(), 3, "the bucket limits it now, not slots");
+        // A new rate continues the old bucket: the burst was just spent,
+        // so a reload doesn't refill it.
+        b.resize(spec(6, "20/s", 4));
+        assert!(b.try_acquire().is_none(), "no fresh burst from a reload");
     }
 
     #[tokio::test]
