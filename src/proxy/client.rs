@@ -40,7 +40,7 @@ pub enum ClientError {
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
     /// Nothing was sent: the backend can't have acted on the request.
-    #[error("connecting to {authority}: {source}")]
+    #[error("connecting to {authority}")]
     Connect {
         authority: String,
         #[source]
