@@ -69,14 +69,17 @@ impl Source {
     }
 }
 
-/// `class` label of `sluice_upstream_requests_total`.
-pub fn status_class(status: Option<u16>) -> &'static str {
+/// `class` label values of `sluice_upstream_requests_total`.
+const CLASSES: [&str; 5] = ["2xx", "3xx", "4xx", "5xx", "error"];
+
+/// Index into [`CLASSES`]: a status class, or "error" for no response.
+fn class_index(status: Option<u16>) -> usize {
     match status {
-        Some(200..=299) => "2xx",
-        Some(300..=399) => "3xx",
-        Some(400..=499) => "4xx",
-        Some(500..=599) => "5xx",
-        Some(_) | None => "error",
+        Some(200..=299) => 0,
+        Some(300..=399) => 1,
+        Some(400..=499) => 2,
+        Some(500..=599) => 3,
+        _ => 4,
     }
 }
 
@@ -121,21 +124,14 @@ impl RouteMetrics {
 /// Pre-resolved handles for one upstream `source`.
 #[derive(Clone)]
 pub struct UpstreamMetrics {
-    classes: [prometheus::IntCounter; 6],
+    classes: [prometheus::IntCounter; 5],
     duration: Histogram,
     pub in_flight: prometheus::IntGauge,
 }
 
 impl UpstreamMetrics {
     pub fn observe(&self, status: Option<u16>, seconds: f64) {
-        let i = match status_class(status) {
-            "2xx" => 0,
-            "3xx" => 1,
-            "4xx" => 2,
-            "5xx" => 3,
-            _ => 4,
-        };
-        self.classes[i].inc();
+        self.classes[class_index(status)].inc();
         self.duration.observe(seconds);
     }
 }
@@ -261,7 +257,7 @@ impl Metrics {
         // Series that should read 0 rather than be absent before their
         // first event, so rate() and alerts work from the start.
         for s in ["live", "replay"] {
-            for c in ["2xx", "3xx", "4xx", "5xx", "error"] {
+            for c in CLASSES {
                 m.upstream_requests.with_label_values(&[s, c]);
             }
             m.upstream_in_flight.with_label_values(&[s]);
@@ -294,8 +290,7 @@ impl Metrics {
     pub fn upstream(&self, source: Source) -> UpstreamMetrics {
         let s = source.as_str();
         UpstreamMetrics {
-            classes: ["2xx", "3xx", "4xx", "5xx", "error", "error"]
-                .map(|c| self.upstream_requests.with_label_values(&[s, c])),
+            classes: CLASSES.map(|c| self.upstream_requests.with_label_values(&[s, c])),
             duration: self.upstream_duration.with_label_values(&[s]),
             in_flight: self.upstream_in_flight.with_label_values(&[s]),
         }

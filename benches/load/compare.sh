@@ -16,14 +16,7 @@ DURATION=${2:-8s}
 CONNS=${3:-32}
 WORKERS=${4:-1}
 cd "$(dirname "$0")/../.."
-for tool in nginx wrk; do
-  command -v "$tool" >/dev/null || { echo "needs $tool (apt-get install nginx-light wrk)" >&2; exit 1; }
-done
-cargo build --release --quiet
-WORK=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"' EXIT
-
-free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+. benches/load/common.sh
 BACKEND=$(free_port); NGINX=$(free_port); SLUICE=$(free_port); ADMIN=$(free_port)
 
 nginx_conf() { # $1 name, $2 server block body, $3 workers
@@ -66,9 +59,7 @@ CONF
 nginx -p "$WORK/backend" -c "$WORK/backend/nginx.conf" &
 nginx -p "$WORK/proxy" -c "$WORK/proxy/nginx.conf" &
 RUST_LOG=warn ./target/release/sluice run -c "$WORK/sluice.toml" &
-for p in $BACKEND $NGINX $SLUICE; do
-  for _ in $(seq 100); do curl -fs "http://127.0.0.1:$p/" >/dev/null && break; sleep 0.1; done
-done
+wait_ready "http://127.0.0.1:$BACKEND/" "http://127.0.0.1:$NGINX/" "http://127.0.0.1:$SLUICE/"
 
 run_wrk() { # $1 label, $2 port
   wrk -t1 -c"$CONNS" -d"$DURATION" --latency "http://127.0.0.1:$2/" >"$WORK/$1.$3.txt"

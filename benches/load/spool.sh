@@ -13,13 +13,7 @@ DURATION=${1:-8s}
 CONNS=${2:-64}
 FSYNC=${3:-always}
 cd "$(dirname "$0")/../.."
-for tool in nginx wrk; do
-  command -v "$tool" >/dev/null || { echo "needs $tool (apt-get install nginx-light wrk)" >&2; exit 1; }
-done
-cargo build --release --quiet
-WORK=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"' EXIT
-free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+. benches/load/common.sh
 BACKEND=$(free_port); FWD=$(free_port); FWDA=$(free_port); SPL=$(free_port); SPLA=$(free_port)
 
 cat >"$WORK/nginx.conf" <<CONF
@@ -65,9 +59,7 @@ LUA
 nginx -p "$WORK" -c "$WORK/nginx.conf" &
 RUST_LOG=warn ./target/release/sluice run -c "$WORK/fwd.toml" &
 RUST_LOG=warn ./target/release/sluice run -c "$WORK/spl.toml" &
-for url in "http://127.0.0.1:$BACKEND/" "http://127.0.0.1:$FWDA/readyz" "http://127.0.0.1:$SPLA/readyz"; do
-  for _ in $(seq 100); do curl -fs "$url" >/dev/null 2>&1 && break; sleep 0.1; done
-done
+wait_ready "http://127.0.0.1:$BACKEND/" "http://127.0.0.1:$FWDA/readyz" "http://127.0.0.1:$SPLA/readyz"
 wrk -t2 -c"$CONNS" -d"$DURATION" --latency -s "$WORK/post.lua" "http://127.0.0.1:$FWD/orders" >"$WORK/fwd.txt"
 wrk -t2 -c"$CONNS" -d"$DURATION" --latency -s "$WORK/post.lua" "http://127.0.0.1:$SPL/orders" >"$WORK/spl.txt"
 curl -fs "http://127.0.0.1:$SPLA/metrics" | grep -E '^sluice_requests_total\{decision="spooled"|^sluice_spool_fsync_duration_seconds_(count|sum)' || true

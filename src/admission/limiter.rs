@@ -46,12 +46,6 @@ pub struct RouteLimiter<C: Clock = DefaultClock> {
     buckets: Buckets<C>,
 }
 
-impl RouteLimiter<DefaultClock> {
-    pub fn new(spec: LimitSpec) -> Self {
-        Self::with_clock(spec, DefaultClock::default())
-    }
-}
-
 impl<C: Clock> RouteLimiter<C> {
     pub fn with_clock(spec: LimitSpec, clock: C) -> Self {
         let quota = quota(spec.rate, spec.burst);

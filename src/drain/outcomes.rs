@@ -453,6 +453,7 @@ impl OutcomeStore {
         }
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> (usize, usize) {
         (self.outcomes.len(), self.keys.len())
     }

@@ -4,7 +4,7 @@
 
 use super::envelope::Envelope;
 use super::id::RequestId;
-use super::outcomes::{now_ms, KeyClaim, KeyHash, OutcomeStore, State};
+use super::outcomes::{KeyClaim, KeyHash, OutcomeStore, State};
 use crate::spool::{Spool, SpoolError};
 use dashmap::DashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -192,9 +192,5 @@ impl Spooler {
             upstream_status: o.upstream_status,
             replayed_as: o.replayed_as.map(|r| r.encode()),
         })
-    }
-
-    pub fn now_ms(&self) -> u64 {
-        now_ms()
     }
 }

@@ -200,8 +200,8 @@ async fn route_request(
                 .config
                 .partition_key
                 .as_ref()
-                .map(|src| key_for(src, &facts, &mut buf).as_bytes().to_vec());
-            Some(shared.spooler.partition_for(key.as_deref()))
+                .map(|src| key_for(src, &facts, &mut buf));
+            Some(shared.spooler.partition_for(key.map(str::as_bytes)))
         }
         _ => None,
     };
@@ -372,7 +372,7 @@ where
         .map(|k| crate::drain::outcomes::key_hash(&route.config.name, k));
     let envelope = Envelope {
         token: RequestId::new_token(),
-        arrived_ms: shared.spooler.now_ms(),
+        arrived_ms: crate::drain::outcomes::now_ms(),
         attempt_base: 0,
         route: route.config.name.clone(),
         method: parts.method,

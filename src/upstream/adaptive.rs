@@ -132,6 +132,7 @@ impl AdaptiveLimit {
         self.state.lock().unwrap_or_else(|p| p.into_inner()).limit
     }
 
+    #[cfg(test)]
     pub fn in_flight(&self) -> u32 {
         self.in_flight.load(Ordering::Acquire)
     }

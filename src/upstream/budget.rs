@@ -190,6 +190,7 @@ impl Budget {
     }
 
     /// Requests in flight through this budget.
+    #[cfg(test)]
     pub fn in_flight(&self) -> usize {
         (self.shape.load().spec.max_concurrency as usize).saturating_sub(self.slots.available_permits())
     }
@@ -235,6 +236,7 @@ impl Budget {
     }
 
     /// Takes a slot and a token only if both are free right now.
+    #[cfg(test)]
     pub fn try_acquire(&self) -> Option<BudgetPermit> {
         let slot = self.slots.clone().try_acquire_owned().ok()?;
         let permit = self.permit(slot);

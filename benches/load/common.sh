@@ -1,0 +1,20 @@
+# Shared by the load scripts in this folder: source it after `cd` to the
+# repository root. Checks the tools, builds the release binary, makes a
+# work dir that is removed (and every background job killed) on exit.
+for tool in nginx wrk curl; do
+  command -v "$tool" >/dev/null || { echo "needs $tool (apt-get install nginx-light wrk curl)" >&2; exit 1; }
+done
+cargo build --release --quiet
+WORK=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"' EXIT
+
+# A free loopback port.
+free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+
+# Waits (polling, at most 10 s) until each URL answers 2xx.
+wait_ready() {
+  local url
+  for url in "$@"; do
+    for _ in $(seq 100); do curl -fs "$url" >/dev/null 2>&1 && break; sleep 0.1; done
+  done
+}
