@@ -20,8 +20,6 @@ pub enum DecisionLabel {
     SpoolFull,
     TooLarge,
     UpstreamError,
-    /// Not a data-port decision: a status lookup, logged but not counted.
-    StatusLookup,
 }
 
 impl DecisionLabel {
@@ -44,7 +42,6 @@ impl DecisionLabel {
             DecisionLabel::SpoolFull => "spool_full",
             DecisionLabel::TooLarge => "too_large",
             DecisionLabel::UpstreamError => "upstream_error",
-            DecisionLabel::StatusLookup => "status",
         }
     }
 
@@ -113,9 +110,6 @@ pub struct RouteMetrics {
 
 impl RouteMetrics {
     pub fn observe(&self, decision: DecisionLabel, seconds: f64) {
-        if decision == DecisionLabel::StatusLookup {
-            return;
-        }
         self.requests[decision.index()].inc();
         self.durations[decision.index()].observe(seconds);
     }

@@ -48,8 +48,7 @@ impl ProxyError {
             ProxyError::Unreachable { .. } | ProxyError::UpstreamFailed { .. } | ProxyError::UpstreamTimeout { .. } => {
                 DecisionLabel::UpstreamError
             }
-            ProxyError::NotFound => DecisionLabel::StatusLookup,
-            ProxyError::BadRequest { .. } => DecisionLabel::Rejected,
+            ProxyError::NotFound | ProxyError::BadRequest { .. } => DecisionLabel::Rejected,
         }
     }
 

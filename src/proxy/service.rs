@@ -71,44 +71,65 @@ struct Handled {
     response: Response<ResponseBody>,
 }
 
-impl Handled {
-    /// Status lookups are sluice's own answers, not proxied traffic: they
-    /// are logged but not counted in `sluice_requests_total`.
-    fn status_lookup(self) -> Handled {
-        Handled {
-            decision: DecisionLabel::StatusLookup,
-            ..self
-        }
-    }
-}
-
 async fn handle(shared: Arc<Shared>, conn: ConnInfo, req: Request<Incoming>) -> Response<ResponseBody> {
     let start = Instant::now();
     let log = tracing::enabled!(target: "sluice::access", tracing::Level::INFO);
     let method = log.then(|| req.method().clone());
     let path = log.then(|| req.uri().path().to_owned());
     let rt = shared.runtime.load_full();
+    // Status lookups are sluice's own answers, not proxied traffic: logged,
+    // but not counted in `sluice_requests_total`.
+    if let Some(id) = status_id(&rt.config.server.status_path_prefix, &req) {
+        let response = request_status(&shared, id).await;
+        if let (Some(method), Some(path)) = (method, path) {
+            log_access("-", "status", &response, &method, &path, &conn, start);
+        }
+        return response;
+    }
     let Handled {
         stats,
         decision,
         response,
     } = route_request(&shared, &rt, &conn, req, start).await;
-    let elapsed = start.elapsed();
-    stats.metrics.observe(decision, elapsed.as_secs_f64());
+    stats.metrics.observe(decision, start.elapsed().as_secs_f64());
     if let (Some(method), Some(path)) = (method, path) {
-        tracing::info!(
-            target: "sluice::access",
-            route = &*stats.name,
-            decision = decision.as_str(),
-            status = response.status().as_u16(),
-            method = method.as_str(),
-            path = path,
-            client = %conn.peer.ip(),
-            duration_ms = elapsed.as_secs_f64() * 1000.0,
-            "request"
-        );
+        log_access(&stats.name, decision.as_str(), &response, &method, &path, &conn, start);
     }
     response
+}
+
+/// The id of a `GET {status_path_prefix}/requests/{id}`, if this is one.
+fn status_id<'r>(prefix: &str, req: &'r Request<Incoming>) -> Option<&'r str> {
+    if prefix.is_empty() || req.method() != http::Method::GET {
+        return None;
+    }
+    req.uri()
+        .path()
+        .strip_prefix(prefix)
+        .and_then(|rest| rest.strip_prefix("/requests/"))
+}
+
+/// The access log line: one per request.
+fn log_access(
+    route: &str,
+    decision: &str,
+    response: &Response<ResponseBody>,
+    method: &http::Method,
+    path: &str,
+    conn: &ConnInfo,
+    start: Instant,
+) {
+    tracing::info!(
+        target: "sluice::access",
+        route,
+        decision,
+        status = response.status().as_u16(),
+        method = method.as_str(),
+        path,
+        client = %conn.peer.ip(),
+        duration_ms = start.elapsed().as_secs_f64() * 1000.0,
+        "request"
+    );
 }
 
 fn host_of(req: &Request<Incoming>) -> Option<Cow<'_, str>> {
@@ -143,22 +164,6 @@ async fn route_request(
     start: Instant,
 ) -> Handled {
     let cfg = &rt.config;
-    let prefix = cfg.server.status_path_prefix.as_str();
-    if !prefix.is_empty() && req.method() == http::Method::GET {
-        if let Some(id) = req
-            .uri()
-            .path()
-            .strip_prefix(prefix)
-            .and_then(|rest| rest.strip_prefix("/requests/"))
-        {
-            return Handled {
-                stats: rt.unmatched.clone(),
-                decision: DecisionLabel::Forwarded,
-                response: request_status(shared, id).await,
-            }
-            .status_lookup();
-        }
-    }
     let client_ip = headers::client_ip(conn.peer.ip(), req.headers(), &cfg.server.trusted_proxies);
     let host = host_of(&req);
     let facts = RequestFacts {
