@@ -133,12 +133,15 @@
 
 pub mod codec;
 mod dlq;
+mod dlq_ops;
 mod error;
 pub mod fs;
 mod index;
+mod inspect;
 mod log;
 mod meta;
 mod options;
+mod partition_reader;
 mod reader;
 mod status;
 mod writer;
@@ -152,9 +155,12 @@ use bytes::Bytes;
 use tokio::sync::{oneshot, watch, Notify};
 
 pub use dlq::DeadLetter;
+pub use dlq_ops::DlqSelection;
 pub use error::{FullCause, SpoolError};
 pub use fs::{Fs, FsFile, RealFs};
+pub use inspect::inspect;
 pub use options::{Clock, FsyncMode, NoopObserver, RecoveredKind, SpoolObserver, SpoolOptions, SystemClock};
+pub use partition_reader::PartitionReader;
 pub use reader::Record;
 pub use status::{DlqStatus, PartitionStatus, SpoolStatus};
 
@@ -196,14 +202,6 @@ struct Inner {
     housekeeper: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// The flock on `LOCK`, held until close (or drop).
     lock: Mutex<Option<Box<dyn Send + Sync>>>,
-}
-
-/// Which dead letters an operation applies to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DlqSelection {
-    All,
-    /// By `DeadLetter::dlq_offset`.
-    Offsets(Vec<u64>),
 }
 
 /// An open spool. Cheap to share behind the `Arc` that `open` returns.
@@ -439,26 +437,6 @@ impl Spool {
         rx.await.map_err(|_| SpoolError::Closed)?
     }
 
-    /// A reader of `partition` starting at its committed offset.
-    ///
-    /// Panics if the partition does not exist (partitions are fixed and
-    /// known from `partitions()`).
-    pub fn reader(&self, partition: u32) -> PartitionReader {
-        let sh = self.inner.main.sh.clone();
-        assert!(
-            partition < sh.partitions,
-            "partition {partition} does not exist (spool has {})",
-            sh.partitions
-        );
-        let p = partition;
-        let from = sh.lock().parts[p as usize].committed;
-        PartitionReader {
-            inner: self.inner.clone(),
-            log: LogReader::new(sh, p, from),
-            dead_letter_lost: true,
-        }
-    }
-
     /// One record by offset (for a status endpoint): `None` if it was
     /// reclaimed, is corrupt, or was never written.
     pub async fn read_at(&self, partition: u32, offset: u64) -> Result<Option<Record>, SpoolError> {
@@ -491,98 +469,6 @@ impl Spool {
         !self.inner.closed.load(Ordering::Acquire)
             && self.inner.main.sh.available.load(Ordering::Acquire)
             && self.inner.dlq.sh.available.load(Ordering::Acquire)
-    }
-
-    /// Appends `rec` to the dead-letter log with `reason` and the last
-    /// upstream status. The caller acks the original afterwards.
-    pub async fn dead_letter(&self, rec: &Record, reason: &str, last_status: Option<u16>) -> Result<u64, SpoolError> {
-        Self::submit(&self.inner.dlq, 0, 0, dlq::encode(rec, reason, last_status)).await
-    }
-
-    /// Up to `limit` dead letters not purged, from `from` (a dlq offset).
-    pub async fn dlq_list(&self, from: u64, limit: usize) -> Result<Vec<DeadLetter>, SpoolError> {
-        let sh = self.inner.dlq.sh.clone();
-        let (start, acked, next) = {
-            let st = sh.lock();
-            let p = &st.parts[0];
-            (from.max(p.committed), p.acked.clone(), p.next)
-        };
-        let mut out = Vec::new();
-        let mut r = LogReader::new(sh, 0, start);
-        while out.len() < limit && r.position() < next {
-            let batch = r.read(limit - out.len(), 1 << 20)?;
-            if batch.records.is_empty() && batch.lost.is_empty() {
-                break;
-            }
-            out.extend(
-                batch
-                    .records
-                    .iter()
-                    .filter(|rec| !acked.contains(&rec.offset))
-                    .filter_map(dlq::decode),
-            );
-        }
-        Ok(out)
-    }
-
-    /// One dead letter by dlq offset.
-    pub async fn dlq_get(&self, dlq_offset: u64) -> Result<Option<DeadLetter>, SpoolError> {
-        let sh = &self.inner.dlq.sh;
-        {
-            let st = sh.lock();
-            let p = &st.parts[0];
-            if dlq_offset < p.committed || p.acked.contains(&dlq_offset) {
-                return Ok(None);
-            }
-        }
-        Ok(read_one(sh, 0, dlq_offset)?.as_ref().and_then(dlq::decode))
-    }
-
-    /// Drops dead letters; returns how many were dropped.
-    pub fn dlq_purge(&self, which: &DlqSelection) -> Result<u64, SpoolError> {
-        let sh = &self.inner.dlq.sh;
-        let offsets: Vec<u64> = match which {
-            DlqSelection::All => {
-                let st = sh.lock();
-                let p = &st.parts[0];
-                (p.committed..p.next).filter(|o| !p.acked.contains(o)).collect()
-            }
-            DlqSelection::Offsets(v) => v.clone(),
-        };
-        let before = status::dlq_status(sh).records;
-        for o in offsets {
-            match sh.ack(0, o) {
-                Ok(()) | Err(SpoolError::OffsetOutOfRange { .. }) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(before - status::dlq_status(sh).records)
-    }
-
-    /// Re-enqueues dead letters at the tail of their partitions (new
-    /// offsets), then purges them. Returns `(dlq_offset, partition, new
-    /// offset)` for each one replayed.
-    pub async fn dlq_replay(&self, which: &DlqSelection) -> Result<Vec<(u64, u32, u64)>, SpoolError> {
-        let letters = match which {
-            DlqSelection::All => self.dlq_list(0, usize::MAX).await?,
-            DlqSelection::Offsets(v) => {
-                let mut out = Vec::new();
-                for o in v {
-                    if let Some(d) = self.dlq_get(*o).await? {
-                        out.push(d);
-                    }
-                }
-                out
-            }
-        };
-        let mut done = Vec::new();
-        for d in letters {
-            let p = d.partition.min(self.partitions() - 1);
-            let off = self.append_with_flags(p, d.flags, d.payload.clone()).await?;
-            self.inner.dlq.sh.ack(0, d.dlq_offset)?;
-            done.push((d.dlq_offset, p, off));
-        }
-        Ok(done)
     }
 
     /// Persists acked commits now and reclaims fully committed segments
@@ -685,139 +571,4 @@ fn read_one(sh: &Arc<Shared>, partition: u32, offset: u64) -> Result<Option<Reco
     let mut r = LogReader::new(sh.clone(), partition, offset);
     let batch = r.read(1, 0)?;
     Ok(batch.records.into_iter().next().filter(|r| r.offset == offset))
-}
-
-/// Reads one partition in offset order. Created by [`Spool::reader`].
-pub struct PartitionReader {
-    inner: Arc<Inner>,
-    log: LogReader,
-    /// Gaps (corrupt records) go to the dead-letter log with reason
-    /// "corrupt" and are acked, so the committed offset moves past them.
-    dead_letter_lost: bool,
-}
-
-impl PartitionReader {
-    /// The offset the next record read will have (at least).
-    pub fn position(&self) -> u64 {
-        self.log.position()
-    }
-
-    /// Moves to `offset`; offsets already reclaimed are skipped.
-    pub fn seek(&mut self, offset: u64) {
-        self.log.seek(offset);
-    }
-
-    /// The next records in order, up to `max_records` and about
-    /// `max_bytes` of payload (at least one record). Waits, without
-    /// polling, until one exists. The read itself is a few `pread`s of a
-    /// 256 KiB window done inline (the data is normally in the page cache).
-    pub async fn next_batch(&mut self, max_records: usize, max_bytes: usize) -> Result<Vec<Record>, SpoolError> {
-        loop {
-            if self.inner.closed.load(Ordering::Acquire) {
-                return Err(SpoolError::Closed);
-            }
-            self.log.wait().await?;
-            let batch = self.log.read(max_records, max_bytes)?;
-            if !batch.lost.is_empty() {
-                self.handle_lost(&batch.lost).await?;
-            }
-            if !batch.records.is_empty() {
-                return Ok(batch.records);
-            }
-        }
-    }
-
-    async fn handle_lost(&self, lost: &[u64]) -> Result<(), SpoolError> {
-        let sh = &self.inner.main.sh;
-        let partition = self.log_partition();
-        // Already handled (dead-lettered and acked) before a restart.
-        let lost: Vec<u64> = {
-            let st = sh.lock();
-            let p = &st.parts[partition as usize];
-            lost.iter()
-                .copied()
-                .filter(|o| *o >= p.committed && !p.acked.contains(o))
-                .collect()
-        };
-        if lost.is_empty() {
-            return Ok(());
-        }
-        let lost = &lost[..];
-        tracing::error!(
-            partition,
-            first = lost[0],
-            count = lost.len(),
-            "corrupt records skipped; dead-lettered"
-        );
-        self.inner
-            .observer
-            .recovered(RecoveredKind::CorruptRecords, lost.len() as u64);
-        for &offset in lost {
-            if self.dead_letter_lost {
-                let rec = Record {
-                    partition,
-                    offset,
-                    timestamp_ms: 0,
-                    flags: 0,
-                    payload: Bytes::new(),
-                };
-                Spool::submit(&self.inner.dlq, 0, 0, dlq::encode(&rec, "corrupt", None)).await?;
-            }
-            sh.ack(partition, offset)?;
-        }
-        Ok(())
-    }
-
-    fn log_partition(&self) -> u32 {
-        self.log.partition()
-    }
-}
-
-/// Reads the status of the spool in `dir` without taking the lock or
-/// writing anything: safe while sluice runs. A missing directory, or one
-/// without a manifest, is an error.
-pub fn inspect(dir: &Path) -> Result<SpoolStatus, SpoolError> {
-    let fs: Arc<dyn Fs> = Arc::new(RealFs);
-    if !dir.is_dir() {
-        return Err(SpoolError::NotASpool {
-            path: dir.to_owned(),
-            reason: "no such directory".into(),
-        });
-    }
-    if !dir.join(MANIFEST_FILE).exists() {
-        return Err(SpoolError::NotASpool {
-            path: dir.to_owned(),
-            reason: format!("no {MANIFEST_FILE} file"),
-        });
-    }
-    let manifest = read_manifest(&*fs, dir)?;
-    let disk = Arc::new(AtomicU64::new(0));
-    let notify = Arc::new(Notify::new());
-    let (main_state, main_report) = log::load(&*fs, &dir.join(LOG_DIR), manifest.partitions, true)?;
-    let main = new_shared(
-        dir.join(LOG_DIR),
-        manifest.partitions,
-        fs.clone(),
-        main_state,
-        disk.clone(),
-        notify.clone(),
-    );
-    let dlq_dir = dir.join(DLQ_DIR);
-    let (dlq_state, dlq_report) = if dlq_dir.is_dir() {
-        log::load(&*fs, &dlq_dir, 1, true)?
-    } else {
-        let mut st = LogState::default();
-        st.parts.push(Default::default());
-        (st, LoadReport::default())
-    };
-    let dlq = new_shared(dlq_dir, 1, fs.clone(), dlq_state, disk, notify);
-    Ok(SpoolStatus {
-        dir: dir.to_owned(),
-        spool_id: manifest.spool_id.clone(),
-        partitions: status::partition_status(&main, SystemClock.now_ms()),
-        dlq: status::dlq_status(&dlq),
-        disk_bytes: main_report.disk_bytes + dlq_report.disk_bytes + file_len(&*fs, &dir.join(MANIFEST_FILE)),
-        fsync: None,
-        available: true,
-    })
 }
