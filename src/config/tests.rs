@@ -1,4 +1,6 @@
 use super::*;
+use http::HeaderName;
+use std::time::Duration;
 
 fn parse(text: &str) -> Result<Config, ConfigError> {
     Config::parse("test.toml", text, &Overrides::default())
@@ -196,4 +198,80 @@ fn restart_only_changes_are_reported() {
     assert_eq!(a.restart_only_changes(&b), vec!["server.listen", "spool.partitions"]);
     b.keep_restart_only(&a);
     assert!(a.restart_only_changes(&b).is_empty());
+}
+
+/// Pins what each restart-only field is reported as, in the order the
+/// hand-kept lists had before they became one table.
+#[test]
+fn every_restart_only_field_is_reported_and_kept() {
+    type Change = fn(&mut Config);
+    let changes: &[(Change, &str)] = &[
+        (|c| c.server.listen = "127.0.0.1:1".parse().unwrap(), "server.listen"),
+        (
+            |c| c.server.admin_listen = "127.0.0.1:2".parse().unwrap(),
+            "server.admin_listen",
+        ),
+        (|c| c.server.workers = Some(3), "server.workers"),
+        (
+            |c| c.server.status_retention = Duration::from_secs(7),
+            "server.status_retention",
+        ),
+        (|c| c.server.status_max_entries = 7, "server.status_retention"),
+        (
+            |c| {
+                c.server.tls = Some(TlsConfig {
+                    cert: "c.pem".into(),
+                    key: "k.pem".into(),
+                })
+            },
+            "server.tls",
+        ),
+        (|c| c.spool.dir = "/elsewhere".into(), "spool.dir"),
+        (|c| c.spool.partitions = 3, "spool.partitions"),
+        (|c| c.spool.fsync = FsyncPolicy::Never, "spool.fsync"),
+        (|c| c.spool.fsync_interval = Duration::from_millis(9), "spool.fsync"),
+        (|c| c.spool.segment_bytes = 1 << 21, "spool.segment_bytes"),
+        (|c| c.spool.max_bytes = 1 << 31, "spool.max_bytes"),
+        (|c| c.spool.max_record = 1 << 10, "spool.max_record"),
+        (
+            |c| c.server.max_header_bytes = 1 << 14,
+            "server.max_header_bytes/max_headers/header_read_timeout",
+        ),
+        (
+            |c| c.server.max_headers = 7,
+            "server.max_header_bytes/max_headers/header_read_timeout",
+        ),
+        (
+            |c| c.server.header_read_timeout = Duration::from_secs(7),
+            "server.max_header_bytes/max_headers/header_read_timeout",
+        ),
+        (
+            |c| c.upstream.url = "http://10.0.0.1:1".parse().unwrap(),
+            "upstream.url",
+        ),
+        (|c| c.upstream.ca_file = Some("ca.pem".into()), "upstream.ca_file"),
+        (|c| c.upstream.pool_max_idle = 7, "upstream.pool_max_idle"),
+        (|c| c.admin.token_file = Some("token".into()), "admin.token_file"),
+    ];
+    let running = parse(MINIMAL).unwrap();
+    for (change, key) in changes {
+        let mut next = running.clone();
+        change(&mut next);
+        assert_eq!(running.restart_only_changes(&next), vec![*key]);
+        next.keep_restart_only(&running);
+        assert_eq!(next, running, "{key} is kept");
+    }
+
+    let mut next = running.clone();
+    for (change, _) in changes {
+        change(&mut next);
+    }
+    next.server.max_body = 7;
+    let mut expected: Vec<&str> = changes.iter().map(|c| c.1).collect();
+    expected.dedup();
+    assert_eq!(running.restart_only_changes(&next), expected);
+    assert_eq!(Config::restart_only_keys().collect::<Vec<_>>(), expected);
+    next.keep_restart_only(&running);
+    assert!(running.restart_only_changes(&next).is_empty());
+    assert_eq!(next.server.max_body, 7, "reloadable keys are not kept");
 }

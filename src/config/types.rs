@@ -1,0 +1,151 @@
+//! The runtime configuration types: what the rest of sluice reads, after
+//! validation ([`super::validate`]) has filled in every default.
+
+use http::{HeaderName, Method, Uri};
+use ipnet::IpNet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::units::Rate;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The file this came from; `None` for the embedded default. Reload
+    /// re-reads it.
+    pub source_path: Option<PathBuf>,
+    pub server: ServerConfig,
+    pub admin: AdminConfig,
+    pub upstream: UpstreamConfig,
+    pub spool: SpoolConfig,
+    pub drain: DrainConfig,
+    pub breaker: crate::upstream::breaker::BreakerConfig,
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub max_body: u64,
+    pub request_timeout: Duration,
+    pub shutdown_grace: Duration,
+    /// Empty disables the status endpoint.
+    pub status_path_prefix: String,
+    pub trusted_proxies: Vec<IpNet>,
+    pub tls: Option<TlsConfig>,
+    pub header_read_timeout: Duration,
+    pub max_headers: usize,
+    pub max_header_bytes: usize,
+    /// `None`: one per CPU core.
+    pub workers: Option<usize>,
+    pub status_retention: Duration,
+    pub status_max_entries: usize,
+    /// Zero: the file is not watched (SIGHUP and /admin/reload still work).
+    pub config_poll_interval: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct AdminConfig {
+    pub token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamConfig {
+    pub url: Uri,
+    pub capacity: Option<Rate>,
+    pub capacity_burst: u32,
+    pub max_concurrency: u32,
+    pub timeout: Duration,
+    pub adaptive: bool,
+    pub pool_max_idle: usize,
+    pub ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    Always,
+    Interval,
+    Never,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpoolConfig {
+    pub dir: PathBuf,
+    pub partitions: u32,
+    pub max_bytes: u64,
+    pub segment_bytes: u64,
+    pub max_record: u64,
+    pub fsync: FsyncPolicy,
+    pub fsync_interval: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ordering {
+    Partition,
+    None,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DrainConfig {
+    pub ordering: Ordering,
+    pub max_attempts: u32,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    pub retry_on: Vec<u16>,
+    pub max_age: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    Global,
+    ClientIp,
+    Header(HeaderName),
+}
+
+impl std::fmt::Display for KeySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeySource::Global => f.write_str("global"),
+            KeySource::ClientIp => f.write_str("client_ip"),
+            KeySource::Header(h) => write!(f, "header:{h}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnLimit {
+    Spool,
+    Reject,
+    Wait,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RouteMatch {
+    pub path_prefix: Option<String>,
+    pub path: Option<String>,
+    pub methods: Option<Vec<Method>>,
+    pub host: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteConfig {
+    pub name: String,
+    pub matcher: RouteMatch,
+    pub rate: Rate,
+    pub burst: u32,
+    pub key: KeySource,
+    pub max_keys: usize,
+    pub on_limit: OnLimit,
+    pub max_wait: Duration,
+    /// `None`: round robin.
+    pub partition_key: Option<KeySource>,
+    pub ordered: bool,
+    pub spool_methods: Vec<Method>,
+}

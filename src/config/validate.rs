@@ -1,0 +1,417 @@
+//! Validation: the file as written ([`super::file`]) into the runtime
+//! types ([`super::types`]), with every default filled in and every error
+//! naming its key path.
+
+use http::{HeaderName, Method, Uri};
+use ipnet::IpNet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::error::Source;
+use super::file::*;
+use super::types::*;
+use super::units::{self, parse_duration, parse_rate};
+use super::{ConfigError, UNMATCHED_ROUTE};
+
+pub(super) fn validate(src: &Source<'_>, f: FileConfig, upstream_given: bool) -> Result<Config, ConfigError> {
+    let dur = |path: &str, v: &Option<String>, default: Duration| -> Result<Duration, ConfigError> {
+        match v {
+            Some(s) => parse_duration(s).map_err(|m| src.invalid(path, m)),
+            None => Ok(default),
+        }
+    };
+    let size = |path: &str, v: &Option<units::SizeLit>, default: u64| -> Result<u64, ConfigError> {
+        match v {
+            Some(s) => s.parse().map_err(|m| src.invalid(path, m)),
+            None => Ok(default),
+        }
+    };
+    let addr = |path: &str, v: &Option<String>, default: &str| -> Result<SocketAddr, ConfigError> {
+        let s = v.as_deref().unwrap_or(default);
+        s.parse().map_err(|_| {
+            src.invalid(
+                path,
+                format!("invalid socket address {s:?}; expected IP:PORT such as \"0.0.0.0:8080\""),
+            )
+        })
+    };
+
+    // [server]
+    let s = &f.server;
+    let status_path_prefix = s.status_path_prefix.clone().unwrap_or_else(|| "/_sluice".into());
+    if !status_path_prefix.is_empty() && (!status_path_prefix.starts_with('/') || status_path_prefix.ends_with('/')) {
+        return Err(src.invalid(
+            "server.status_path_prefix",
+            "must start with '/' and not end with '/' (or be \"\" to disable the status endpoint)",
+        ));
+    }
+    let mut trusted_proxies = Vec::new();
+    for (i, p) in s.trusted_proxies.iter().flatten().enumerate() {
+        let net = p
+            .parse::<IpNet>()
+            .or_else(|_| p.parse::<std::net::IpAddr>().map(IpNet::from))
+            .map_err(|_| {
+                src.invalid(
+                    &format!("server.trusted_proxies[{i}]"),
+                    format!("invalid CIDR or address {p:?}"),
+                )
+            })?;
+        trusted_proxies.push(net);
+    }
+    let server = ServerConfig {
+        listen: addr("server.listen", &s.listen, "0.0.0.0:8080")?,
+        admin_listen: addr("server.admin_listen", &s.admin_listen, "0.0.0.0:9090")?,
+        max_body: size("server.max_body", &s.max_body, 1 << 20)?,
+        request_timeout: dur("server.request_timeout", &s.request_timeout, Duration::from_secs(30))?,
+        shutdown_grace: dur("server.shutdown_grace", &s.shutdown_grace, Duration::from_secs(20))?,
+        status_path_prefix,
+        trusted_proxies,
+        tls: s.tls.as_ref().map(|t| TlsConfig {
+            cert: PathBuf::from(&t.cert),
+            key: PathBuf::from(&t.key),
+        }),
+        header_read_timeout: dur(
+            "server.header_read_timeout",
+            &s.header_read_timeout,
+            Duration::from_secs(10),
+        )?,
+        max_headers: s.max_headers.unwrap_or(100),
+        max_header_bytes: size("server.max_header_bytes", &s.max_header_bytes, 64 << 10)? as usize,
+        workers: s.workers,
+        status_retention: dur(
+            "server.status_retention",
+            &s.status_retention,
+            Duration::from_secs(24 * 3600),
+        )?,
+        status_max_entries: s.status_max_entries.unwrap_or(100_000),
+        config_poll_interval: dur(
+            "server.config_poll_interval",
+            &s.config_poll_interval,
+            Duration::from_secs(2),
+        )?,
+    };
+    if server.status_max_entries == 0 {
+        return Err(src.invalid("server.status_max_entries", "must be at least 1"));
+    }
+    if server.workers == Some(0) {
+        return Err(src.invalid("server.workers", "must be at least 1"));
+    }
+    if server.request_timeout.is_zero() {
+        return Err(src.invalid("server.request_timeout", "must be above zero"));
+    }
+    if server.header_read_timeout.is_zero() {
+        return Err(src.invalid("server.header_read_timeout", "must be above zero"));
+    }
+    if server.max_headers == 0 {
+        return Err(src.invalid("server.max_headers", "must be at least 1"));
+    }
+    if server.max_header_bytes < 8192 {
+        return Err(src.invalid("server.max_header_bytes", "must be at least 8KiB"));
+    }
+
+    // [upstream]
+    let u = &f.upstream;
+    let url = match &u.url {
+        Some(text) => {
+            let uri: Uri = text
+                .parse()
+                .map_err(|e| src.invalid("upstream.url", format!("invalid URL {text:?}: {e}")))?;
+            check_upstream_uri(&uri).map_err(|m| src.invalid("upstream.url", m))?;
+            uri
+        }
+        None if upstream_given => Uri::from_static("http://127.0.0.1"),
+        None => {
+            return Err(src.invalid(
+                "upstream.url",
+                "required: the backend's URL, for example \"http://127.0.0.1:3000\"",
+            ))
+        }
+    };
+    let capacity = match &u.capacity {
+        Some(c) => Some(parse_rate(c).map_err(|m| src.invalid("upstream.capacity", m))?),
+        None => None,
+    };
+    let capacity_burst = match u.capacity_burst {
+        Some(0) => return Err(src.invalid("upstream.capacity_burst", "must be at least 1")),
+        Some(b) => b,
+        None => capacity
+            .map(|c| ((c.per_second() / 10.0).floor() as u32).max(1))
+            .unwrap_or(1),
+    };
+    let max_concurrency = u.max_concurrency.unwrap_or(256);
+    if max_concurrency == 0 {
+        return Err(src.invalid("upstream.max_concurrency", "must be at least 1"));
+    }
+    let upstream = UpstreamConfig {
+        url,
+        capacity,
+        capacity_burst,
+        max_concurrency,
+        timeout: dur("upstream.timeout", &u.timeout, Duration::from_secs(10))?,
+        adaptive: u.adaptive.unwrap_or(capacity.is_none()),
+        pool_max_idle: u.pool_max_idle.unwrap_or(256),
+        ca_file: u.ca_file.as_ref().map(PathBuf::from),
+    };
+    if upstream.timeout.is_zero() {
+        return Err(src.invalid("upstream.timeout", "must be above zero"));
+    }
+
+    // [spool]
+    let sp = &f.spool;
+    let spool = SpoolConfig {
+        dir: PathBuf::from(sp.dir.as_deref().unwrap_or("./sluice-spool")),
+        partitions: sp.partitions.unwrap_or(8),
+        max_bytes: size("spool.max_bytes", &sp.max_bytes, 10 << 30)?,
+        segment_bytes: size("spool.segment_bytes", &sp.segment_bytes, 64 << 20)?,
+        max_record: size("spool.max_record", &sp.max_record, 1 << 20)?,
+        fsync: match sp.fsync.unwrap_or(FsyncFile::Always) {
+            FsyncFile::Always => FsyncPolicy::Always,
+            FsyncFile::Interval => FsyncPolicy::Interval,
+            FsyncFile::Never => FsyncPolicy::Never,
+        },
+        fsync_interval: dur("spool.fsync_interval", &sp.fsync_interval, Duration::from_millis(5))?,
+    };
+    if spool.partitions == 0 || spool.partitions > 1024 {
+        return Err(src.invalid("spool.partitions", "must be between 1 and 1024"));
+    }
+    if spool.segment_bytes < 4096 {
+        return Err(src.invalid("spool.segment_bytes", "must be at least 4KiB"));
+    }
+    if spool.max_record == 0 || spool.max_record > spool.segment_bytes {
+        return Err(src.invalid("spool.max_record", "must be above zero and at most spool.segment_bytes"));
+    }
+    if spool.max_bytes < spool.segment_bytes {
+        return Err(src.invalid("spool.max_bytes", "must be at least spool.segment_bytes"));
+    }
+    if spool.fsync == FsyncPolicy::Interval && spool.fsync_interval.is_zero() {
+        return Err(src.invalid("spool.fsync_interval", "must be above zero with fsync = \"interval\""));
+    }
+
+    // [drain]
+    let d = &f.drain;
+    let drain = DrainConfig {
+        ordering: match d.ordering.unwrap_or(OrderingFile::Partition) {
+            OrderingFile::Partition => Ordering::Partition,
+            OrderingFile::None => Ordering::None,
+        },
+        max_attempts: d.max_attempts.unwrap_or(10),
+        backoff_initial: dur("drain.backoff_initial", &d.backoff_initial, Duration::from_millis(200))?,
+        backoff_max: dur("drain.backoff_max", &d.backoff_max, Duration::from_secs(60))?,
+        retry_on: d.retry_on.clone().unwrap_or_else(|| vec![408, 429, 500, 502, 503, 504]),
+        max_age: dur("drain.max_age", &d.max_age, Duration::from_secs(24 * 3600))?,
+    };
+    if drain.max_attempts == 0 {
+        return Err(src.invalid("drain.max_attempts", "must be at least 1"));
+    }
+    if drain.backoff_max < drain.backoff_initial {
+        return Err(src.invalid("drain.backoff_max", "must be at least drain.backoff_initial"));
+    }
+    for (i, code) in drain.retry_on.iter().enumerate() {
+        if !(100..=599).contains(code) {
+            return Err(src.invalid(&format!("drain.retry_on[{i}]"), format!("{code} is not an HTTP status")));
+        }
+    }
+
+    // [breaker]
+    let b = &f.breaker;
+    let breaker = crate::upstream::breaker::BreakerConfig {
+        failures: b.failures.unwrap_or(5),
+        cooldown: dur("breaker.cooldown", &b.cooldown, Duration::from_secs(5))?,
+        probes: b.probes.unwrap_or(1),
+    };
+    if breaker.probes == 0 {
+        return Err(src.invalid("breaker.probes", "must be at least 1"));
+    }
+    if breaker.cooldown.is_zero() {
+        return Err(src.invalid("breaker.cooldown", "must be above zero"));
+    }
+
+    // [[route]]
+    let mut routes = Vec::with_capacity(f.route.len());
+    for (i, r) in f.route.iter().enumerate() {
+        routes.push(validate_route(src, i, r)?);
+    }
+    for (i, r) in routes.iter().enumerate() {
+        if r.max_wait >= server.request_timeout {
+            return Err(src.invalid(
+                &format!("route[{i}].max_wait"),
+                "must be below server.request_timeout, or the wait leaves no time for the backend",
+            ));
+        }
+        if routes[..i].iter().any(|o| o.name == r.name) {
+            return Err(src.invalid(
+                &format!("route[{i}].name"),
+                format!("duplicate route name {:?}", r.name),
+            ));
+        }
+    }
+
+    Ok(Config {
+        source_path: None,
+        server,
+        admin: AdminConfig {
+            token_file: f.admin.token_file.as_ref().map(PathBuf::from),
+        },
+        upstream,
+        spool,
+        drain,
+        breaker,
+        routes,
+    })
+}
+
+fn check_upstream_uri(uri: &Uri) -> Result<(), String> {
+    match uri.scheme_str() {
+        Some("http") | Some("https") => {}
+        _ => return Err(format!("{uri} must start with http:// or https://")),
+    }
+    if uri.authority().is_none() {
+        return Err(format!("{uri} has no host"));
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err(format!(
+            "{uri} must not have a path or query: requests keep their own path"
+        ));
+    }
+    Ok(())
+}
+
+/// Validates a `--upstream` value like the file's `upstream.url`.
+pub fn parse_upstream_flag(s: &str) -> Result<Uri, String> {
+    let uri: Uri = s.parse().map_err(|e| format!("invalid URL {s:?}: {e}"))?;
+    check_upstream_uri(&uri)?;
+    Ok(uri)
+}
+
+fn parse_key_source(s: &str) -> Result<KeySource, String> {
+    match s {
+        "global" => Ok(KeySource::Global),
+        "client_ip" => Ok(KeySource::ClientIp),
+        _ => match s.strip_prefix("header:") {
+            Some(name) => HeaderName::from_bytes(name.trim().to_ascii_lowercase().as_bytes())
+                .map(KeySource::Header)
+                .map_err(|_| format!("{name:?} is not a valid header name")),
+            None => Err(format!(
+                "invalid key {s:?}; expected \"global\", \"client_ip\" or \"header:NAME\""
+            )),
+        },
+    }
+}
+
+fn parse_method(s: &str) -> Result<Method, String> {
+    let up = s.to_ascii_uppercase();
+    Method::from_bytes(up.as_bytes()).map_err(|_| format!("{s:?} is not an HTTP method"))
+}
+
+fn validate_route(src: &Source<'_>, i: usize, r: &RouteFile) -> Result<RouteConfig, ConfigError> {
+    let p = |k: &str| format!("route[{i}].{k}");
+    let name = r.name.clone().ok_or_else(|| src.invalid(&p("name"), "required"))?;
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+    {
+        return Err(src.invalid(
+            &p("name"),
+            "must be 1-64 characters of [A-Za-z0-9_.-] (it becomes a metric label and a header token)",
+        ));
+    }
+    if name == UNMATCHED_ROUTE {
+        return Err(src.invalid(&p("name"), "\"unmatched\" is reserved for requests that match no route"));
+    }
+    let m = &r.matcher;
+    if m.path.is_some() && m.path_prefix.is_some() {
+        return Err(src.invalid(&p("match"), "give either path or path_prefix, not both"));
+    }
+    for (k, v) in [("path", &m.path), ("path_prefix", &m.path_prefix)] {
+        if let Some(v) = v {
+            if !v.starts_with('/') {
+                return Err(src.invalid(&p(&format!("match.{k}")), format!("{v:?} must start with '/'")));
+            }
+        }
+    }
+    let methods = match &m.methods {
+        Some(list) => {
+            let mut out = Vec::new();
+            for (j, s) in list.iter().enumerate() {
+                out.push(parse_method(s).map_err(|msg| src.invalid(&p(&format!("match.methods[{j}]")), msg))?);
+            }
+            Some(out)
+        }
+        None => None,
+    };
+    let rate_text = r
+        .rate
+        .as_ref()
+        .ok_or_else(|| src.invalid(&p("rate"), "required, e.g. rate = \"50/s\""))?;
+    let rate = parse_rate(rate_text).map_err(|m| src.invalid(&p("rate"), m))?;
+    let burst = match r.burst {
+        Some(0) => return Err(src.invalid(&p("burst"), "must be at least 1")),
+        Some(b) => b,
+        None => rate.one_second_burst(),
+    };
+    let key = match &r.key {
+        Some(k) => parse_key_source(k).map_err(|m| src.invalid(&p("key"), m))?,
+        None => KeySource::Global,
+    };
+    let max_keys = r.max_keys.unwrap_or(100_000);
+    if max_keys == 0 {
+        return Err(src.invalid(&p("max_keys"), "must be at least 1"));
+    }
+    let on_limit = match r.on_limit.unwrap_or(OnLimitFile::Reject) {
+        OnLimitFile::Spool => OnLimit::Spool,
+        OnLimitFile::Reject => OnLimit::Reject,
+        OnLimitFile::Wait => OnLimit::Wait,
+    };
+    let max_wait = match &r.max_wait {
+        Some(s) => parse_duration(s).map_err(|m| src.invalid(&p("max_wait"), m))?,
+        None => Duration::ZERO,
+    };
+    if on_limit == OnLimit::Wait && max_wait.is_zero() {
+        return Err(src.invalid(&p("max_wait"), "on_limit = \"wait\" needs a max_wait above zero"));
+    }
+    let partition_key = match &r.partition_key {
+        Some(k) => Some(parse_key_source(k).map_err(|m| src.invalid(&p("partition_key"), m))?),
+        None => None,
+    };
+    let spool_methods = match &r.spool_methods {
+        Some(list) => {
+            let mut out = Vec::new();
+            for (j, s) in list.iter().enumerate() {
+                let m = parse_method(s).map_err(|msg| src.invalid(&p(&format!("spool_methods[{j}]")), msg))?;
+                if matches!(
+                    m,
+                    Method::GET | Method::HEAD | Method::OPTIONS | Method::CONNECT | Method::TRACE
+                ) {
+                    return Err(src.invalid(
+                        &p(&format!("spool_methods[{j}]")),
+                        format!("{m} can't be spooled: its answer can't be deferred"),
+                    ));
+                }
+                out.push(m);
+            }
+            out
+        }
+        None => vec![Method::POST, Method::PUT, Method::PATCH, Method::DELETE],
+    };
+    Ok(RouteConfig {
+        name,
+        matcher: RouteMatch {
+            path_prefix: m.path_prefix.clone(),
+            path: m.path.clone(),
+            methods,
+            host: m.host.as_ref().map(|h| h.to_ascii_lowercase()),
+        },
+        rate,
+        burst,
+        key,
+        max_keys,
+        on_limit,
+        max_wait,
+        partition_key,
+        ordered: r.ordered.unwrap_or(false),
+        spool_methods,
+    })
+}
