@@ -275,3 +275,30 @@ fn every_restart_only_field_is_reported_and_kept() {
     assert!(running.restart_only_changes(&next).is_empty());
     assert_eq!(next.server.max_body, 7, "reloadable keys are not kept");
 }
+
+/// README.md's reload section lists exactly the restart-only keys.
+#[test]
+fn readme_lists_the_restart_only_keys() {
+    let readme = include_str!("../../README.md");
+    let (start, end) = ("<!-- restart-only keys -->", "<!-- /restart-only keys -->");
+    let from = readme.find(start).expect("README has the restart-only keys marker") + start.len();
+    let to = from
+        + readme[from..]
+            .find(end)
+            .expect("README closes the restart-only keys marker");
+    // Backticked dotted names; `status_max_entries` and the like, with no
+    // table prefix, are explanations, not keys.
+    let listed: std::collections::BTreeSet<&str> = readme[from..to]
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .filter(|s| s.contains('.') && s.chars().all(|c| c.is_ascii_lowercase() || "._/".contains(c)))
+        .collect();
+    let table: std::collections::BTreeSet<&str> = Config::restart_only_keys().collect();
+    let missing: Vec<_> = table.difference(&listed).collect();
+    let extra: Vec<_> = listed.difference(&table).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "README restart-only keys: missing {missing:?}, not restart-only {extra:?}"
+    );
+}
