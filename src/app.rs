@@ -5,10 +5,12 @@
 use crate::admin::{AdminService, AdminState};
 use crate::config::{Config, Overrides};
 use crate::metrics::Metrics;
-use crate::proxy::listener::{self, ConnLimits};
-use crate::proxy::{client, ConnInfo, ProxyService, Runtime, Shared};
+use crate::proxy::{data_stack, ConnInfo};
 use crate::reload::{ReloadOutcome, Reloader};
+use crate::runtime::{Runtime, Shared};
+use crate::server::{self as listener, ConnLimits};
 use crate::shutdown::Shutdown;
+use crate::upstream::client;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -229,7 +231,7 @@ pub async fn start(config: Config, overrides: Overrides) -> Result<Running, AppE
                     listener::serve(
                         listener,
                         tls,
-                        move |peer| ProxyService::new(shared.clone(), ConnInfo::new(peer, scheme)),
+                        move |peer| data_stack(&shared, ConnInfo::new(peer, scheme)),
                         limits,
                         shutdown,
                         tracker.clone(),
@@ -252,7 +254,7 @@ pub async fn start(config: Config, overrides: Overrides) -> Result<Running, AppE
         tokio::spawn(listener::serve(
             data_listener,
             tls,
-            move |peer| ProxyService::new(shared.clone(), ConnInfo::new(peer, scheme)),
+            move |peer| data_stack(&shared, ConnInfo::new(peer, scheme)),
             limits,
             shutdown.clone(),
             data_tracker.clone(),

@@ -25,6 +25,8 @@ pub mod drain;
 pub mod metrics;
 pub mod proxy;
 pub mod reload;
+pub mod runtime;
+pub mod server;
 pub mod shutdown;
 pub mod spool;
 pub mod telemetry;

@@ -20,10 +20,12 @@ pub enum DecisionLabel {
     SpoolFull,
     TooLarge,
     UpstreamError,
+    /// A bug: a panic below the route match answered 500.
+    InternalError,
 }
 
 impl DecisionLabel {
-    pub const ALL: [DecisionLabel; 7] = [
+    pub const ALL: [DecisionLabel; 8] = [
         DecisionLabel::Forwarded,
         DecisionLabel::Spooled,
         DecisionLabel::Rejected,
@@ -31,6 +33,7 @@ impl DecisionLabel {
         DecisionLabel::SpoolFull,
         DecisionLabel::TooLarge,
         DecisionLabel::UpstreamError,
+        DecisionLabel::InternalError,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -42,6 +45,7 @@ impl DecisionLabel {
             DecisionLabel::SpoolFull => "spool_full",
             DecisionLabel::TooLarge => "too_large",
             DecisionLabel::UpstreamError => "upstream_error",
+            DecisionLabel::InternalError => "internal_error",
         }
     }
 

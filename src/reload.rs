@@ -4,7 +4,7 @@
 
 use crate::config::{Config, ConfigError, Overrides};
 use crate::metrics::Metrics;
-use crate::proxy::{Runtime, Shared};
+use crate::runtime::{Runtime, Shared};
 use std::sync::{Arc, Mutex};
 
 #[derive(Debug, Clone, PartialEq, Eq)]

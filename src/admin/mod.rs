@@ -4,9 +4,8 @@
 use crate::drain::dlq;
 use crate::drain::spooler::Spooler;
 use crate::metrics::Metrics;
-use crate::proxy::body::ResponseBody;
-use crate::proxy::error::json_response;
 use crate::reload::Reloader;
+use crate::server::{json_response, ResponseBody};
 use http::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -26,20 +25,41 @@ pub struct AdminState {
     pub spooler: Arc<Spooler>,
 }
 
-/// The admin port's service for one connection.
-pub type AdminService = crate::proxy::listener::ConnService<AdminState>;
+/// The admin port's service for one connection. Not a layered stack: a
+/// handful of low-traffic endpoints, answered by one function.
+#[derive(Clone)]
+pub struct AdminService {
+    state: Arc<AdminState>,
+    peer: SocketAddr,
+}
 
-impl crate::proxy::listener::ConnHandler for AdminState {
-    type Conn = SocketAddr;
-
-    fn handle(
-        self: Arc<Self>,
-        peer: SocketAddr,
-        req: Request<Incoming>,
-    ) -> impl Future<Output = Response<ResponseBody>> + Send + 'static {
-        handle(self, peer, req)
+impl AdminService {
+    pub fn new(state: Arc<AdminState>, peer: SocketAddr) -> Self {
+        AdminService { state, peer }
     }
 }
+
+impl tower::Service<Request<Incoming>> for AdminService {
+    type Response = Response<ResponseBody>;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        Box::pin(handle(self.state.clone(), self.peer, req).map_ok())
+    }
+}
+
+trait MapOk: Future + Sized {
+    fn map_ok(self) -> impl Future<Output = Result<Self::Output, std::convert::Infallible>> {
+        async move { Ok(self.await) }
+    }
+}
+
+impl<F: Future> MapOk for F {}
 
 fn text(status: StatusCode, body: &'static str) -> Response<ResponseBody> {
     let mut r = Response::new(ResponseBody::full(body));

@@ -8,13 +8,12 @@ use super::id::RequestId;
 use super::outcomes::{now_ms, Outcome, State};
 use super::spooler::Spooler;
 use crate::config::{DrainConfig, Ordering};
-use crate::metrics::{Metrics, Source, UpstreamMetrics};
-use crate::proxy::body::{InFlight, RequestBody};
-use crate::proxy::Shared;
+use crate::metrics::Metrics;
+use crate::runtime::Shared;
 use crate::shutdown::Shutdown;
 use crate::spool::Record;
-use crate::upstream::adaptive::Signal;
-use crate::upstream::breaker::{Admit, Health};
+use crate::upstream::body::RequestBody;
+use crate::upstream::{Outbound, ReplayStack, UpstreamError};
 use http::header::{HeaderName, HeaderValue, RETRY_AFTER};
 use http::{Request, Uri, Version};
 use http_body_util::BodyExt;
@@ -23,6 +22,7 @@ use rand::Rng;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinSet;
+use tower::ServiceExt;
 
 static SLUICE_ID: HeaderName = HeaderName::from_static("sluice-id");
 static SLUICE_ATTEMPT: HeaderName = HeaderName::from_static("sluice-attempt");
@@ -46,7 +46,9 @@ struct ReplayCounters {
 pub struct Drainer {
     spooler: Arc<Spooler>,
     shared: Arc<Shared>,
-    upstream: UpstreamMetrics,
+    /// Breaker → adaptive limit → replay share of the budget → metrics →
+    /// timeout → client; cloned for each attempt.
+    stack: ReplayStack,
     counters: ReplayCounters,
 }
 
@@ -68,8 +70,8 @@ impl Drainer {
         let c = |o: &str| metrics.replay_total.with_label_values(&[o]);
         Arc::new(Drainer {
             spooler,
+            stack: shared.upstream.replay_stack(),
             shared,
-            upstream: metrics.upstream(Source::Replay),
             counters: ReplayCounters {
                 delivered: c("delivered"),
                 retried: c("retried"),
@@ -162,21 +164,18 @@ impl Drainer {
                     .await;
                 return;
             }
-            // While the breaker is open replay waits (re-checking expiry);
-            // when half-open it may send a probe.
-            let probe = match self.shared.breaker.admit() {
-                Admit::Pass => false,
-                Admit::Probe => true,
-                Admit::Refuse { retry_after } => {
+            attempt += 1;
+            self.spooler.inflight.insert(key, attempt);
+            let outcome = match self.attempt(&env, id, attempt + u32::from(env.attempt_base)).await {
+                Ok(outcome) => outcome,
+                // While the breaker is open replay waits (re-checking
+                // expiry); the refused try was no attempt.
+                Err(BreakerOpen { retry_after }) => {
+                    attempt -= 1;
                     tokio::time::sleep(retry_after.min(Duration::from_millis(500))).await;
                     continue;
                 }
             };
-            attempt += 1;
-            self.spooler.inflight.insert(key, attempt);
-            let outcome = self
-                .attempt(&env, id, attempt + u32::from(env.attempt_base), probe)
-                .await;
             match outcome {
                 Attempt::Delivered(status) => {
                     self.counters.delivered.inc();
@@ -262,85 +261,29 @@ impl Drainer {
         self.spooler.inflight.remove(&(record.partition, record.offset));
     }
 
-    /// One send of a spooled request, within the replay share of the
-    /// upstream budget.
-    async fn attempt(&self, env: &Envelope, id: RequestId, attempt: u32, probe: bool) -> Attempt {
-        let rt = self.shared.runtime.load_full();
-        let adaptive = if rt.config.upstream.adaptive {
-            Some(self.shared.adaptive.acquire().await)
-        } else {
-            None
+    /// One send of a spooled request through the replay stack, and its
+    /// answer read (bounded) so the connection can serve again.
+    async fn attempt(&self, env: &Envelope, id: RequestId, attempt: u32) -> Result<Attempt, BreakerOpen> {
+        let cfg = self.shared.runtime.load().config.clone();
+        let out = Outbound {
+            request: replay_request(env, id, attempt),
+            wait_until: None,
+            timeout: cfg.upstream.timeout,
         };
-        let permit = rt.budget.acquire_replay().await;
         let started = std::time::Instant::now();
-        let outcome = self.send(&rt, env, id, attempt, permit).await;
-        let rtt = started.elapsed();
-        let status = match outcome {
-            Attempt::Delivered(s) | Attempt::Rejected(s) => Some(s),
-            Attempt::Retry { status, .. } => status,
-        };
-        self.shared.breaker.record(Health::of(status), probe);
-        if let Some(permit) = adaptive {
-            permit.report(match (outcome, status) {
-                (Attempt::Delivered(_), _) => Signal::Success(rtt),
-                (_, None) | (_, Some(429)) | (_, Some(500..=599)) => Signal::Overload {
-                    retry_after: match outcome {
-                        Attempt::Retry { retry_after, .. } => retry_after,
-                        _ => None,
-                    },
-                },
-                _ => Signal::Ignore,
-            });
-        }
-        outcome
-    }
-
-    /// Sends one spooled request and reads the answer.
-    async fn send(
-        &self,
-        rt: &crate::proxy::Runtime,
-        env: &Envelope,
-        id: RequestId,
-        attempt: u32,
-        permit: crate::upstream::BudgetPermit,
-    ) -> Attempt {
-        let mut req = Request::new(RequestBody::full(env.body.clone()));
-        *req.method_mut() = env.method.clone();
-        *req.version_mut() = Version::HTTP_11;
-        *req.uri_mut() = env.path_and_query.parse().unwrap_or_else(|_| Uri::from_static("/"));
-        let headers = req.headers_mut();
-        *headers = env.headers.clone();
-        let id_text = id.encode();
-        let id_value = HeaderValue::from_str(&id_text).expect("ids are URL-safe ASCII");
-        headers.insert(SLUICE_ID.clone(), id_value.clone());
-        headers.insert(SLUICE_ATTEMPT.clone(), HeaderValue::from(attempt));
-        headers.insert(SLUICE_PARTITION.clone(), HeaderValue::from(id.partition));
-        headers.insert(SLUICE_SEQUENCE.clone(), HeaderValue::from(id.offset));
-        let idem = env
-            .idempotency_key
-            .as_deref()
-            .and_then(|k| HeaderValue::from_str(k).ok())
-            .unwrap_or(id_value);
-        headers.insert(IDEMPOTENCY_KEY.clone(), idem);
-
-        let guard = InFlight::new(Some(permit), self.upstream.in_flight.clone());
-        let cfg = &rt.config;
-        let retry_on = |s: u16| cfg.drain.retry_on.contains(&s);
-        let started = std::time::Instant::now();
-        let sent = tokio::time::timeout(cfg.upstream.timeout, self.shared.client.send(req)).await;
-        let took = started.elapsed().as_secs_f64();
-        let (resp, lease) = match sent {
-            Ok(Ok(r)) => r,
-            Ok(Err(_)) | Err(_) => {
-                self.upstream.observe(None, took);
-                return Attempt::Retry {
+        let resp = match self.stack.clone().oneshot(out).await {
+            Ok(resp) => resp,
+            Err(f) => {
+                if let UpstreamError::Open { retry_after } = f.error {
+                    return Err(BreakerOpen { retry_after });
+                }
+                return Ok(Attempt::Retry {
                     status: None,
                     retry_after: None,
-                };
+                });
             }
         };
         let status = resp.status().as_u16();
-        self.upstream.observe(Some(status), took);
         let retry_after = resp
             .headers()
             .get(RETRY_AFTER)
@@ -348,24 +291,50 @@ impl Drainer {
             .and_then(|v| v.trim().parse::<u64>().ok())
             // A backend's word is honoured up to backoff_max, no further.
             .map(|secs| Duration::from_secs(secs).min(cfg.drain.backoff_max));
-        // Read the (small) answer so the connection can serve again, within
-        // what is left of the timeout: a backend that stalls mid-body must
-        // not hold this partition (and a budget slot) for ever.
+        // Read the (small) answer within what is left of the timeout: a
+        // backend that stalls mid-body must not hold this partition (and a
+        // budget slot) for ever. Read to its end, the body gives the
+        // connection back to the pool; cut short, it closes it.
         let body = http_body_util::Limited::new(resp.into_body(), MAX_DRAINED_RESPONSE);
         let left = cfg.upstream.timeout.saturating_sub(started.elapsed());
-        if let Ok(Ok(_)) = tokio::time::timeout(left, body.collect()).await {
-            lease.release();
-        }
-        drop(guard);
-        match status {
+        let _ = tokio::time::timeout(left, body.collect()).await;
+        Ok(match status {
             200..=399 => Attempt::Delivered(status),
-            s if retry_on(s) => Attempt::Retry {
+            s if cfg.drain.retry_on.contains(&s) => Attempt::Retry {
                 status: Some(s),
                 retry_after,
             },
             s => Attempt::Rejected(s),
-        }
+        })
     }
+}
+
+/// The breaker refused a replay attempt before it was sent.
+struct BreakerOpen {
+    retry_after: Duration,
+}
+
+/// A spooled request as the backend gets it on this attempt.
+fn replay_request(env: &Envelope, id: RequestId, attempt: u32) -> Request<RequestBody> {
+    let mut req = Request::new(RequestBody::full(env.body.clone()));
+    *req.method_mut() = env.method.clone();
+    *req.version_mut() = Version::HTTP_11;
+    *req.uri_mut() = env.path_and_query.parse().unwrap_or_else(|_| Uri::from_static("/"));
+    let headers = req.headers_mut();
+    *headers = env.headers.clone();
+    let id_text = id.encode();
+    let id_value = HeaderValue::from_str(&id_text).expect("ids are URL-safe ASCII");
+    headers.insert(SLUICE_ID.clone(), id_value.clone());
+    headers.insert(SLUICE_ATTEMPT.clone(), HeaderValue::from(attempt));
+    headers.insert(SLUICE_PARTITION.clone(), HeaderValue::from(id.partition));
+    headers.insert(SLUICE_SEQUENCE.clone(), HeaderValue::from(id.offset));
+    let idem = env
+        .idempotency_key
+        .as_deref()
+        .and_then(|k| HeaderValue::from_str(k).ok())
+        .unwrap_or(id_value);
+    headers.insert(IDEMPOTENCY_KEY.clone(), idem);
+    req
 }
 
 /// Exponential backoff with full jitter: uniform in [0, min(max, initial·2^(n-1))].

@@ -1,17 +1,42 @@
-//! The one place where failures become HTTP responses. Every other module
-//! returns small typed errors; this maps them to status, headers and the
-//! JSON bodies of SPEC §4.
+//! The one place where outcomes and failures become HTTP responses. Every
+//! layer answers with an [`Answer`] or a small typed [`ProxyError`]; this
+//! maps them to status, headers and the JSON bodies of SPEC §4, and names
+//! the `decision` they are counted under.
 
-use super::body::ResponseBody;
+use super::Answer;
+use crate::drain::id::RequestId;
 use crate::metrics::DecisionLabel;
-use http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use crate::server::{json_response, ResponseBody};
+use http::header::{HeaderName, HeaderValue};
 use http::{Response, StatusCode};
 use std::time::Duration;
+
+pub static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+pub static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+static SLUICE_ID: HeaderName = HeaderName::from_static("sluice-id");
+
+/// `RateLimit-Policy` and `RateLimit` values for one answer.
+#[derive(Debug, Clone)]
+pub struct RateLimitHeaders {
+    pub policy: HeaderValue,
+    pub state: HeaderValue,
+}
+
+impl RateLimitHeaders {
+    pub fn apply(self, h: &mut http::HeaderMap) {
+        h.insert(RATELIMIT_POLICY.clone(), self.policy);
+        h.insert(RATELIMIT.clone(), self.state);
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     #[error("rate limited on route {route}")]
-    RateLimited { route: String, retry_after: Duration },
+    RateLimited {
+        route: String,
+        retry_after: Duration,
+        headers: Option<RateLimitHeaders>,
+    },
     #[error("upstream budget spent")]
     UpstreamBusy { retry_after: Duration },
     #[error("upstream unavailable (circuit open)")]
@@ -30,12 +55,9 @@ pub enum ProxyError {
     NotFound,
     #[error("could not read the request body: {detail}")]
     BadRequest { detail: String },
-}
-
-/// Whole seconds for Retry-After, at least 1 (SPEC §4).
-pub fn retry_after_secs(d: Duration) -> u64 {
-    let s = d.as_secs() + u64::from(d.subsec_nanos() > 0);
-    s.max(1)
+    /// A bug: something below panicked.
+    #[error("internal error")]
+    Internal,
 }
 
 impl ProxyError {
@@ -49,30 +71,32 @@ impl ProxyError {
                 DecisionLabel::UpstreamError
             }
             ProxyError::NotFound | ProxyError::BadRequest { .. } => DecisionLabel::Rejected,
+            ProxyError::Internal => DecisionLabel::InternalError,
         }
     }
 
     pub fn into_response(self) -> Response<ResponseBody> {
+        let ms = |d: &Duration| d.as_millis() as u64;
         let (status, retry, body) = match &self {
-            ProxyError::RateLimited { route, retry_after } => (
+            ProxyError::RateLimited { route, retry_after, .. } => (
                 StatusCode::TOO_MANY_REQUESTS,
                 Some(*retry_after),
-                serde_json::json!({"error": "rate_limited", "route": route, "retry_after_ms": retry_after.as_millis() as u64}),
+                serde_json::json!({"error": "rate_limited", "route": route, "retry_after_ms": ms(retry_after)}),
             ),
             ProxyError::UpstreamBusy { retry_after } => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 Some(*retry_after),
-                serde_json::json!({"error": "upstream_busy", "retry_after_ms": retry_after.as_millis() as u64}),
+                serde_json::json!({"error": "upstream_busy", "retry_after_ms": ms(retry_after)}),
             ),
             ProxyError::UpstreamUnavailable { retry_after } => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 Some(*retry_after),
-                serde_json::json!({"error": "upstream_unavailable", "retry_after_ms": retry_after.as_millis() as u64}),
+                serde_json::json!({"error": "upstream_unavailable", "retry_after_ms": ms(retry_after)}),
             ),
             ProxyError::SpoolFull { retry_after } => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 Some(*retry_after),
-                serde_json::json!({"error": "spool_full", "retry_after_ms": retry_after.as_millis() as u64}),
+                serde_json::json!({"error": "spool_full", "retry_after_ms": ms(retry_after)}),
             ),
             ProxyError::TooLarge { limit } => (
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -92,7 +116,7 @@ impl ProxyError {
             ProxyError::UpstreamTimeout { after } => (
                 StatusCode::GATEWAY_TIMEOUT,
                 None,
-                serde_json::json!({"error": "upstream_timeout", "timeout_ms": after.as_millis() as u64}),
+                serde_json::json!({"error": "upstream_timeout", "timeout_ms": ms(after)}),
             ),
             ProxyError::NotFound => (StatusCode::NOT_FOUND, None, serde_json::json!({"error": "not_found"})),
             ProxyError::BadRequest { detail } => (
@@ -100,25 +124,83 @@ impl ProxyError {
                 None,
                 serde_json::json!({"error": "bad_request", "message": detail}),
             ),
+            ProxyError::Internal => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                None,
+                serde_json::json!({"error": "internal"}),
+            ),
         };
-        json_response(status, &body, retry)
+        let mut resp = json_response(status, &body, retry);
+        if let ProxyError::RateLimited {
+            headers: Some(headers), ..
+        } = self
+        {
+            headers.apply(resp.headers_mut());
+        }
+        resp
     }
 }
 
-pub fn json_response(
-    status: StatusCode,
-    body: &serde_json::Value,
-    retry_after: Option<Duration>,
-) -> Response<ResponseBody> {
-    let mut bytes = serde_json::to_vec(body).unwrap_or_default();
-    bytes.push(b'\n');
-    let mut resp = Response::new(ResponseBody::full(bytes));
-    *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    if let Some(d) = retry_after {
-        resp.headers_mut()
-            .insert(RETRY_AFTER, HeaderValue::from(retry_after_secs(d)));
+/// Turns a request's outcome into its response and the decision it is
+/// counted under. `status_prefix` is `server.status_path_prefix`, for the
+/// 202's status URL.
+pub fn render(result: Result<Answer, ProxyError>, status_prefix: &str) -> (Response<ResponseBody>, DecisionLabel) {
+    match result {
+        Ok(Answer::Forwarded(resp)) => (resp, DecisionLabel::Forwarded),
+        Ok(Answer::Spooled(id)) => (accepted(status_prefix, id), DecisionLabel::Spooled),
+        Ok(Answer::Status(view)) => (
+            json_response(StatusCode::OK, &serde_json::to_value(view).unwrap_or_default(), None),
+            DecisionLabel::Forwarded,
+        ),
+        Err(e) => {
+            let decision = e.decision();
+            (e.into_response(), decision)
+        }
+    }
+}
+
+/// The 202 for a spooled request: `Sluice-Id`, `Location` and a JSON body.
+fn accepted(status_prefix: &str, id: RequestId) -> Response<ResponseBody> {
+    let id_text = id.encode();
+    let status_url = (!status_prefix.is_empty()).then(|| format!("{status_prefix}/requests/{id_text}"));
+    let body = match &status_url {
+        Some(url) => serde_json::json!({"id": id_text, "status_url": url}),
+        None => serde_json::json!({"id": id_text}),
+    };
+    let mut resp = json_response(StatusCode::ACCEPTED, &body, None);
+    let h = resp.headers_mut();
+    h.insert(
+        SLUICE_ID.clone(),
+        HeaderValue::from_str(&id_text).expect("ids are URL-safe"),
+    );
+    if let Some(url) = status_url {
+        if let Ok(v) = HeaderValue::from_str(&url) {
+            h.insert(http::header::LOCATION, v);
+        }
     }
     resp
+}
+
+/// The error and its causes on one line.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(err) = cur {
+        s.push_str(": ");
+        s.push_str(&err.to_string());
+        cur = err.source();
+    }
+    s
+}
+
+/// True when a body read failed because it went over its byte cap.
+pub fn is_body_too_large(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
 }

@@ -1,123 +1,134 @@
-//! The data port: listener, request handling, forwarding client, header
-//! hygiene, and the one place where errors become responses.
+//! The data port's request path as one tower stack ([`data_stack`]), its
+//! layers ([`layer`]), header hygiene ([`headers`]), and the one place
+//! where outcomes and errors become responses ([`error`]).
+//!
+//! Below the route match, every layer finds the request's [`Matched`] in
+//! its extensions: the route, a consistent config snapshot, the client's
+//! address and where the request would be spooled. Layers answer with an
+//! [`Answer`] or a [`ProxyError`]; only [`error::render`] builds responses.
 
-pub mod body;
-pub mod client;
 pub mod error;
 pub mod headers;
-pub mod listener;
-mod service;
+pub mod layer;
 
-pub use service::{ConnInfo, ProxyService};
+pub use error::ProxyError;
 
-use crate::admission::RouteTable;
-use crate::config::{Config, UNMATCHED_ROUTE};
-use crate::drain::spooler::Spooler;
-use crate::metrics::{Metrics, RouteMetrics, Source, UpstreamMetrics};
-use crate::upstream::adaptive::{AdaptiveConfig, AdaptiveLimit};
-use crate::upstream::breaker::Breaker;
-use crate::upstream::{Budget, BudgetSpec};
-use arc_swap::ArcSwap;
-use client::UpstreamClient;
+use crate::admission::Route;
+use crate::drain::id::RequestId;
+use crate::drain::spooler::StatusView;
+use crate::runtime::{RouteStats, Runtime, Shared};
+use crate::server::ResponseBody;
+use http::header::HeaderValue;
+use http::Response;
+use layer::*;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use tokio::time::Instant;
+use tower::ServiceBuilder;
 
-/// A route's name and pre-resolved metric handles.
-pub struct RouteStats {
-    pub name: Arc<str>,
-    pub metrics: RouteMetrics,
-    /// `RateLimit-Policy` never changes for a route: rendered once.
-    pub policy_header: http::HeaderValue,
+/// Facts about the connection a request arrived on.
+#[derive(Clone, Debug)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    /// "http" or "https": what X-Forwarded-Proto says.
+    pub scheme: &'static str,
+    /// The peer address as a header value, rendered once per connection
+    /// rather than once per request.
+    pub peer_header: HeaderValue,
 }
 
-impl RouteStats {
-    fn new(name: &str, rate: Option<crate::config::Rate>, metrics: &Metrics) -> Self {
-        let policy = rate
-            .map(|r| format!("\"{name}\";q={};w={}", r.count, r.per.as_secs().max(1)))
-            .unwrap_or_default();
-        RouteStats {
-            name: Arc::from(name),
-            metrics: metrics.route(name),
-            policy_header: http::HeaderValue::from_str(&policy).unwrap_or(http::HeaderValue::from_static("")),
+impl ConnInfo {
+    pub fn new(peer: SocketAddr, scheme: &'static str) -> Self {
+        let peer_header = HeaderValue::from_str(&peer.ip().to_string()).expect("an IP address is a valid header value");
+        ConnInfo {
+            peer,
+            scheme,
+            peer_header,
         }
     }
 }
 
-/// Everything a reload replaces at once, swapped atomically so a request
-/// sees one consistent config from start to end.
-pub struct Runtime {
-    pub config: Arc<Config>,
-    pub table: RouteTable,
-    /// Parallel to `table.routes()`.
-    pub stats: Vec<Arc<RouteStats>>,
-    pub unmatched: Arc<RouteStats>,
-    pub budget: Arc<Budget>,
+/// What the route match found, in the request's extensions for every
+/// layer below it.
+#[derive(Clone)]
+pub struct Matched {
+    /// The config this request runs under, start to end.
+    pub runtime: Arc<Runtime>,
+    /// Position in `runtime.table`; `None`: no route matched.
+    pub route_index: Option<usize>,
+    /// The client (see `server.trusted_proxies`), for keys.
+    pub client_ip: IpAddr,
+    /// The partition the request would be spooled to, when it may be.
+    pub partition: Option<u32>,
+    /// An ordered route whose partition has backlog: the request joins the
+    /// spool instead of overtaking it.
+    pub behind_backlog: bool,
+    /// Set by the bucket: spool this request rather than forward it.
+    pub spool_now: bool,
+    /// When the request arrived: `max_wait` and `request_timeout` count from here.
+    pub start: Instant,
 }
 
-impl Runtime {
-    /// Builds the runtime for `config`, keeping bucket and budget state
-    /// from `previous` where their parameters are unchanged.
-    pub fn build(config: Arc<Config>, metrics: &Metrics, previous: Option<&Runtime>) -> Runtime {
-        let table = RouteTable::build(&config.routes, previous.map(|p| &p.table));
-        let stats = config
-            .routes
-            .iter()
-            .map(|r| Arc::new(RouteStats::new(&r.name, Some(r.rate), metrics)))
-            .collect();
-        let spec = BudgetSpec::from(&config.upstream);
-        // One budget for the life of the process: a reload resizes it in
-        // place, so requests in flight stay counted.
-        let budget = match previous {
-            Some(p) => {
-                p.budget.resize(spec);
-                p.budget.clone()
-            }
-            None => Arc::new(Budget::new(spec)),
-        };
-        Runtime {
-            table,
-            stats,
-            unmatched: Arc::new(RouteStats::new(UNMATCHED_ROUTE, None, metrics)),
-            budget,
-            config,
+impl Matched {
+    pub fn route(&self) -> Option<&Arc<Route>> {
+        self.route_index.map(|i| &self.runtime.table.routes()[i])
+    }
+
+    pub fn stats(&self) -> &Arc<RouteStats> {
+        match self.route_index {
+            Some(i) => &self.runtime.stats[i],
+            None => &self.runtime.unmatched,
         }
     }
 }
 
-/// State shared by every connection of the data port (and the drainer).
-pub struct Shared {
-    pub runtime: ArcSwap<Runtime>,
-    pub client: UpstreamClient,
-    pub metrics: Arc<Metrics>,
-    pub live: UpstreamMetrics,
-    pub spooler: Arc<Spooler>,
-    pub breaker: Breaker,
-    /// Replay's in-flight limit when `upstream.adaptive` is on.
-    pub adaptive: AdaptiveLimit,
+/// How a request below the route match was answered.
+pub enum Answer {
+    /// The backend's response, streaming.
+    Forwarded(Response<ResponseBody>),
+    /// Written to the spool, durable as `spool.fsync` promises.
+    Spooled(RequestId),
+    /// A status lookup's answer.
+    Status(StatusView),
 }
 
-impl Shared {
-    pub fn new(runtime: Runtime, client: UpstreamClient, metrics: Arc<Metrics>, spooler: Arc<Spooler>) -> Shared {
-        let cfg = runtime.config.clone();
-        Shared {
-            breaker: Breaker::new(cfg.breaker, metrics.breaker_open.clone()),
-            adaptive: AdaptiveLimit::new(
-                AdaptiveConfig::for_max(cfg.upstream.max_concurrency),
-                metrics.replay_limit.with_label_values(&["concurrency"]),
-                metrics.replay_limit.with_label_values(&["rate"]),
-            ),
-            runtime: ArcSwap::from_pointee(runtime),
-            client,
-            live: metrics.upstream(Source::Live),
-            metrics,
-            spooler,
-        }
-    }
+/// A request's outcome with the route it is counted under (`None`:
+/// sluice's own status answers, which are logged but not counted).
+pub struct Reply {
+    pub route: Option<Arc<RouteStats>>,
+    pub result: Result<Answer, ProxyError>,
+}
 
-    /// Installs a new runtime (reload) and passes its limits on.
-    pub fn install(&self, runtime: Runtime) {
-        self.breaker.reconfigure(runtime.config.breaker);
-        self.adaptive
-            .reconfigure(AdaptiveConfig::for_max(runtime.config.upstream.max_concurrency));
-        self.runtime.store(Arc::new(runtime));
-    }
+/// The data port's stack for one connection, top to bottom in request
+/// order.
+pub type DataStack = ObserveService<
+    StatusService<
+        RouteMatchService<CatchPanicService<BodyLimitService<BucketService<HygieneService<SpoolService<Forward>>>>>>,
+    >,
+>;
+
+pub fn data_stack(shared: &Arc<Shared>, conn: ConnInfo) -> DataStack {
+    let conn = Arc::new(conn);
+    ServiceBuilder::new()
+        // Outermost, so every request is counted and logged once whatever
+        // happened below; answers and errors become responses here.
+        .layer(ObserveLayer::new(shared.clone(), conn.clone()))
+        // sluice's own status URLs, before routing: not proxied traffic.
+        .layer(StatusLayer::new(shared.spooler.clone(), shared.clone()))
+        // The route and one config snapshot, into the extensions.
+        .layer(RouteMatchLayer::new(shared.clone(), conn.clone()))
+        // A panic below answers 500 under its route; the connection lives.
+        .layer(CatchPanicLayer)
+        // An oversized body is refused before it costs a token.
+        .layer(BodyLimitLayer)
+        // The route's bucket: forward, wait, reject, or mark for the spool.
+        .layer(BucketLayer)
+        // The backend's view of the request (hop-by-hop out,
+        // X-Forwarded-* in), whether it is forwarded or spooled.
+        .layer(HygieneLayer::new(conn))
+        // Spool what the bucket marked, and what the upstream stack hands
+        // back unsent (budget spent, breaker open, connection refused).
+        .layer(SpoolLayer::new(shared.spooler.clone()))
+        // The live upstream stack: breaker, budget, metrics, timeout, client.
+        .service(Forward::new(shared.upstream.live_stack()))
 }

@@ -22,7 +22,7 @@
 //! in BENCHMARKS.md).
 
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -71,6 +71,8 @@ struct State {
 }
 
 pub struct AdaptiveLimit {
+    /// `upstream.adaptive`: when off, replay is limited by the budget alone.
+    enabled: std::sync::atomic::AtomicBool,
     config: Mutex<AdaptiveConfig>,
     state: Mutex<State>,
     in_flight: AtomicU32,
@@ -80,19 +82,19 @@ pub struct AdaptiveLimit {
 }
 
 /// One replayed request's place under the limit; report how it went.
-pub struct AdaptivePermit<'a> {
-    limit: &'a AdaptiveLimit,
+pub struct AdaptivePermit {
+    limit: Arc<AdaptiveLimit>,
     reported: bool,
 }
 
-impl AdaptivePermit<'_> {
+impl AdaptivePermit {
     pub fn report(mut self, signal: Signal) {
         self.limit.on_signal(signal);
         self.reported = true;
     }
 }
 
-impl Drop for AdaptivePermit<'_> {
+impl Drop for AdaptivePermit {
     fn drop(&mut self) {
         if !self.reported {
             self.limit.on_signal(Signal::Ignore);
@@ -107,6 +109,7 @@ impl AdaptiveLimit {
         concurrency_gauge.set(config.initial);
         rate_gauge.set(0.0);
         AdaptiveLimit {
+            enabled: std::sync::atomic::AtomicBool::new(true),
             state: Mutex::new(State {
                 limit: config.initial,
                 baseline: None,
@@ -128,6 +131,14 @@ impl AdaptiveLimit {
         self.concurrency_gauge.set(st.limit);
     }
 
+    pub fn set_enabled(&self, on: bool) {
+        self.enabled.store(on, Ordering::Release);
+    }
+
+    pub fn is_enabled(&self) -> bool {
+        self.enabled.load(Ordering::Acquire)
+    }
+
     pub fn limit(&self) -> f64 {
         self.state.lock().unwrap_or_else(|p| p.into_inner()).limit
     }
@@ -137,9 +148,29 @@ impl AdaptiveLimit {
         self.in_flight.load(Ordering::Acquire)
     }
 
+    /// Takes room under the current limit if there is some right now
+    /// (and no Retry-After pause is running).
+    pub fn try_acquire(self: &Arc<Self>) -> Option<AdaptivePermit> {
+        let pause = self.state.lock().unwrap_or_else(|p| p.into_inner()).paused_until;
+        if pause.is_some_and(|until| Instant::now() < until) {
+            return None;
+        }
+        let limit = self.limit().floor().max(1.0) as u32;
+        let took = self
+            .in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |cur| {
+                (cur < limit).then_some(cur + 1)
+            })
+            .is_ok();
+        took.then(|| AdaptivePermit {
+            limit: self.clone(),
+            reported: false,
+        })
+    }
+
     /// Waits for room under the current limit (and for any Retry-After
     /// pause to end).
-    pub async fn acquire(&self) -> AdaptivePermit<'_> {
+    pub async fn acquire(self: Arc<Self>) -> AdaptivePermit {
         loop {
             let pause = self.state.lock().unwrap_or_else(|p| p.into_inner()).paused_until;
             if let Some(until) = pause {
@@ -149,24 +180,12 @@ impl AdaptiveLimit {
                 }
             }
             let freed = self.freed.notified();
-            let limit = self.limit().floor().max(1.0) as u32;
-            let cur = self.in_flight.load(Ordering::Acquire);
-            if cur < limit
-                && self
-                    .in_flight
-                    .compare_exchange(cur, cur + 1, Ordering::AcqRel, Ordering::Acquire)
-                    .is_ok()
-            {
-                return AdaptivePermit {
-                    limit: self,
-                    reported: false,
-                };
+            if let Some(permit) = self.try_acquire() {
+                return permit;
             }
-            if cur >= limit {
-                // Re-checked on every release (and at least every 100 ms,
-                // in case the limit grew without a release).
-                let _ = tokio::time::timeout(Duration::from_millis(100), freed).await;
-            }
+            // Re-checked on every release (and at least every 100 ms, in
+            // case the limit grew without a release).
+            let _ = tokio::time::timeout(Duration::from_millis(100), freed).await;
         }
     }
 
@@ -214,12 +233,12 @@ impl AdaptiveLimit {
 mod tests {
     use super::*;
 
-    fn limit(max: u32) -> AdaptiveLimit {
-        AdaptiveLimit::new(
+    fn limit(max: u32) -> Arc<AdaptiveLimit> {
+        Arc::new(AdaptiveLimit::new(
             AdaptiveConfig::for_max(max),
             prometheus::Gauge::new("c", "c").unwrap(),
             prometheus::Gauge::new("r", "r").unwrap(),
-        )
+        ))
     }
 
     /// A backend with `workers` parallel slots of `service` time each: the
@@ -286,10 +305,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn retry_after_pauses_and_permits_respect_the_limit() {
         let l = limit(2);
-        let a = l.acquire().await;
-        let b = l.acquire().await;
+        let a = l.clone().acquire().await;
+        let b = l.clone().acquire().await;
         assert_eq!(l.in_flight(), 2);
-        assert!(tokio::time::timeout(Duration::from_millis(50), l.acquire())
+        assert!(tokio::time::timeout(Duration::from_millis(50), l.clone().acquire())
             .await
             .is_err());
         a.report(Signal::Overload {
@@ -297,7 +316,7 @@ mod tests {
         });
         drop(b);
         let start = Instant::now();
-        let _c = l.acquire().await;
+        let _c = l.clone().acquire().await;
         assert!(start.elapsed() >= Duration::from_secs(3), "Retry-After is honoured");
     }
 }

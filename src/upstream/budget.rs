@@ -197,7 +197,11 @@ impl Budget {
 
     /// Takes a slot and a token for a live request, waiting for them until
     /// `deadline`.
-    pub async fn acquire(&self, deadline: Instant) -> Result<BudgetPermit, BudgetError> {
+    pub async fn acquire(self: Arc<Self>, deadline: Instant) -> Result<BudgetPermit, BudgetError> {
+        self.acquire_ref(deadline).await
+    }
+
+    async fn acquire_ref(&self, deadline: Instant) -> Result<BudgetPermit, BudgetError> {
         let slot = match self.slots.clone().try_acquire_owned() {
             Ok(p) => p,
             Err(_) => match tokio::time::timeout_at(deadline, self.slots.clone().acquire_owned()).await {
@@ -238,12 +242,22 @@ impl Budget {
     /// Takes a slot and a token only if both are free right now.
     #[cfg(test)]
     pub fn try_acquire(&self) -> Option<BudgetPermit> {
-        let slot = self.slots.clone().try_acquire_owned().ok()?;
+        self.try_acquire_live().ok()
+    }
+
+    /// For a live request: takes a slot and a token if both are free right
+    /// now; otherwise says how long until one might be.
+    pub fn try_acquire_live(&self) -> Result<BudgetPermit, Duration> {
+        let slot = self
+            .slots
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Duration::from_secs(1))?;
         let permit = self.permit(slot);
         if let Some(rate) = &self.shape.load().rate {
-            rate.try_take(0).ok()?;
+            rate.try_take(0)?;
         }
-        Some(permit)
+        Ok(permit)
     }
 
     /// For replay: takes a slot and a token only if live traffic would
@@ -268,7 +282,7 @@ impl Budget {
 
     /// Waits (sleeping, not spinning) until [`try_acquire_replay`]
     /// succeeds.
-    pub async fn acquire_replay(&self) -> BudgetPermit {
+    pub async fn acquire_replay(self: Arc<Self>) -> BudgetPermit {
         loop {
             match self.try_acquire_replay() {
                 Ok(p) => return p,
@@ -291,10 +305,10 @@ mod tests {
             max_concurrency: 2,
         });
         let now = Instant::now();
-        let p1 = b.acquire(now).await.unwrap();
-        let _p2 = b.acquire(now).await.unwrap();
+        let p1 = b.acquire_ref(now).await.unwrap();
+        let _p2 = b.acquire_ref(now).await.unwrap();
         assert_eq!(b.in_flight(), 2);
-        assert!(b.acquire(Instant::now()).await.is_err());
+        assert!(b.acquire_ref(Instant::now()).await.is_err());
         assert!(b.try_acquire().is_none());
         drop(p1);
         assert!(b.try_acquire().is_some());
@@ -381,15 +395,15 @@ mod tests {
         });
         let mut held = Vec::new();
         for _ in 0..3 {
-            held.push(b.acquire(Instant::now()).await.unwrap());
+            held.push(b.acquire_ref(Instant::now()).await.unwrap());
         }
-        match b.acquire(Instant::now()).await {
+        match b.acquire_ref(Instant::now()).await {
             Err(BudgetError::Exhausted { retry_after }) => assert!(retry_after <= Duration::from_millis(100)),
             Ok(_) => panic!("fourth token within the same instant must not be granted"),
         }
         // A deadline past the next token's arrival waits for it.
         let start = Instant::now();
-        b.acquire(start + Duration::from_millis(500)).await.unwrap();
+        b.acquire_ref(start + Duration::from_millis(500)).await.unwrap();
         assert!(start.elapsed() <= Duration::from_millis(400));
     }
 }

@@ -1,8 +1,15 @@
-//! Accept loop shared by the data and admin ports: hyper's auto (HTTP/1.1
-//! and h2c) server with a header-read timeout and caps on header size and
-//! count, optional TLS, and per-connection graceful shutdown.
+//! Listener and connection plumbing shared by the data and admin ports:
+//! accept, optional TLS ([`tls`]), hyper's auto (HTTP/1.1 and h2c) server
+//! with a header-read timeout and caps on header size and count, and
+//! per-connection graceful shutdown. What either port answers is a tower
+//! service handed in by the caller; [`body`] is the response body both use.
 
-use crate::config::TlsConfig;
+pub mod body;
+pub mod tls;
+
+pub use body::{json_response, ResponseBody};
+pub use tls::{tls_acceptor, TlsError};
+
 use crate::shutdown::Shutdown;
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -11,113 +18,17 @@ use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
-/// Something that answers requests of one connection: the data port's
-/// proxy and the admin port both serve through [`ConnService`].
-pub trait ConnHandler: Send + Sync + 'static {
-    /// What the handler knows about the connection (peer, scheme).
-    type Conn: Clone + Send + Sync + 'static;
-
-    fn handle(
-        self: Arc<Self>,
-        conn: Self::Conn,
-        req: Request<Incoming>,
-    ) -> impl std::future::Future<Output = Response<crate::proxy::body::ResponseBody>> + Send + 'static;
-}
-
-/// The tower service for one connection: the shared handler plus that
-/// connection's facts.
-pub struct ConnService<H: ConnHandler> {
-    handler: Arc<H>,
-    conn: H::Conn,
-}
-
-impl<H: ConnHandler> ConnService<H> {
-    pub fn new(handler: Arc<H>, conn: H::Conn) -> Self {
-        ConnService { handler, conn }
-    }
-}
-
-impl<H: ConnHandler> Clone for ConnService<H> {
-    fn clone(&self) -> Self {
-        ConnService {
-            handler: self.handler.clone(),
-            conn: self.conn.clone(),
-        }
-    }
-}
-
-impl<H: ConnHandler> tower::Service<Request<Incoming>> for ConnService<H> {
-    type Response = Response<crate::proxy::body::ResponseBody>;
-    type Error = Infallible;
-    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Infallible>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Infallible>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
-        let fut = self.handler.clone().handle(self.conn.clone(), req);
-        Box::pin(async move { Ok(fut.await) })
-    }
-}
-
 #[derive(Debug, Clone, Copy)]
 pub struct ConnLimits {
     pub header_read_timeout: Duration,
     pub max_headers: usize,
     pub max_header_bytes: usize,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum TlsError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path} holds no PEM {what}")]
-    Missing { path: PathBuf, what: &'static str },
-    #[error("TLS configuration rejected: {0}")]
-    Rustls(#[from] rustls::Error),
-}
-
-pub fn tls_acceptor(cfg: &TlsConfig) -> Result<TlsAcceptor, TlsError> {
-    let read = |p: &PathBuf| {
-        std::fs::read(p).map_err(|source| TlsError::Read {
-            path: p.clone(),
-            source,
-        })
-    };
-    let cert_pem = read(&cfg.cert)?;
-    let certs: Vec<_> = rustls_pemfile::certs(&mut cert_pem.as_slice()).flatten().collect();
-    if certs.is_empty() {
-        return Err(TlsError::Missing {
-            path: cfg.cert.clone(),
-            what: "certificate",
-        });
-    }
-    let key_pem = read(&cfg.key)?;
-    let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
-        .ok()
-        .flatten()
-        .ok_or_else(|| TlsError::Missing {
-            path: cfg.key.clone(),
-            what: "private key",
-        })?;
-    let mut server = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)?;
-    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(server)))
 }
 
 fn builder(limits: ConnLimits) -> auto::Builder<TokioExecutor> {

@@ -6,16 +6,22 @@
 //! checkout machinery costs more than the rest of our request path. Here a
 //! connection is a hyper `SendRequest` in a LIFO stack; the response body
 //! carries a [`Lease`] and puts the connection back when it ends cleanly.
+//!
+//! [`Client`] is the innermost service of every upstream stack.
 
-use super::body::RequestBody;
+use super::body::{RequestBody, UpstreamBody};
+use super::error::{Failed, UpstreamError};
+use super::Outbound;
 use crate::config::UpstreamConfig;
 use http::{Request, Response};
-use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -34,27 +40,6 @@ pub enum ClientError {
     Tls(#[from] rustls::Error),
     #[error("upstream host {0:?} is not a valid TLS server name")]
     ServerName(String),
-}
-
-/// Why a request didn't get a response from the backend.
-#[derive(Debug, thiserror::Error)]
-pub enum UpstreamError {
-    /// Nothing was sent: the backend can't have acted on the request.
-    #[error("connecting to {authority}")]
-    Connect {
-        authority: String,
-        #[source]
-        source: std::io::Error,
-    },
-    /// The request may have reached the backend.
-    #[error("exchanging with the backend: {0}")]
-    Exchange(#[source] hyper::Error),
-}
-
-impl UpstreamError {
-    pub fn is_connect(&self) -> bool {
-        matches!(self, UpstreamError::Connect { .. })
-    }
 }
 
 struct Idle {
@@ -210,22 +195,14 @@ impl Upstream {
     /// request that a stale pooled connection refused before writing is
     /// retried on a fresh one; one that may have been written never is.
     /// When the request certainly never reached the backend it comes back
-    /// in [`SendError::unsent`], so the caller may spool it instead.
-    pub async fn send(
-        self: &Arc<Self>,
-        mut req: Request<RequestBody>,
-    ) -> Result<(Response<Incoming>, Lease), SendError> {
+    /// in [`Failed::unsent`], so the caller may spool it instead.
+    pub async fn send(self: Arc<Self>, mut req: Request<RequestBody>) -> Result<Response<UpstreamBody>, Failed> {
         loop {
             let (mut sender, fresh) = match self.checkout() {
                 Some(s) => (s, false),
                 None => match self.connect().await {
                     Ok(s) => (s, true),
-                    Err(error) => {
-                        return Err(SendError {
-                            error,
-                            unsent: Some(req),
-                        })
-                    }
+                    Err(error) => return Err(Failed::unsent(error, req)),
                 },
             };
             if !sender.is_ready() {
@@ -236,26 +213,22 @@ impl Upstream {
                 let ready = tokio::time::timeout(Duration::from_millis(50), sender.ready()).await;
                 if !matches!(ready, Ok(Ok(()))) {
                     if fresh {
-                        return Err(SendError {
-                            error: UpstreamError::Connect {
-                                authority: self.authority.clone(),
-                                source: std::io::Error::other("connection closed before use"),
-                            },
-                            unsent: Some(req),
-                        });
+                        let error = UpstreamError::Connect {
+                            authority: self.authority.clone(),
+                            source: std::io::Error::other("connection closed before use"),
+                        };
+                        return Err(Failed::unsent(error, req));
                     }
                     continue;
                 }
             }
             match sender.try_send_request(req).await {
                 Ok(resp) => {
-                    return Ok((
-                        resp,
-                        Lease {
-                            sender: Some(sender),
-                            pool: self.clone(),
-                        },
-                    ))
+                    let lease = Lease {
+                        sender: Some(sender),
+                        pool: self.clone(),
+                    };
+                    return Ok(resp.map(|body| UpstreamBody::new(body, lease)));
                 }
                 Err(mut e) => match e.take_message() {
                     Some(unsent) if !fresh => {
@@ -263,29 +236,36 @@ impl Upstream {
                         continue;
                     }
                     Some(unsent) => {
-                        return Err(SendError {
-                            error: UpstreamError::Connect {
-                                authority: self.authority.clone(),
-                                source: std::io::Error::other(e.into_error()),
-                            },
-                            unsent: Some(unsent),
-                        })
+                        let error = UpstreamError::Connect {
+                            authority: self.authority.clone(),
+                            source: std::io::Error::other(e.into_error()),
+                        };
+                        return Err(Failed::unsent(error, unsent));
                     }
-                    None => {
-                        return Err(SendError {
-                            error: UpstreamError::Exchange(e.into_error()),
-                            unsent: None,
-                        })
-                    }
+                    None => return Err(Failed::sent(UpstreamError::Exchange(e.into_error()))),
                 },
             }
         }
     }
 }
 
-/// A failed [`Upstream::send`].
-pub struct SendError {
-    pub error: UpstreamError,
-    /// The request, when it certainly never reached the backend.
-    pub unsent: Option<Request<RequestBody>>,
+/// The innermost service of an upstream stack: sends on the pool.
+#[derive(Clone)]
+pub struct Client(pub UpstreamClient);
+
+impl tower::Service<Outbound> for Client {
+    type Response = Response<UpstreamBody>;
+    type Error = Failed;
+    /// Boxed: hyper's send future can't be named, and the pool's checkout
+    /// and connect steps make this the one async step of the path that
+    /// isn't a small state machine of ours.
+    type Future = Pin<Box<dyn Future<Output = Result<Response<UpstreamBody>, Failed>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Failed>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, out: Outbound) -> Self::Future {
+        Box::pin(self.0.clone().send(out.request))
+    }
 }

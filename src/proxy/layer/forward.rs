@@ -1,0 +1,193 @@
+//! The bottom of the data stack: hands the request to the live upstream
+//! stack with its limits (what is left of `max_wait` for budget, of
+//! `request_timeout` for the answer), and turns what comes back into an
+//! [`Answer`] — the response streamed under the request's deadline, an
+//! upgraded connection tunnelled both ways — or a [`ForwardError`] that
+//! still carries the request when it never reached the backend.
+
+use crate::proxy::error::{error_chain, is_body_too_large};
+use crate::proxy::headers;
+use crate::proxy::{Answer, Matched, ProxyError};
+use crate::server::ResponseBody;
+use crate::upstream::body::{RequestBody, UpstreamBody};
+use crate::upstream::{Failed, LiveStack, Outbound, UpstreamError};
+use http::{Request, Response, StatusCode, Version};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use pin_project_lite::pin_project;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::time::Instant;
+use tower::Service;
+
+/// A forward that produced no response: the error to answer with, and the
+/// request when it certainly never reached the backend (it may be spooled).
+pub struct ForwardError {
+    pub error: ProxyError,
+    pub unsent: Option<Request<RequestBody>>,
+}
+
+impl From<ProxyError> for ForwardError {
+    fn from(error: ProxyError) -> Self {
+        ForwardError { error, unsent: None }
+    }
+}
+
+#[derive(Clone)]
+pub struct Forward<S = LiveStack> {
+    upstream: S,
+}
+
+impl<S> Forward<S> {
+    pub fn new(upstream: S) -> Self {
+        Forward { upstream }
+    }
+}
+
+impl<S> Service<Request<RequestBody>> for Forward<S>
+where
+    S: Service<Outbound, Response = Response<UpstreamBody>, Error = Failed>,
+{
+    type Response = Answer;
+    type Error = ForwardError;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ForwardError>> {
+        self.upstream
+            .poll_ready(cx)
+            .map_err(|f| ForwardError::from(ProxyError::from_upstream(f.error, 0)))
+    }
+
+    fn call(&mut self, mut req: Request<RequestBody>) -> Self::Future {
+        let Some(m) = req.extensions().get::<Matched>() else {
+            return ResponseFuture::Refused {
+                error: Some(ProxyError::Internal.into()),
+            };
+        };
+        let cfg = &m.runtime.config;
+        let max_wait = m.route().map_or(std::time::Duration::ZERO, |r| r.config.max_wait);
+        let deadline = m.start + cfg.server.request_timeout;
+        let timeout = cfg
+            .upstream
+            .timeout
+            .min(deadline.saturating_duration_since(Instant::now()));
+        let wait_until = Some(m.start + max_wait);
+        let max_body = cfg.server.max_body;
+        // The hygiene layer kept the upgrade headers only for a real
+        // upgrade handshake.
+        let client_upgrade = headers::is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
+        let out = Outbound {
+            request: req,
+            wait_until,
+            timeout,
+        };
+        ResponseFuture::Sending {
+            inner: self.upstream.call(out),
+            client_upgrade,
+            deadline,
+            max_body,
+        }
+    }
+}
+
+pin_project! {
+    #[project = Proj]
+    pub enum ResponseFuture<F> {
+        Sending {
+            #[pin] inner: F,
+            client_upgrade: Option<OnUpgrade>,
+            deadline: Instant,
+            max_body: u64,
+        },
+        Refused { error: Option<ForwardError> },
+    }
+}
+
+impl<F> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<UpstreamBody>, Failed>>,
+{
+    type Output = Result<Answer, ForwardError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            Proj::Refused { error } => Poll::Ready(Err(error.take().expect("polled after completion"))),
+            Proj::Sending {
+                inner,
+                client_upgrade,
+                deadline,
+                max_body,
+            } => match std::task::ready!(inner.poll(cx)) {
+                Ok(resp) => Poll::Ready(Ok(Answer::Forwarded(respond(resp, client_upgrade.take(), *deadline)))),
+                Err(Failed { error, unsent }) => Poll::Ready(Err(ForwardError {
+                    error: ProxyError::from_upstream(error, *max_body),
+                    unsent,
+                })),
+            },
+        }
+    }
+}
+
+/// The backend's response as the client gets it.
+fn respond(
+    mut resp: Response<UpstreamBody>,
+    client_upgrade: Option<OnUpgrade>,
+    deadline: Instant,
+) -> Response<ResponseBody> {
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(client_upgrade) = client_upgrade {
+            let upstream_upgrade = hyper::upgrade::on(&mut resp);
+            tokio::spawn(async move {
+                match tokio::try_join!(client_upgrade, upstream_upgrade) {
+                    Ok((client, backend)) => {
+                        let mut client = TokioIo::new(client);
+                        let mut backend = TokioIo::new(backend);
+                        if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut backend).await {
+                            tracing::debug!(error = %e, "upgraded tunnel closed with an error");
+                        }
+                    }
+                    Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+                }
+            });
+            let (mut parts, mut body) = resp.into_parts();
+            // The tunnel is long-lived: it stops counting against the
+            // budget once established.
+            body.release_holdings();
+            headers::strip_hop_by_hop(&mut parts.headers, true);
+            return Response::from_parts(parts, ResponseBody::empty());
+        }
+    }
+    let (mut parts, body) = resp.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers, false);
+    // An HTTP/1.0 backend must not downgrade the client's connection.
+    parts.version = Version::HTTP_11;
+    Response::from_parts(parts, ResponseBody::upstream(body, deadline))
+}
+
+impl ProxyError {
+    /// What the client is told when the live upstream stack failed.
+    /// `max_body` names the limit when the client's own body ran over it.
+    pub fn from_upstream(error: UpstreamError, max_body: u64) -> ProxyError {
+        match error {
+            UpstreamError::Busy { retry_after } => ProxyError::UpstreamBusy { retry_after },
+            UpstreamError::Open { retry_after } => ProxyError::UpstreamUnavailable { retry_after },
+            UpstreamError::Timeout { after } => ProxyError::UpstreamTimeout { after },
+            e @ UpstreamError::Connect { .. } => ProxyError::Unreachable {
+                detail: error_chain(&e),
+            },
+            UpstreamError::Exchange(e) => {
+                if is_body_too_large(&e) {
+                    return ProxyError::TooLarge { limit: max_body };
+                }
+                let detail = error_chain(&e);
+                if e.is_user() {
+                    // The client broke off its upload: its fault, not the backend's.
+                    ProxyError::BadRequest { detail }
+                } else {
+                    ProxyError::UpstreamFailed { detail }
+                }
+            }
+        }
+    }
+}

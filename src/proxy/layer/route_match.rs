@@ -1,0 +1,161 @@
+//! Route match: the first route whose `match` fits, and everything the
+//! layers below need to know about it, into the request's extensions as a
+//! [`Matched`] — including one config snapshot, so a reload mid-request
+//! never mixes two configs. The outcome from below comes back as a
+//! [`Reply`] counted under the route (or `unmatched`).
+
+use crate::admission::{key_for, RequestFacts};
+use crate::proxy::headers;
+use crate::proxy::{Answer, ConnInfo, Matched, ProxyError, Reply};
+use crate::runtime::{RouteStats, Shared};
+use http::header::HOST;
+use http::Request;
+use hyper::body::Incoming;
+use pin_project_lite::pin_project;
+use std::borrow::Cow;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio::time::Instant;
+use tower::{Layer, Service};
+
+#[derive(Clone)]
+pub struct RouteMatchLayer {
+    shared: Arc<Shared>,
+    conn: Arc<ConnInfo>,
+}
+
+impl RouteMatchLayer {
+    pub fn new(shared: Arc<Shared>, conn: Arc<ConnInfo>) -> Self {
+        RouteMatchLayer { shared, conn }
+    }
+}
+
+impl<S> Layer<S> for RouteMatchLayer {
+    type Service = RouteMatchService<S>;
+
+    fn layer(&self, inner: S) -> RouteMatchService<S> {
+        RouteMatchService {
+            inner,
+            shared: self.shared.clone(),
+            conn: self.conn.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct RouteMatchService<S> {
+    inner: S,
+    shared: Arc<Shared>,
+    conn: Arc<ConnInfo>,
+}
+
+/// Lower-case host without port, from Host or the h2 authority.
+fn host_of<B>(req: &Request<B>) -> Option<Cow<'_, str>> {
+    let raw = match req.headers().get(HOST).and_then(|h| h.to_str().ok()) {
+        Some(h) => h,
+        None => req.uri().authority()?.as_str(),
+    };
+    // Strip a port, minding IPv6 literals ("[::1]:8080").
+    let host = match raw.rfind(':') {
+        Some(i) if !raw[i..].contains(']') => &raw[..i],
+        _ => raw,
+    };
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Some(Cow::Owned(host.to_ascii_lowercase()))
+    } else {
+        Some(Cow::Borrowed(host))
+    }
+}
+
+impl<S> Service<Request<Incoming>> for RouteMatchService<S>
+where
+    S: Service<Request<Incoming>, Response = Answer, Error = ProxyError>,
+{
+    type Response = Reply;
+    type Error = Infallible;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // The layers below never apply backpressure through readiness.
+        match self.inner.poll_ready(cx) {
+            Poll::Ready(_) => Poll::Ready(Ok(())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
+        let start = Instant::now();
+        let runtime = self.shared.runtime.load_full();
+        let cfg = &runtime.config;
+        let client_ip = headers::client_ip(self.conn.peer.ip(), req.headers(), &cfg.server.trusted_proxies);
+        let host = host_of(&req);
+        let facts = RequestFacts {
+            method: req.method(),
+            host: host.as_deref(),
+            path: req.uri().path(),
+            headers: req.headers(),
+            client_ip,
+        };
+        let found = runtime.table.find_indexed(&facts);
+        let route_index = found.map(|(i, _)| i);
+        let partition = match found {
+            Some((_, r)) if r.can_spool(facts.method) => {
+                let mut buf = String::new();
+                let key = r
+                    .config
+                    .partition_key
+                    .as_ref()
+                    .map(|src| key_for(src, &facts, &mut buf));
+                Some(self.shared.spooler.partition_for(key.map(str::as_bytes)))
+            }
+            _ => None,
+        };
+        let behind_backlog = match (found, partition) {
+            (Some((_, r)), Some(p)) => r.config.ordered && self.shared.spooler.has_backlog(p),
+            _ => false,
+        };
+        drop(host);
+        let matched = Matched {
+            route_index,
+            client_ip,
+            partition,
+            behind_backlog,
+            spool_now: false,
+            start,
+            runtime,
+        };
+        let stats = matched.stats().clone();
+        req.extensions_mut().insert(matched);
+        ResponseFuture {
+            inner: self.inner.call(req),
+            stats: Some(stats),
+        }
+    }
+}
+
+pin_project! {
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: F,
+        stats: Option<Arc<RouteStats>>,
+    }
+}
+
+impl<F> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Answer, ProxyError>>,
+{
+    type Output = Result<Reply, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = std::task::ready!(this.inner.poll(cx));
+        Poll::Ready(Ok(Reply {
+            route: this.stats.take(),
+            result,
+        }))
+    }
+}

@@ -1,0 +1,195 @@
+//! Spool-on-limit: a request the bucket marked, or one the upstream stack
+//! handed back unsent (budget spent, breaker open, connection refused) on
+//! a `spool` route with a spoolable method, is read whole (up to
+//! `spool.max_record`), appended to its partition, and answered 202 once
+//! durable.
+
+use super::forward::ForwardError;
+use super::BoxAnswer;
+use crate::drain::envelope::Envelope;
+use crate::drain::id::RequestId;
+use crate::drain::spooler::{Spooler, SpoolingError};
+use crate::proxy::error::{error_chain, is_body_too_large};
+use crate::proxy::headers;
+use crate::proxy::{Answer, Matched, ProxyError};
+use crate::runtime::Runtime;
+use crate::upstream::body::RequestBody;
+use http::header::HeaderName;
+use http::Request;
+use pin_project_lite::pin_project;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tower::{Layer, Service};
+
+static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+
+#[derive(Clone)]
+pub struct SpoolLayer {
+    spooler: Arc<Spooler>,
+}
+
+impl SpoolLayer {
+    pub fn new(spooler: Arc<Spooler>) -> Self {
+        SpoolLayer { spooler }
+    }
+}
+
+impl<S> Layer<S> for SpoolLayer {
+    type Service = SpoolService<S>;
+
+    fn layer(&self, inner: S) -> SpoolService<S> {
+        SpoolService {
+            inner,
+            spooler: self.spooler.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct SpoolService<S> {
+    inner: S,
+    spooler: Arc<Spooler>,
+}
+
+/// Where a request goes if it is spooled.
+#[derive(Clone)]
+struct Target {
+    runtime: Arc<Runtime>,
+    route_index: usize,
+    partition: u32,
+}
+
+impl Target {
+    fn of(m: &Matched) -> Option<Target> {
+        Some(Target {
+            runtime: m.runtime.clone(),
+            route_index: m.route_index?,
+            partition: m.partition?,
+        })
+    }
+}
+
+impl<S> Service<Request<RequestBody>> for SpoolService<S>
+where
+    S: Service<Request<RequestBody>, Response = Answer, Error = ForwardError>,
+{
+    type Response = Answer;
+    type Error = ProxyError;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        self.inner.poll_ready(cx).map_err(|e| e.error)
+    }
+
+    fn call(&mut self, req: Request<RequestBody>) -> Self::Future {
+        let (target, spool_now) = match req.extensions().get::<Matched>() {
+            // Only a spoolable request on a `spool` route has a partition.
+            Some(m) if m.partition.is_some() => (Target::of(m), m.spool_now),
+            _ => (None, false),
+        };
+        match target {
+            Some(t) if spool_now => ResponseFuture::Spooling {
+                spooling: Box::pin(spool(self.spooler.clone(), t, req)),
+            },
+            target => ResponseFuture::Forwarding {
+                inner: self.inner.call(req),
+                target,
+                spooler: self.spooler.clone(),
+            },
+        }
+    }
+}
+
+pin_project! {
+    #[project = Proj]
+    pub enum ResponseFuture<F> {
+        Forwarding { #[pin] inner: F, target: Option<Target>, spooler: Arc<Spooler> },
+        Spooling { spooling: BoxAnswer },
+    }
+}
+
+impl<F> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Answer, ForwardError>>,
+{
+    type Output = Result<Answer, ProxyError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        loop {
+            match self.as_mut().project() {
+                Proj::Spooling { spooling } => return spooling.as_mut().poll(cx),
+                Proj::Forwarding { inner, target, spooler } => {
+                    let failed = match std::task::ready!(inner.poll(cx)) {
+                        Ok(answer) => return Poll::Ready(Ok(answer)),
+                        Err(f) => f,
+                    };
+                    // Never reached the backend: a spoolable request is
+                    // spooled rather than failed.
+                    match (failed.unsent, target.take()) {
+                        (Some(req), Some(t)) => {
+                            let spooling = Box::pin(spool(spooler.clone(), t, req));
+                            self.set(ResponseFuture::Spooling { spooling });
+                        }
+                        _ => return Poll::Ready(Err(failed.error)),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Reads the body whole (up to `spool.max_record`), appends the request to
+/// the spool and answers once it is durable.
+async fn spool(spooler: Arc<Spooler>, target: Target, req: Request<RequestBody>) -> Result<Answer, ProxyError> {
+    let cfg = &target.runtime.config;
+    let route = &target.runtime.table.routes()[target.route_index];
+    let limit = cfg.spool.max_record.min(cfg.server.max_body);
+    let (mut parts, body) = req.into_parts();
+    // A spooled request is replayed as a plain request: no upgrade.
+    headers::strip_hop_by_hop(&mut parts.headers, false);
+    if super::body_limit::declared_length(&parts.headers).is_some_and(|n| n > limit) {
+        super::body_limit::linger(body);
+        return Err(ProxyError::TooLarge { limit });
+    }
+    let body = match http_body_util::BodyExt::collect(http_body_util::Limited::new(body, limit as usize)).await {
+        Ok(b) => b.to_bytes(),
+        Err(e) if is_body_too_large(&*e) => return Err(ProxyError::TooLarge { limit }),
+        Err(e) => {
+            return Err(ProxyError::BadRequest {
+                detail: error_chain(&*e),
+            })
+        }
+    };
+    let idempotency_key = parts
+        .headers
+        .get(&IDEMPOTENCY_KEY)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let key_hash = idempotency_key
+        .as_deref()
+        .map(|k| crate::drain::outcomes::key_hash(&route.config.name, k));
+    let envelope = Envelope {
+        token: RequestId::new_token(),
+        arrived_ms: crate::drain::outcomes::now_ms(),
+        attempt_base: 0,
+        route: route.config.name.clone(),
+        method: parts.method,
+        path_and_query: parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned(),
+        idempotency_key,
+        headers: parts.headers,
+        body,
+    };
+    match spooler.spool(envelope, target.partition, key_hash).await {
+        Ok(id) => Ok(Answer::Spooled(id)),
+        Err(SpoolingError::TooLarge { limit, .. }) => Err(ProxyError::TooLarge { limit }),
+        Err(SpoolingError::Unavailable(e)) => {
+            tracing::warn!(error = %e, route = %route.config.name, "spool refused a request");
+            Err(ProxyError::SpoolFull {
+                retry_after: Duration::from_secs(5),
+            })
+        }
+    }
+}
