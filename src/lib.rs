@@ -2,19 +2,44 @@
 //! backend can take; the excess writes are spooled durably and replayed at
 //! the backend's pace.
 //!
-//! Module map (one request's path runs top to bottom):
+//! Module map. A request on the data port runs top to bottom through
+//! [`server`], [`proxy`] and [`upstream`]; the spool and the drainer take
+//! what it hands over; the rest serves them all.
 //!
-//! - [`config`]     the TOML file → validated runtime types; errors name file, line, key
-//! - [`proxy`]      data port: listener, request path, forwarding client, header hygiene,
-//!   error → response in one place
+//! - [`server`]     listeners for both ports: accept, TLS (data port), HTTP/1.1 and h2, header
+//!   limits, per-connection graceful shutdown; the response body both ports use
+//! - [`proxy`]      the data port as one tower stack (`proxy::data_stack`); its layers, top to
+//!   bottom in request order:
+//!   1. observe: access log and metrics; answers and errors become responses here, through
+//!      `proxy::error::render` (the one place)
+//!   2. status: `GET {status_path_prefix}/requests/{id}`, answered before routing
+//!   3. route match: the route and one config snapshot into the extensions (`Matched`)
+//!   4. catch panic: a panic below answers 500 under its route; the connection lives
+//!   5. body limit: a body over `server.max_body` gets 413 before it costs a token
+//!   6. bucket: the route's bucket: go on, wait, 429, or mark for the spool
+//!   7. hygiene: hop-by-hop headers out, `X-Forwarded-*` in (forwarded or spooled alike)
+//!   8. spool: spool-on-limit: what the bucket marked, or what the upstream stack hands back
+//!      unsent, is appended to the spool and answered 202
+//!   9. forward: into the live [`upstream`] stack, under the request's deadlines
+//! - [`upstream`]   the backend side: pooled client, budget (rate + concurrency), circuit
+//!   breaker, adaptive replay limit, timeout, assembled into two stacks:
+//!   - live: breaker → budget (live share) → upstream metrics → timeout → client
+//!   - replay: breaker → adaptive → budget (replay share) → metrics → timeout → client
 //! - [`admission`]  route table, governor buckets with a bounded keyed store, the pure decision
-//! - [`upstream`]   the shared upstream budget (rate + concurrency)
+//! - [`spool`]      the durable, partitioned, append-only log (no HTTP): group-commit writer,
+//!   partition readers, dead-letter log, offline inspection
+//! - [`drain`]      spooled requests: record format, ids, intake and status (spooler), replay
+//!   through the replay stack, outcomes and Idempotency-Key dedupe, dead-letter operations
+//! - [`runtime`]    what a reload swaps (`Runtime`: config, route table, route stats) and the
+//!   long-lived parts around it (`Shared`: upstream parts, spool intake, metrics)
+//! - [`config`]     the TOML file → validated runtime types; errors name file, line, key
+//! - [`reload`]     SIGHUP / `/admin/reload`: re-read, keep restart-only keys, swap
 //! - [`admin`]      `/healthz`, `/readyz`, `/metrics`, `/admin/*`
 //! - [`metrics`]    one Prometheus registry and typed handles
-//! - [`reload`]     SIGHUP / `/admin/reload`: re-read, keep restart-only keys, swap
 //! - [`app`]        wiring, signals and the shutdown sequence
 //! - [`shutdown`]   the shutdown signal type
 //! - [`telemetry`]  tracing setup (text / JSON)
+//! - [`demo`]       `sluice demo`: one burst at a slow built-in backend, straight then through sluice
 
 pub mod admin;
 pub mod admission;

@@ -38,20 +38,38 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 /// handshake keeps `Connection: upgrade` and `Upgrade` so it can reach the
 /// other side.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // Fast path: most requests carry no Connection header and no Proxy-*.
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
     let upgrade = if keep_upgrade {
         headers.get(header::UPGRADE).cloned()
     } else {
         None
     };
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+    // The headers Connection names go too. The usual single Connection
+    // value is walked in place (a cheap clone of the value, removal by
+    // name without building a HeaderName); several values are rare.
+    let mut values = headers.get_all(header::CONNECTION).iter();
+    match (values.next().cloned(), values.next().is_some()) {
+        (Some(only), false) => {
+            if let Ok(list) = only.to_str() {
+                for token in list.split(',') {
+                    headers.remove(token.trim());
+                }
+            }
+        }
+        (Some(_), true) => {
+            let named: Vec<HeaderName> = headers
+                .get_all(header::CONNECTION)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+                .collect();
+            for name in &named {
+                headers.remove(name);
+            }
+        }
+        (None, _) => {}
+    }
+    for name in HOP_BY_HOP.iter() {
         headers.remove(name);
     }
     let has_proxy = headers.keys().any(|k| k.as_str().starts_with("proxy-"));

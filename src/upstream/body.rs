@@ -46,6 +46,24 @@ impl RequestBody {
     }
 }
 
+/// A client's body on its way to the backend, capped at `max` bytes.
+pub trait CapBody {
+    fn capped(self, max: u64) -> RequestBody;
+}
+
+impl CapBody for Incoming {
+    fn capped(self, max: u64) -> RequestBody {
+        RequestBody::streaming(self, max)
+    }
+}
+
+/// Already buffered (its length is known and was checked).
+impl CapBody for RequestBody {
+    fn capped(self, _max: u64) -> RequestBody {
+        self
+    }
+}
+
 impl Body for RequestBody {
     type Data = Bytes;
     type Error = BoxError;

@@ -9,10 +9,9 @@
 
 use super::ReadyOr;
 use crate::proxy::{Answer, Matched, ProxyError};
-use crate::upstream::body::RequestBody;
+use crate::upstream::body::{CapBody, RequestBody};
 use http::header::CONTENT_LENGTH;
 use http::Request;
-use hyper::body::Incoming;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tower::{Layer, Service};
@@ -40,9 +39,12 @@ pub fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
-impl<S> Service<Request<Incoming>> for BodyLimitService<S>
+impl<S, B> Service<Request<B>> for BodyLimitService<S>
 where
     S: Service<Request<RequestBody>, Response = Answer, Error = ProxyError>,
+    B: CapBody + http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     type Response = Answer;
     type Error = ProxyError;
@@ -52,7 +54,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+    fn call(&mut self, req: Request<B>) -> Self::Future {
         let limit = match req.extensions().get::<Matched>() {
             Some(m) => m.runtime.config.server.max_body,
             None => return ReadyOr::ready(Err(ProxyError::Internal)),
@@ -62,7 +64,7 @@ where
             return ReadyOr::ready(Err(ProxyError::TooLarge { limit }));
         }
         ReadyOr::Inner {
-            inner: self.inner.call(req.map(|body| RequestBody::streaming(body, limit))),
+            inner: self.inner.call(req.map(|body| body.capped(limit))),
         }
     }
 }
@@ -81,4 +83,25 @@ where
         let discard = http_body_util::BodyExt::collect(http_body_util::Limited::new(body, MAX_DISCARD));
         let _ = tokio::time::timeout(Duration::from_secs(5), discard).await;
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::layer::testing::{fixture, forwarding};
+    use std::sync::{Arc, Mutex};
+    use tower::ServiceExt;
+
+    #[tokio::test]
+    async fn a_declared_length_over_max_body_is_refused_before_the_inner_service() {
+        let f = fixture("[server]\nmax_body = \"10B\"\n").await;
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let svc = BodyLimitLayer.layer(forwarding(seen.clone()));
+        let refused = svc.clone().oneshot(f.request("POST", "/", b"01234567890")).await;
+        assert!(matches!(refused, Err(ProxyError::TooLarge { limit: 10 })));
+        assert!(seen.lock().unwrap().is_empty(), "refused before the inner service");
+        let passed = svc.oneshot(f.request("POST", "/", b"0123456789")).await;
+        assert!(matches!(passed, Ok(Answer::Forwarded(_))));
+        assert_eq!(seen.lock().unwrap().len(), 1);
+    }
 }

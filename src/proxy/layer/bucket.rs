@@ -49,18 +49,48 @@ pub fn ratelimit_headers(route: &Route, stats: &RouteStats, remaining: u32, rese
     } else {
         route.seconds_to_full(remaining)
     };
-    // Built by hand into one buffer that becomes the header's storage.
-    let name = route.config.name.as_bytes();
-    let mut v = Vec::with_capacity(name.len() + 32);
-    v.push(b'"');
-    v.extend_from_slice(name);
-    v.extend_from_slice(b"\";r=");
-    v.extend_from_slice(itoa::Buffer::new().format(remaining).as_bytes());
-    v.extend_from_slice(b";t=");
-    v.extend_from_slice(itoa::Buffer::new().format(reset).as_bytes());
+    // Rendered on the stack, then copied once into an exactly sized
+    // buffer (a Vec with spare capacity would cost a second allocation
+    // when it becomes the header's storage).
+    let mut stack = [0u8; 128];
+    let mut v = Cursor {
+        buf: &mut stack,
+        len: 0,
+    };
+    v.push(b"\"");
+    v.push(route.config.name.as_bytes());
+    v.push(b"\";r=");
+    v.push(itoa::Buffer::new().format(remaining).as_bytes());
+    v.push(b";t=");
+    v.push(itoa::Buffer::new().format(reset).as_bytes());
+    let state = match v.overflowed() {
+        false => HeaderValue::from_bytes(&v.buf[..v.len]),
+        // A route name too long for the stack buffer (names are short).
+        true => HeaderValue::from_str(&format!("\"{}\";r={remaining};t={reset}", route.config.name)),
+    };
     RateLimitHeaders {
         policy: stats.policy_header.clone(),
-        state: HeaderValue::from_maybe_shared(bytes::Bytes::from(v)).unwrap_or(HeaderValue::from_static("")),
+        state: state.unwrap_or(HeaderValue::from_static("")),
+    }
+}
+
+/// Appends into a fixed buffer, remembering if it ran out.
+struct Cursor<'a> {
+    buf: &'a mut [u8; 128],
+    len: usize,
+}
+
+impl Cursor<'_> {
+    fn push(&mut self, bytes: &[u8]) {
+        let end = self.len.saturating_add(bytes.len());
+        if end <= self.buf.len() {
+            self.buf[self.len..end].copy_from_slice(bytes);
+        }
+        self.len = end;
+    }
+
+    fn overflowed(&self) -> bool {
+        self.len > self.buf.len()
     }
 }
 
@@ -228,5 +258,95 @@ where
             }
             EitherProj::Waiting { waiting } => waiting.as_mut().poll(cx),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::layer::testing::{fixture, forwarding};
+    use std::sync::Mutex;
+    use tower::ServiceExt;
+
+    const ROUTES: &str = r#"
+[[route]]
+name = "orders"
+match = { path_prefix = "/orders" }
+rate = "1/s"
+burst = 1
+on_limit = "spool"
+
+[[route]]
+name = "reads"
+match = { path_prefix = "/" }
+rate = "1/s"
+burst = 1
+on_limit = "reject"
+"#;
+
+    #[tokio::test]
+    async fn a_token_forwards_with_ratelimit_headers_and_none_rejects_with_them() {
+        let f = fixture(ROUTES).await;
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let svc = BucketLayer.layer(forwarding(seen.clone()));
+        let Ok(Answer::Forwarded(resp)) = svc.clone().oneshot(f.request("GET", "/x", b"")).await else {
+            panic!("the first request has a token");
+        };
+        assert_eq!(resp.headers()["ratelimit-policy"], "\"reads\";q=1;w=1");
+        assert_eq!(resp.headers()["ratelimit"], "\"reads\";r=0;t=1");
+        match svc.oneshot(f.request("GET", "/x", b"")).await {
+            Err(ProxyError::RateLimited {
+                route,
+                headers: Some(h),
+                ..
+            }) => {
+                assert_eq!(route, "reads");
+                assert_eq!(h.state, "\"reads\";r=0;t=1");
+            }
+            _ => panic!("the second is over the limit"),
+        }
+        assert_eq!(seen.lock().unwrap().len(), 1, "a rejected request goes no further");
+    }
+
+    #[tokio::test]
+    async fn over_the_limit_on_a_spool_route_is_marked_for_the_spool() {
+        let f = fixture(ROUTES).await;
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let svc = BucketLayer.layer(forwarding(seen.clone()));
+        svc.clone().oneshot(f.request("POST", "/orders", b"a")).await.unwrap();
+        svc.clone().oneshot(f.request("POST", "/orders", b"b")).await.unwrap();
+        let seen = seen.lock().unwrap();
+        assert!(!seen[0].spool_now);
+        assert!(seen[1].spool_now, "no token: spool it");
+    }
+
+    #[tokio::test]
+    async fn behind_a_backlog_the_request_is_spooled_without_a_token() {
+        let f = fixture(ROUTES).await;
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let svc = BucketLayer.layer(forwarding(seen.clone()));
+        let mut req = f.request("POST", "/orders", b"a");
+        req.extensions_mut().get_mut::<Matched>().unwrap().behind_backlog = true;
+        svc.clone().oneshot(req).await.unwrap();
+        assert!(seen.lock().unwrap()[0].spool_now);
+        // The token is still there for the next request.
+        svc.oneshot(f.request("POST", "/orders", b"b")).await.unwrap();
+        assert!(!seen.lock().unwrap()[1].spool_now);
+    }
+
+    #[tokio::test]
+    async fn an_inner_failure_passes_through_and_a_waiting_request_can_be_dropped() {
+        let f = fixture(&ROUTES.replace("on_limit = \"reject\"", "on_limit = \"reject\"\nmax_wait = \"5s\"")).await;
+        let failing = BucketLayer.layer(tower::service_fn(|_: Request<RequestBody>| async {
+            Err::<Answer, _>(ProxyError::UpstreamBusy {
+                retry_after: Duration::from_secs(1),
+            })
+        }));
+        let r = failing.clone().oneshot(f.request("GET", "/x", b"")).await;
+        assert!(matches!(r, Err(ProxyError::UpstreamBusy { .. })));
+        // Now over the limit with max_wait: the request waits; dropping it
+        // leaves nothing behind.
+        let waiting = failing.oneshot(f.request("GET", "/x", b""));
+        assert!(tokio::time::timeout(Duration::from_millis(20), waiting).await.is_err());
     }
 }

@@ -182,7 +182,16 @@ async fn spool(spooler: Arc<Spooler>, target: Target, req: Request<RequestBody>)
         headers: parts.headers,
         body,
     };
-    match spooler.spool(envelope, target.partition, key_hash).await {
+    // The append runs as a task of its own: once the request is whole, a
+    // client that goes away can't cancel it half way, and its
+    // Idempotency-Key claim is settled by the append's result (a retry
+    // with the same key then finds the first id instead of a second copy).
+    let partition = target.partition;
+    let appended = tokio::spawn(async move { spooler.spool(envelope, partition, key_hash).await }).await;
+    let Ok(appended) = appended else {
+        return Err(ProxyError::Internal);
+    };
+    match appended {
         Ok(id) => Ok(Answer::Spooled(id)),
         Err(SpoolingError::TooLarge { limit, .. }) => Err(ProxyError::TooLarge { limit }),
         Err(SpoolingError::Unavailable(e)) => {
@@ -191,5 +200,103 @@ async fn spool(spooler: Arc<Spooler>, target: Target, req: Request<RequestBody>)
                 retry_after: Duration::from_secs(5),
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::layer::testing::{fixture, Fixture};
+    use crate::upstream::UpstreamError;
+    use tower::ServiceExt;
+
+    const ROUTES: &str = r#"
+[[route]]
+name = "orders"
+match = { path_prefix = "/orders" }
+rate = "100/s"
+on_limit = "spool"
+"#;
+
+    /// An inner (forwarding) service that fails as `error` says, handing
+    /// the request back when `unsent`.
+    fn failing(
+        unsent: bool,
+    ) -> impl Service<
+        Request<RequestBody>,
+        Response = Answer,
+        Error = ForwardError,
+        Future = std::future::Ready<Result<Answer, ForwardError>>,
+    > + Clone {
+        tower::service_fn(move |req: Request<RequestBody>| {
+            let error = ProxyError::from_upstream(
+                UpstreamError::Busy {
+                    retry_after: Duration::from_secs(1),
+                },
+                0,
+            );
+            std::future::ready(Err(ForwardError {
+                error,
+                unsent: unsent.then_some(req),
+            }))
+        })
+    }
+
+    fn backlog(f: &Fixture) -> u64 {
+        f.shared.spooler.spool.status().backlog_records()
+    }
+
+    #[tokio::test]
+    async fn a_marked_request_and_an_unsent_one_are_spooled_a_sent_one_is_not() {
+        let f = fixture(ROUTES).await;
+        let svc = SpoolLayer::new(f.shared.spooler.clone());
+        let mut marked = f.request("POST", "/orders", b"a");
+        marked.extensions_mut().get_mut::<Matched>().unwrap().spool_now = true;
+        let r = svc.layer(failing(false)).oneshot(marked).await;
+        assert!(matches!(r, Ok(Answer::Spooled(_))));
+        let r = svc
+            .layer(failing(true))
+            .oneshot(f.request("POST", "/orders", b"b"))
+            .await;
+        assert!(matches!(r, Ok(Answer::Spooled(_))), "handed back unsent: spooled");
+        let r = svc
+            .layer(failing(false))
+            .oneshot(f.request("POST", "/orders", b"c"))
+            .await;
+        assert!(
+            matches!(r, Err(ProxyError::UpstreamBusy { .. })),
+            "may have reached the backend: not spooled"
+        );
+        let r = svc.layer(failing(true)).oneshot(f.request("GET", "/orders", b"")).await;
+        assert!(
+            matches!(r, Err(ProxyError::UpstreamBusy { .. })),
+            "a GET is never spooled"
+        );
+        assert_eq!(backlog(&f), 2);
+    }
+
+    #[tokio::test]
+    async fn an_idempotency_key_is_settled_by_the_append_even_if_the_client_leaves() {
+        let f = fixture(ROUTES).await;
+        let svc = SpoolLayer::new(f.shared.spooler.clone()).layer(failing(false));
+        let keyed = || {
+            let mut req = f.request("POST", "/orders", b"pay");
+            req.headers_mut().insert("idempotency-key", "k-1".parse().unwrap());
+            req.extensions_mut().get_mut::<Matched>().unwrap().spool_now = true;
+            req
+        };
+        // The first client goes away as soon as its request is whole.
+        let mut first = Box::pin(svc.clone().oneshot(keyed()));
+        let _ = tokio::time::timeout(Duration::ZERO, first.as_mut()).await;
+        drop(first);
+        // Its retry gets the first request's id, not a second record.
+        let Ok(Answer::Spooled(id)) = svc.clone().oneshot(keyed()).await else {
+            panic!("the retry is answered 202");
+        };
+        let Ok(Answer::Spooled(again)) = svc.oneshot(keyed()).await else {
+            panic!("and so is the next");
+        };
+        assert_eq!(id.encode(), again.encode());
+        assert_eq!(backlog(&f), 1, "written once");
     }
 }
