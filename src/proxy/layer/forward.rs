@@ -191,3 +191,60 @@ impl ProxyError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::layer::testing::fixture;
+    use std::time::Duration;
+    use tower::ServiceExt;
+
+    type Upstream = std::future::Ready<Result<Response<UpstreamBody>, Failed>>;
+
+    #[tokio::test]
+    async fn upstream_failures_map_to_client_errors_and_an_unsent_request_comes_back() {
+        let f = fixture("").await;
+        let busy = Forward::new(tower::service_fn(|out: Outbound| -> Upstream {
+            std::future::ready(Err(Failed::unsent(
+                UpstreamError::Busy {
+                    retry_after: Duration::from_secs(2),
+                },
+                out.request,
+            )))
+        }));
+        let Err(e) = busy.oneshot(f.request("POST", "/", b"x")).await else {
+            panic!("busy is an error");
+        };
+        assert!(matches!(e.error, ProxyError::UpstreamBusy { retry_after } if retry_after == Duration::from_secs(2)));
+        assert!(e.unsent.is_some(), "never sent: may be spooled");
+        let timed_out = Forward::new(tower::service_fn(|out: Outbound| -> Upstream {
+            std::future::ready(Err(Failed::sent(UpstreamError::Timeout { after: out.timeout })))
+        }));
+        let Err(e) = timed_out.oneshot(f.request("POST", "/", b"x")).await else {
+            panic!("a timeout is an error");
+        };
+        assert!(matches!(e.error, ProxyError::UpstreamTimeout { .. }));
+        assert!(e.unsent.is_none(), "may have reached the backend: never spooled");
+    }
+
+    #[tokio::test]
+    async fn the_exchange_gets_the_requests_limits() {
+        let f = fixture("[server]\nrequest_timeout = \"3s\"\n").await;
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let seen2 = seen.clone();
+        let svc = Forward::new(tower::service_fn(move |out: Outbound| -> Upstream {
+            *seen2.lock().unwrap() = Some((out.timeout, out.wait_until));
+            std::future::ready(Err(Failed::sent(UpstreamError::Timeout { after: out.timeout })))
+        }));
+        let _ = svc.oneshot(f.request("GET", "/", b"")).await;
+        let (timeout, wait_until) = seen.lock().unwrap().unwrap();
+        assert!(
+            timeout <= Duration::from_secs(3),
+            "the shorter of request_timeout and upstream.timeout"
+        );
+        assert!(
+            wait_until.is_some(),
+            "a live request waits for budget only until its max_wait"
+        );
+    }
+}

@@ -9,7 +9,6 @@ use crate::proxy::{ConnInfo, Reply};
 use crate::runtime::Shared;
 use crate::server::ResponseBody;
 use http::{Method, Request, Response};
-use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 use std::convert::Infallible;
 use std::future::Future;
@@ -58,9 +57,9 @@ struct LogFacts {
     conn: Arc<ConnInfo>,
 }
 
-impl<S> Service<Request<Incoming>> for ObserveService<S>
+impl<S, B> Service<Request<B>> for ObserveService<S>
 where
-    S: Service<Request<Incoming>, Response = Reply, Error = Infallible>,
+    S: Service<Request<B>, Response = Reply, Error = Infallible>,
 {
     type Response = Response<ResponseBody>;
     type Error = Infallible;
@@ -70,7 +69,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+    fn call(&mut self, req: Request<B>) -> Self::Future {
         let log = tracing::enabled!(target: "sluice::access", tracing::Level::INFO).then(|| LogFacts {
             method: req.method().clone(),
             path: req.uri().path().to_owned(),
@@ -136,5 +135,33 @@ where
             );
         }
         Poll::Ready(Ok(response))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::layer::testing::fixture;
+    use crate::proxy::ProxyError;
+    use tower::ServiceExt;
+
+    #[tokio::test]
+    async fn errors_become_responses_counted_under_their_route() {
+        let f = fixture("").await;
+        let stats = f.shared.runtime.load().unmatched.clone();
+        let conn = Arc::new(ConnInfo::new("127.0.0.1:5000".parse().unwrap(), "http"));
+        let svc = ObserveLayer::new(f.shared.clone(), conn).layer(tower::service_fn(move |_: Request<()>| {
+            std::future::ready(Ok::<_, Infallible>(Reply {
+                route: Some(stats.clone()),
+                result: Err(ProxyError::Internal),
+            }))
+        }));
+        let resp = svc.oneshot(Request::get("/x").body(()).unwrap()).await.unwrap();
+        assert_eq!(resp.status(), 500);
+        let text = String::from_utf8(f.shared.metrics.render()).unwrap();
+        assert!(
+            text.contains(r#"sluice_requests_total{decision="internal_error",route="unmatched"} 1"#),
+            "{text}"
+        );
     }
 }

@@ -10,7 +10,6 @@ use crate::proxy::{Answer, ConnInfo, Matched, ProxyError, Reply};
 use crate::runtime::{RouteStats, Shared};
 use http::header::HOST;
 use http::Request;
-use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 use std::borrow::Cow;
 use std::convert::Infallible;
@@ -70,9 +69,9 @@ fn host_of<B>(req: &Request<B>) -> Option<Cow<'_, str>> {
     }
 }
 
-impl<S> Service<Request<Incoming>> for RouteMatchService<S>
+impl<S, B> Service<Request<B>> for RouteMatchService<S>
 where
-    S: Service<Request<Incoming>, Response = Answer, Error = ProxyError>,
+    S: Service<Request<B>, Response = Answer, Error = ProxyError>,
 {
     type Response = Reply;
     type Error = Infallible;
@@ -86,7 +85,7 @@ where
         }
     }
 
-    fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let start = Instant::now();
         let runtime = self.shared.runtime.load_full();
         let cfg = &runtime.config;
@@ -157,5 +156,50 @@ where
             route: this.stats.take(),
             result,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::layer::testing::fixture;
+    use std::sync::Mutex;
+    use tower::ServiceExt;
+
+    #[tokio::test]
+    async fn the_route_and_its_spool_partition_go_into_the_extensions() {
+        let f = fixture(
+            r#"
+[[route]]
+name = "orders"
+match = { path_prefix = "/orders", methods = ["POST"] }
+rate = "10/s"
+on_limit = "spool"
+"#,
+        )
+        .await;
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let seen2 = seen.clone();
+        let conn = Arc::new(ConnInfo::new("127.0.0.1:5000".parse().unwrap(), "http"));
+        let svc = RouteMatchLayer::new(f.shared.clone(), conn).layer(tower::service_fn(move |req: Request<()>| {
+            seen2.lock().unwrap().push(req.extensions().get::<Matched>().cloned());
+            std::future::ready(Err::<Answer, _>(ProxyError::NotFound))
+        }));
+        let post = Request::post("/orders/1").body(()).unwrap();
+        let reply = svc.clone().oneshot(post).await.unwrap();
+        assert_eq!(&*reply.route.unwrap().name, "orders");
+        assert!(
+            matches!(reply.result, Err(ProxyError::NotFound)),
+            "the inner result passes up unchanged"
+        );
+        let get = Request::get("/other").body(()).unwrap();
+        let reply = svc.oneshot(get).await.unwrap();
+        assert_eq!(&*reply.route.unwrap().name, "unmatched");
+        let seen = seen.lock().unwrap();
+        let (post, get) = (seen[0].as_ref().unwrap(), seen[1].as_ref().unwrap());
+        assert_eq!(post.route_index, Some(0));
+        assert!(post.partition.is_some(), "a POST on a spool route may be spooled");
+        assert_eq!(get.route_index, None);
+        assert!(get.partition.is_none());
     }
 }

@@ -8,7 +8,6 @@ use crate::drain::spooler::Spooler;
 use crate::proxy::{Answer, ProxyError, Reply};
 use crate::runtime::Shared;
 use http::{Method, Request};
-use hyper::body::Incoming;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
@@ -50,7 +49,7 @@ pub struct StatusService<S> {
 type Lookup = Pin<Box<dyn Future<Output = Result<Reply, Infallible>> + Send>>;
 
 /// The id of a `GET {prefix}/requests/{id}`, if this is one.
-fn status_id<'r>(prefix: &str, req: &'r Request<Incoming>) -> Option<&'r str> {
+fn status_id<'r, B>(prefix: &str, req: &'r Request<B>) -> Option<&'r str> {
     if prefix.is_empty() || req.method() != Method::GET {
         return None;
     }
@@ -60,9 +59,9 @@ fn status_id<'r>(prefix: &str, req: &'r Request<Incoming>) -> Option<&'r str> {
         .and_then(|rest| rest.strip_prefix("/requests/"))
 }
 
-impl<S> Service<Request<Incoming>> for StatusService<S>
+impl<S, B> Service<Request<B>> for StatusService<S>
 where
-    S: Service<Request<Incoming>, Response = Reply, Error = Infallible>,
+    S: Service<Request<B>, Response = Reply, Error = Infallible>,
 {
     type Response = Reply;
     type Error = Infallible;
@@ -72,7 +71,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+    fn call(&mut self, req: Request<B>) -> Self::Future {
         let id = {
             let rt = self.shared.runtime.load();
             status_id(&rt.config.server.status_path_prefix, &req).map(RequestId::parse)
@@ -121,5 +120,42 @@ impl<F: Future<Output = Result<Reply, Infallible>>> Future for Either<F> {
             EitherProj::Lookup { lookup } => lookup.as_mut().poll(cx),
             EitherProj::Inner { inner } => inner.poll(cx),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::layer::testing::fixture;
+    use tower::ServiceExt;
+
+    #[tokio::test]
+    async fn status_urls_are_answered_here_and_not_counted_everything_else_passes() {
+        let f = fixture("").await;
+        let svc =
+            StatusLayer::new(f.shared.spooler.clone(), f.shared.clone()).layer(tower::service_fn(|_: Request<()>| {
+                std::future::ready(Ok::<_, Infallible>(Reply {
+                    route: Some(f_stats()),
+                    result: Err(ProxyError::Internal),
+                }))
+            }));
+        let bogus = Request::get("/_sluice/requests/not-an-id").body(()).unwrap();
+        let reply = svc.clone().oneshot(bogus).await.unwrap();
+        assert!(reply.route.is_none(), "sluice's own answer is not counted");
+        assert!(matches!(reply.result, Err(ProxyError::NotFound)));
+        let post = Request::post("/_sluice/requests/x").body(()).unwrap();
+        let reply = svc.oneshot(post).await.unwrap();
+        assert!(reply.route.is_some(), "only a GET is a status lookup");
+    }
+
+    fn f_stats() -> Arc<crate::runtime::RouteStats> {
+        let metrics = crate::metrics::Metrics::new();
+        let config = crate::config::Config::parse(
+            "t.toml",
+            "[upstream]\nurl = \"http://127.0.0.1:9\"\n",
+            &Default::default(),
+        )
+        .unwrap();
+        crate::runtime::Runtime::build(Arc::new(config), &metrics, None).unmatched
     }
 }
