@@ -39,22 +39,7 @@ wait_ready "http://127.0.0.1:$BACKEND/"
 measure() { # $1 N
   local port admin out
   port=$(free_port); admin=$(free_port); out="$WORK/cg.$1.$RANDOM"
-  cat >"$WORK/sluice.toml" <<CONF
-[server]
-listen = "127.0.0.1:$port"
-admin_listen = "127.0.0.1:$admin"
-workers = 1
-[upstream]
-url = "http://127.0.0.1:$BACKEND"
-max_concurrency = 4096
-[spool]
-dir = "$WORK/spool.$RANDOM"
-[[route]]
-name = "bench"
-match = { path_prefix = "/" }
-rate = "100000000/s"
-on_limit = "reject"
-CONF
+  bench_config "$WORK/sluice.toml" "$port" "$admin" "$BACKEND" 1 "$WORK/spool.$RANDOM"
   RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$out" \
     ./target/release/sluice run -c "$WORK/sluice.toml" 2>"$WORK/valgrind.log" &
   local pid=$!

@@ -18,3 +18,25 @@ wait_ready() {
     for _ in $(seq 100); do curl -fs "$url" >/dev/null 2>&1 && break; sleep 0.1; done
   done
 }
+
+# Writes a sluice config for pass-through benchmarks: one route whose limit
+# never triggers, so every request is forwarded.
+# Usage: bench_config FILE LISTEN_PORT ADMIN_PORT BACKEND_PORT WORKERS SPOOL_DIR
+bench_config() {
+  cat >"$1" <<CONF
+[server]
+listen = "127.0.0.1:$2"
+admin_listen = "127.0.0.1:$3"
+workers = $5
+[upstream]
+url = "http://127.0.0.1:$4"
+max_concurrency = 4096
+[spool]
+dir = "$6"
+[[route]]
+name = "bench"
+match = { path_prefix = "/" }
+rate = "100000000/s"
+on_limit = "reject"
+CONF
+}

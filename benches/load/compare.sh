@@ -39,22 +39,7 @@ CONF
 # The backend gets both cores' worth of headroom so it is never the limit.
 nginx_conf backend "server { listen 127.0.0.1:$BACKEND; keepalive_requests 1000000; location / { return 200 'ok'; } }" 2
 nginx_conf proxy "server { listen 127.0.0.1:$NGINX; keepalive_requests 1000000; location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }" "$WORKERS"
-cat >"$WORK/sluice.toml" <<CONF
-[server]
-listen = "127.0.0.1:$SLUICE"
-admin_listen = "127.0.0.1:$ADMIN"
-workers = $WORKERS
-[upstream]
-url = "http://127.0.0.1:$BACKEND"
-max_concurrency = 4096
-[spool]
-dir = "$WORK/spool"
-[[route]]
-name = "bench"
-match = { path_prefix = "/" }
-rate = "100000000/s"
-on_limit = "reject"
-CONF
+bench_config "$WORK/sluice.toml" "$SLUICE" "$ADMIN" "$BACKEND" "$WORKERS" "$WORK/spool"
 
 nginx -p "$WORK/backend" -c "$WORK/backend/nginx.conf" &
 nginx -p "$WORK/proxy" -c "$WORK/proxy/nginx.conf" &
