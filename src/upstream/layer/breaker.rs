@@ -183,7 +183,7 @@ mod tests {
         assert!(b.is_open(), "timeouts are the backend's failures");
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_dropped_probe_gives_its_slot_back() {
         let b = breaker();
         let failing = BreakerLayer::new(b.clone()).layer(status_service(StubResult::Status(502)));

@@ -231,7 +231,9 @@ mod tests {
         let mut waiting = outbound();
         waiting.wait_until = Some(Instant::now() + Duration::from_secs(5));
         let waiter = tokio::spawn(svc.clone().oneshot(waiting));
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        // Let the waiter start waiting before the slot comes free.
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
         drop(held);
         let resp = waiter.await.unwrap().unwrap();
         assert!(resp.body().permit.is_some());
