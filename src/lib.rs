@@ -38,6 +38,7 @@
 //! - [`metrics`]    one Prometheus registry and typed handles
 //! - [`app`]        wiring, signals and the shutdown sequence
 //! - [`shutdown`]   the shutdown signal type
+//! - [`crash`]      named crash points for the kill -9 fault suite (debug builds only)
 //! - [`telemetry`]  tracing setup (text / JSON)
 //! - [`demo`]       `sluice demo`: one burst at a slow built-in backend, straight then through sluice
 
@@ -45,6 +46,7 @@ pub mod admin;
 pub mod admission;
 pub mod app;
 pub mod config;
+pub mod crash;
 pub mod demo;
 pub mod drain;
 pub mod metrics;

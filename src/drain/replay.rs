@@ -245,6 +245,7 @@ impl Drainer {
                 }
             }
         }
+        crate::crash::point("dlq_move");
         tracing::warn!(partition = record.partition, offset = record.offset, reason, status = ?last_status, attempts, "spooled request dead-lettered");
         if let Some(id) = id {
             self.spooler.outcomes.record(Outcome {

@@ -110,6 +110,7 @@ impl Shared {
                 self.commits_dirty.store(true, Ordering::Release);
                 return Err(e);
             }
+            crate::crash::point("checkpoint");
         }
         self.reclaim()
     }
@@ -149,7 +150,10 @@ impl Shared {
             for path in [seg_path(&self.dir, *id), idx_path(&self.dir, *id)] {
                 let len = self.fs.open_read(&path).and_then(|f| f.size()).unwrap_or(0);
                 match self.fs.remove_file(&path) {
-                    Ok(()) => freed += len,
+                    Ok(()) => {
+                        freed += len;
+                        crate::crash::point("retention");
+                    }
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                     Err(e) => return Err(SpoolError::io("remove", path, e)),
                 }

@@ -109,6 +109,7 @@ impl PartitionReader {
                     payload: Bytes::new(),
                 };
                 Spool::submit(&self.inner.dlq, 0, 0, dlq::encode(&rec, "corrupt", None)).await?;
+                crate::crash::point("dlq_move");
             }
             sh.ack(partition, offset)?;
         }

@@ -245,6 +245,7 @@ impl Writer {
         let ipath = idx_path(&self.sh.dir, self.seg_id);
         meta::store(&*self.sh.fs, INDEX_MAGIC, &ipath, &sealed)?;
         let idx_len = self.sh.fs.open_read(&ipath).and_then(|f| f.size()).unwrap_or(0);
+        crate::crash::point("roll");
         let new_id = self.seg_id + 1;
         let path = seg_path(&self.sh.dir, new_id);
         let file = self
@@ -362,6 +363,7 @@ impl Writer {
             }
             return;
         }
+        crate::crash::point("append");
         match self.cfg.fsync {
             FsyncMode::Always => {
                 if let Err(e) = self.sync_now() {
@@ -379,6 +381,7 @@ impl Writer {
             }
             FsyncMode::Never => {}
         }
+        crate::crash::point("group_commit");
         self.len += buf.len() as u64;
         self.sh.disk_bytes.fetch_add(buf.len() as u64, Ordering::AcqRel);
         let mut touched = vec![false; self.next.len()];
