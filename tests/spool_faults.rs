@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::*;
 use sluice::spool::codec;
-use sluice::spool::{FsyncMode, FullCause, NoopObserver, RecoveredKind, Spool, SpoolError, SpoolOptions};
+use sluice::spool::{FrameLocation, FsyncMode, FullCause, NoopObserver, RecoveredKind, Spool, SpoolError, SpoolOptions};
 
 async fn fill(s: &Spool, partitions: u32, n: u64, len: usize) {
     for i in 0..n {
@@ -71,7 +71,7 @@ async fn tail_fixture(garbage: &[u8]) {
 #[tokio::test]
 async fn torn_tail_is_truncated() {
     let mut f = Vec::new();
-    codec::encode(&mut f, 0, 30, 0, 0, &[7u8; 200]);
+    codec::FrameFormat::Keyed([9; 16]).encode(&mut f, 0, 30, 0, 0, &[7u8; 200]);
     f.truncate(f.len() - 57);
     tail_fixture(&f).await;
 }
@@ -81,25 +81,13 @@ async fn zero_filled_tail_is_truncated() {
     tail_fixture(&[0u8; 3000]).await;
 }
 
-/// Finds the file and position of record `offset` of `partition`.
-fn find_frame(dir: &std::path::Path, partition: u32, offset: u64) -> (std::path::PathBuf, usize) {
-    for seg in segs(dir) {
-        let buf = std::fs::read(&seg).unwrap();
-        let mut found = None;
-        codec::scan(
-            &buf,
-            |_| true,
-            |pos, r| {
-                if r.partition == partition && r.offset == offset {
-                    found = Some(pos);
-                }
-            },
-        );
-        if let Some(pos) = found {
-            return (seg, pos);
-        }
-    }
-    panic!("record not found");
+/// Finds where record `offset` of `partition` sits on disk.
+fn find_frame(dir: &std::path::Path, partition: u32, offset: u64) -> FrameLocation {
+    sluice::spool::frame_locations(dir)
+        .unwrap()
+        .into_iter()
+        .find(|f| f.partition == partition && f.offset == offset)
+        .expect("record not found")
 }
 
 async fn corrupt_middle(which: u64, active: bool) {
@@ -112,9 +100,10 @@ async fn corrupt_middle(which: u64, active: bool) {
     fill(&s, 2, 40, 80).await;
     s.close().await.unwrap();
     drop(s);
-    let (seg, pos) = find_frame(d.path(), 0, which);
+    let at = find_frame(d.path(), 0, which);
+    let seg = at.segment.clone();
     let mut bytes = std::fs::read(&seg).unwrap();
-    bytes[pos + codec::HEADER_LEN + 5] ^= 0x40;
+    bytes[(at.pos + at.header_len) as usize + 5] ^= 0x40;
     std::fs::write(&seg, &bytes).unwrap();
 
     let obs = Arc::new(TestObserver::default());

@@ -68,7 +68,8 @@ async fn run(ops: Vec<Op>) {
             }
             Op::Read(p, n) => {
                 let pm = &mut m[p as usize];
-                if pm.pos >= pm.records.len() as u64 {
+                // Nothing unfinished left to hand out: a read would wait.
+                if (pm.pos..pm.records.len() as u64).all(|o| pm.acked.contains(&o)) {
                     continue;
                 }
                 let got = tokio::time::timeout(Duration::from_secs(5), readers[p as usize].next_batch(n, 1 << 20))
@@ -77,18 +78,18 @@ async fn run(ops: Vec<Op>) {
                     .unwrap();
                 assert!(!got.is_empty() && got.len() <= n);
                 for r in got {
-                    // A reader may jump over offsets that became committed
-                    // while it was behind them (acked out of order before a
-                    // reopen, then the gap filled): they are done, and their
-                    // segment may already be reclaimed. It may never skip
-                    // an uncommitted one.
+                    // A reader may jump over offsets that are finished:
+                    // committed while it was behind them, or acked out of
+                    // order (before a reopen too: they are not delivered
+                    // twice). It may never skip an unfinished one.
                     if r.offset > pm.pos {
                         assert!(
-                            r.offset <= pm.committed,
-                            "partition {p}: skipped uncommitted offsets {}..{} (committed {})",
+                            (pm.pos..r.offset).all(|o| o < pm.committed || pm.acked.contains(&o)),
+                            "partition {p}: skipped unfinished offsets {}..{} (committed {}, acked {:?})",
                             pm.pos,
                             r.offset,
-                            pm.committed
+                            pm.committed,
+                            pm.acked
                         );
                         pm.pos = r.offset;
                     }

@@ -2,9 +2,10 @@
 //! there, listing, reading, purging and replaying dead letters. The
 //! envelope they are stored in is [`super::dlq`].
 
+use super::codec;
 use super::dlq::{self, DeadLetter};
 use super::reader::{LogReader, Record};
-use super::{read_one, status, Spool, SpoolError};
+use super::{read_one, status, Inner, Spool, SpoolError};
 
 /// Which dead letters an operation applies to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,7 +19,10 @@ impl Spool {
     /// Appends `rec` to the dead-letter log with `reason` and the last
     /// upstream status. The caller acks the original afterwards.
     pub async fn dead_letter(&self, rec: &Record, reason: &str, last_status: Option<u16>) -> Result<u64, SpoolError> {
-        Self::submit(&self.inner.dlq, 0, 0, dlq::encode(rec, reason, last_status)).await
+        let at = Self::submit(&self.inner.dlq, 0, 0, dlq::encode(rec, reason, last_status)).await?;
+        // Let the housekeeper hold the dead-letter log to its bounds.
+        self.inner.dlq.sh.housekeep.notify_one();
+        Ok(at)
     }
 
     /// Up to `limit` dead letters not purged, from `from` (a dlq offset).
@@ -105,5 +109,67 @@ impl Spool {
             done.push((d.dlq_offset, p, off));
         }
         Ok(done)
+    }
+}
+
+impl Inner {
+    /// Drops the oldest dead letters while the dead-letter log holds more
+    /// than `dlq_max_bytes` of them or they are older than
+    /// `dlq_retention`; each one is logged and counted. Without a bound the
+    /// dead-letter log, which the quota counts but never refuses, could
+    /// take the whole volume and stop intake for good.
+    pub(crate) fn trim_dlq(&self) -> Result<(), SpoolError> {
+        let sh = &self.dlq.sh;
+        let limit = self.opts.dlq_max_bytes();
+        let cutoff = self
+            .opts
+            .clock
+            .now_ms()
+            .saturating_sub(self.opts.dlq_retention.as_millis() as u64);
+        let mut over = status::dlq_status(sh).bytes.saturating_sub(limit);
+        let (committed, next) = {
+            let st = sh.lock();
+            (st.parts[0].committed, st.parts[0].next)
+        };
+        if committed >= next {
+            return Ok(());
+        }
+        if over == 0 && sh.locate_header(0, committed).is_none_or(|(_, ts, _)| ts >= cutoff) {
+            return Ok(());
+        }
+        let mut reader = LogReader::new(sh.clone(), 0, committed);
+        let (mut by_bytes, mut by_age) = (0u64, 0u64);
+        'pages: while reader.position() < next {
+            let batch = reader.read(256, 4 << 20)?;
+            // Corrupt dead letters hold nothing to keep.
+            for l in &batch.lost {
+                sh.ack(0, l.offset)?;
+            }
+            if batch.records.is_empty() && batch.lost.is_empty() {
+                break;
+            }
+            for rec in &batch.records {
+                let frame = codec::frame_len(rec.payload.len()) as u64;
+                let purged = sh.lock().parts[0].acked.contains(&rec.offset);
+                if !purged {
+                    if over > 0 {
+                        by_bytes += 1;
+                    } else if rec.timestamp_ms < cutoff {
+                        by_age += 1;
+                    } else {
+                        break 'pages;
+                    }
+                    sh.ack(0, rec.offset)?;
+                }
+                over = over.saturating_sub(frame);
+            }
+        }
+        for (reason, n) in [("max_bytes", by_bytes), ("retention", by_age)] {
+            if n > 0 {
+                tracing::warn!(reason, dropped = n, dlq_max_bytes = limit, "oldest dead letters dropped");
+                self.observer.dlq_dropped(reason, n);
+            }
+        }
+        Ok(())
     }
 }

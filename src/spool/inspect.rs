@@ -8,7 +8,8 @@ use std::sync::Arc;
 use tokio::sync::Notify;
 
 use super::log::{self, LoadReport, LogState};
-use super::{file_len, new_shared, read_manifest, status, DLQ_DIR, LOG_DIR, MANIFEST_FILE};
+use super::reserve::Reserve;
+use super::{file_len, formats, new_shared, read_manifest, status, LogEnv, DLQ_DIR, LOG_DIR, MANIFEST_FILE, RESERVE_FILE};
 use super::{Clock, Fs, RealFs, SpoolError, SpoolStatus, SystemClock};
 
 /// Reads the status of the spool in `dir` without taking the lock or
@@ -29,26 +30,25 @@ pub fn inspect(dir: &Path) -> Result<SpoolStatus, SpoolError> {
         });
     }
     let manifest = read_manifest(&*fs, dir)?;
-    let disk = Arc::new(AtomicU64::new(0));
-    let notify = Arc::new(Notify::new());
-    let (main_state, main_report) = log::load(&*fs, &dir.join(LOG_DIR), manifest.partitions, true)?;
-    let main = new_shared(
-        dir.join(LOG_DIR),
-        manifest.partitions,
-        fs.clone(),
-        main_state,
-        disk.clone(),
-        notify.clone(),
-    );
+    let env = LogEnv {
+        fs: fs.clone(),
+        disk_bytes: Arc::new(AtomicU64::new(0)),
+        housekeep: Arc::new(Notify::new()),
+        reserve: Arc::new(Reserve::untouched(dir.join(RESERVE_FILE))),
+    };
+    let main_formats = formats(&manifest, manifest.keyed_from.log);
+    let (main_state, main_report) = log::load(&*fs, &dir.join(LOG_DIR), manifest.partitions, main_formats, true)?;
+    let main = new_shared(dir.join(LOG_DIR), manifest.partitions, main_formats, main_state, &env);
     let dlq_dir = dir.join(DLQ_DIR);
+    let dlq_formats = formats(&manifest, manifest.keyed_from.dlq);
     let (dlq_state, dlq_report) = if dlq_dir.is_dir() {
-        log::load(&*fs, &dlq_dir, 1, true)?
+        log::load(&*fs, &dlq_dir, 1, dlq_formats, true)?
     } else {
         let mut st = LogState::default();
         st.parts.push(Default::default());
         (st, LoadReport::default())
     };
-    let dlq = new_shared(dlq_dir, 1, fs.clone(), dlq_state, disk, notify);
+    let dlq = new_shared(dlq_dir, 1, dlq_formats, dlq_state, &env);
     Ok(SpoolStatus {
         dir: dir.to_owned(),
         spool_id: manifest.spool_id.clone(),
@@ -58,4 +58,52 @@ pub fn inspect(dir: &Path) -> Result<SpoolStatus, SpoolError> {
         fsync: None,
         available: true,
     })
+}
+
+/// Where one valid frame sits on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrameLocation {
+    pub segment: std::path::PathBuf,
+    pub pos: u64,
+    /// The whole frame.
+    pub len: u64,
+    /// Bytes before the payload (the format's header).
+    pub header_len: u64,
+    pub partition: u32,
+    pub offset: u64,
+}
+
+/// Every frame of the data log that passes its checksum, in file order:
+/// read-only, for forensics and for the fault tests that damage chosen
+/// frames (they cannot find them without the spool's frame key).
+pub fn frame_locations(dir: &Path) -> Result<Vec<FrameLocation>, SpoolError> {
+    let fs = RealFs;
+    let manifest = read_manifest(&fs, dir)?;
+    let formats = formats(&manifest, manifest.keyed_from.log);
+    let log_dir = dir.join(LOG_DIR);
+    let mut ids: Vec<u64> = fs
+        .list(&log_dir)
+        .map_err(|e| SpoolError::io("list", &log_dir, e))?
+        .iter()
+        .filter_map(|n| super::index::parse_name(n, "seg"))
+        .collect();
+    ids.sort_unstable();
+    let mut out = Vec::new();
+    for id in ids {
+        let path = super::index::seg_path(&log_dir, id);
+        let buf = std::fs::read(&path).map_err(|e| SpoolError::io("read", &path, e))?;
+        let format = formats.of(id);
+        format.scan(&buf, |pos, r, _| {
+            out.push(FrameLocation {
+                segment: path.clone(),
+                pos: pos as u64,
+                len: r.frame_len(format) as u64,
+                header_len: format.header_len() as u64,
+                partition: r.partition,
+                offset: r.offset,
+            });
+            true
+        });
+    }
+    Ok(out)
 }

@@ -9,9 +9,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::{watch, Notify};
 
-use super::codec::{self, HEADER_LEN};
+use super::codec::{self, FrameFormat};
 use super::error::SpoolError;
-use super::fs::Fs;
+use super::fs::{is_no_space, Fs};
+use super::reserve::Reserve;
 use super::index::{idx_path, parse_name, seg_path, PartSpan, SegMeta};
 use super::meta::{self, Commits, PartitionCommit, COMMITS_MAGIC, INDEX_MAGIC};
 
@@ -33,12 +34,37 @@ pub(crate) struct LogState {
     pub parts: Vec<PartState>,
 }
 
+/// Which frame format each segment of a log is in: segments from
+/// `keyed_from` on are format 2 (keyed), older ones format 1 (CRC32C).
+#[derive(Clone, Copy)]
+pub(crate) struct Formats {
+    pub keyed_from: u64,
+    pub key: [u8; 16],
+}
+
+impl Formats {
+    pub fn of(&self, seg: u64) -> FrameFormat {
+        if seg >= self.keyed_from {
+            FrameFormat::Keyed(self.key)
+        } else {
+            FrameFormat::Crc32c
+        }
+    }
+}
+
 /// What the log shares between the writer thread, readers and the spool.
 pub(crate) struct Shared {
     pub dir: PathBuf,
     pub partitions: u32,
     pub fs: Arc<dyn Fs>,
+    pub formats: Formats,
     pub state: Mutex<LogState>,
+    /// The committed offsets as last written to `COMMITS`: retention
+    /// deletes only what these cover, never what only memory knows.
+    pub persisted: Mutex<Vec<u64>>,
+    /// Freed when `COMMITS` cannot be written for want of space, so a full
+    /// disk can still commit and reclaim (shared by both logs).
+    pub reserve: Arc<Reserve>,
     /// Published next offset per partition: readers at the tail wait on it.
     pub published: Vec<watch::Sender<u64>>,
     /// Bytes on disk for the whole spool (both logs and metadata), shared.
@@ -98,21 +124,39 @@ impl Shared {
     }
 
     /// Persists the commits if acks changed them, then deletes sealed
-    /// segments wholly below the committed offsets. Deletion follows the
-    /// persisted commit, so after a crash no committed offset points below
-    /// a deleted segment's records without the commit saying so.
+    /// segments wholly below the *persisted* committed offsets, so after a
+    /// crash no commit on disk points below a deleted segment's records.
     pub fn checkpoint(&self) -> Result<u64, SpoolError> {
         let _one_at_a_time = self.checkpointing.lock().unwrap_or_else(|p| p.into_inner());
         if self.commits_dirty.swap(false, Ordering::AcqRel) {
             let commits = self.snapshot_commits();
-            let path = self.dir.join(COMMITS_FILE);
-            if let Err(e) = meta::store(&*self.fs, COMMITS_MAGIC, &path, &commits) {
+            if let Err(e) = self.store_commits(&commits) {
                 self.commits_dirty.store(true, Ordering::Release);
                 return Err(e);
             }
+            *self.persisted.lock().unwrap_or_else(|p| p.into_inner()) =
+                commits.partitions.iter().map(|p| p.committed).collect();
             crate::crash::point("checkpoint");
         }
-        self.reclaim()
+        let freed = self.reclaim()?;
+        if freed > 0 {
+            self.reserve.restore(&*self.fs);
+        }
+        Ok(freed)
+    }
+
+    /// Writes `COMMITS` through a temporary file. That needs free blocks;
+    /// on a full device the reserve is given up so the commit (which is
+    /// what lets retention free space) can still be written.
+    fn store_commits(&self, commits: &Commits) -> Result<(), SpoolError> {
+        let path = self.dir.join(COMMITS_FILE);
+        match meta::store(&*self.fs, COMMITS_MAGIC, &path, commits) {
+            Err(SpoolError::Io { source, .. }) if is_no_space(&source) && self.reserve.release(&*self.fs) => {
+                tracing::warn!(dir = %self.dir.display(), "device full: released the spool's reserve to write commits");
+                meta::store(&*self.fs, COMMITS_MAGIC, &path, commits)
+            }
+            other => other,
+        }
     }
 
     pub fn snapshot_commits(&self) -> Commits {
@@ -131,13 +175,18 @@ impl Shared {
     }
 
     fn reclaim(&self) -> Result<u64, SpoolError> {
+        let persisted = self.persisted.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let doomed: Vec<u64> = {
             let mut st = self.lock();
-            let parts = &st.parts;
             let ids: Vec<u64> = st
                 .segs
                 .values()
-                .take_while(|s| s.sealed && s.parts.iter().all(|(p, span)| parts[*p as usize].committed > span.last))
+                .take_while(|s| {
+                    s.sealed
+                        && s.parts
+                            .iter()
+                            .all(|(p, span)| persisted.get(*p as usize).is_some_and(|c| *c > span.last))
+                })
                 .map(|s| s.id)
                 .collect();
             for id in &ids {
@@ -219,23 +268,20 @@ impl Shared {
             (s.id, pos, cum, s.len)
         };
         let f = self.fs.open_read(&seg_path(&self.dir, seg)).ok()?;
-        let mut hdr = [0u8; HEADER_LEN];
-        while pos + HEADER_LEN as u64 <= end {
-            if f.read_at(&mut hdr, pos).ok()? < HEADER_LEN {
+        let format = self.formats.of(seg);
+        let header_len = format.header_len();
+        let mut hdr = [0u8; 64];
+        let hdr = &mut hdr[..header_len];
+        while pos + header_len as u64 <= end {
+            if f.read_at(hdr, pos).ok()? < header_len {
                 return None;
             }
-            let body_len = u32::from_le_bytes(hdr[0..4].try_into().ok()?);
-            if (body_len as usize) < codec::BODY_FIXED_LEN || body_len > codec::MAX_BODY_LEN {
-                return None;
+            let h = format.header(hdr)?;
+            let frame = (format.prefix_len() + h.body_len as usize) as u64;
+            if h.partition == partition && h.offset >= offset {
+                return (h.offset == offset).then_some((seg, h.timestamp_ms, cum));
             }
-            let frame = codec::PREFIX_LEN as u64 + body_len as u64;
-            let p = u32::from_le_bytes(hdr[8..12].try_into().ok()?);
-            let o = u64::from_le_bytes(hdr[12..20].try_into().ok()?);
-            if p == partition && o >= offset {
-                let ts = u64::from_le_bytes(hdr[20..28].try_into().ok()?);
-                return (o == offset).then_some((seg, ts, cum));
-            }
-            if p == partition {
+            if h.partition == partition {
                 cum += frame;
             }
             pos += frame;
@@ -252,15 +298,32 @@ pub(crate) struct LoadReport {
     pub corrupt_regions: u64,
     pub rebuilt_indexes: u64,
     pub disk_bytes: u64,
+    /// Offsets counted as committed because they lay wholly before the
+    /// oldest segment on disk (deleted on commits a crash kept from disk).
+    pub committed_gap: u64,
 }
 
+/// What scanning one segment found, besides its index.
+struct SegScan {
+    scan: codec::Scan,
+    file_len: u64,
+    /// Partitions for which corrupt bytes came before their first valid
+    /// frame in this segment (or anywhere in it, if they have none): a
+    /// missing offset of theirs may be in here.
+    unclear: BTreeSet<u32>,
+}
+
+/// Scans a whole segment, checksumming every frame, to rebuild its index.
+/// `expected` is each partition's next offset as far as earlier segments
+/// tell (`None`: no earlier record seen).
 fn scan_segment(
     fs: &dyn Fs,
     dir: &Path,
     id: u64,
     partitions: u32,
-    expected: &mut [u64],
-) -> Result<(SegMeta, codec::Scan, u64), SpoolError> {
+    format: FrameFormat,
+    expected: &mut [Option<u64>],
+) -> Result<(SegMeta, SegScan), SpoolError> {
     let path = seg_path(dir, id);
     let f = fs.open_read(&path).map_err(|e| SpoolError::io("open", &path, e))?;
     let file_len = f.size().map_err(|e| SpoolError::io("stat", &path, e))?;
@@ -268,21 +331,54 @@ fn scan_segment(
     let n = f.read_at(&mut buf, 0).map_err(|e| SpoolError::io("read", &path, e))?;
     buf.truncate(n);
     let mut seg = SegMeta::new(id);
-    let scan = codec::scan(
-        &buf,
-        |r| r.partition < partitions,
-        |pos, r| {
-            let e = &mut expected[r.partition as usize];
-            // A frame below the partition's next offset is a stale
-            // duplicate, never a record to deliver again.
-            if r.offset >= *e {
-                *e = r.offset + 1;
-                seg.add(r.partition, r.offset, pos as u64, r.frame_len() as u64, r.timestamp_ms);
+    let mut seen = vec![false; partitions as usize];
+    let mut unclear = BTreeSet::new();
+    let scan = format.scan(&buf, |pos, r, skipped| {
+        if r.partition >= partitions {
+            return false;
+        }
+        let p = r.partition as usize;
+        if skipped > 0 {
+            if let Some(e) = expected[p] {
+                if !codec::offset_window(format, e, skipped).contains(&r.offset) {
+                    return false;
+                }
             }
-        },
-    );
+            // Whatever the garbage hid may belong to any partition not yet
+            // seen in this segment.
+            for (q, s) in seen.iter().enumerate() {
+                if !s {
+                    unclear.insert(q as u32);
+                }
+            }
+        }
+        seen[p] = true;
+        let e = expected[p].get_or_insert(0);
+        // A frame below the partition's next offset is a stale duplicate,
+        // never a record to deliver again.
+        if r.offset >= *e {
+            *e = r.offset + 1;
+            seg.add(r.partition, r.offset, pos as u64, r.frame_len(format) as u64, r.timestamp_ms);
+        }
+        true
+    });
+    if scan.valid_end < buf.len() {
+        // A torn tail may have held any partition's next record.
+        for (q, s) in seen.iter().enumerate() {
+            if !s {
+                unclear.insert(q as u32);
+            }
+        }
+    }
     seg.len = scan.valid_end as u64;
-    Ok((seg, scan, file_len))
+    Ok((
+        seg,
+        SegScan {
+            scan,
+            file_len,
+            unclear,
+        },
+    ))
 }
 
 /// Loads a log directory. Sealed segments come from their index files; only
@@ -294,6 +390,7 @@ pub(crate) fn load(
     fs: &dyn Fs,
     dir: &Path,
     partitions: u32,
+    formats: Formats,
     read_only: bool,
 ) -> Result<(LogState, LoadReport), SpoolError> {
     let mut report = LoadReport::default();
@@ -336,7 +433,10 @@ pub(crate) fn load(
     let pc = |p: usize| commits.partitions.get(p).cloned().unwrap_or_default();
     // Continuity is checked against earlier segments only; the commit
     // file's `next` is a floor for new offsets, applied at the end.
-    let mut expected: Vec<u64> = vec![0; partitions as usize];
+    let mut expected: Vec<Option<u64>> = vec![None; partitions as usize];
+    // Partitions whose missing offsets may sit in a corrupt stretch of a
+    // scanned segment (see `SegScan::unclear`).
+    let mut unclear: BTreeSet<u32> = BTreeSet::new();
 
     let mut st = LogState::default();
     if seg_ids.is_empty() {
@@ -362,14 +462,16 @@ pub(crate) fn load(
             Some(m) => {
                 for (p, span) in &m.parts {
                     if let Some(e) = expected.get_mut(*p as usize) {
-                        *e = (*e).max(span.last + 1);
+                        *e = Some(e.unwrap_or(0).max(span.last + 1));
                     }
                 }
                 report.disk_bytes += m.len;
                 m
             }
             None => {
-                let (mut seg, scan, file_len) = scan_segment(fs, dir, id, partitions, &mut expected)?;
+                let (mut seg, found) = scan_segment(fs, dir, id, partitions, formats.of(id), &mut expected)?;
+                let (scan, file_len) = (found.scan, found.file_len);
+                unclear.extend(found.unclear);
                 report.corrupt_regions += scan.corrupt_regions;
                 if last {
                     report.tail_records = scan.records;
@@ -410,8 +512,22 @@ pub(crate) fn load(
     st.parts = (0..partitions as usize)
         .map(|p| {
             let c = pc(p);
-            let next = expected[p].max(c.next);
-            let committed = c.committed.min(next);
+            let next = expected[p].unwrap_or(0).max(c.next);
+            let mut committed = c.committed.min(next);
+            // Offsets below the partition's first record on disk whose
+            // segments are gone were committed, or the segments would still
+            // be here (retention follows persisted commits; a spool from an
+            // older sluice could delete ahead of them). Only where a
+            // corrupt stretch could hide them are they left for the reader
+            // to dead-letter.
+            let first_on_disk = st.segs.values().find_map(|s| s.parts.get(&(p as u32)).map(|span| span.first));
+            let floor = first_on_disk.unwrap_or(next);
+            if committed < floor && !unclear.contains(&(p as u32)) {
+                report.committed_gap += floor - committed;
+                tracing::warn!(dir = %dir.display(), partition = p, from = committed, to = floor,
+                    "offsets before the oldest segment on disk counted as committed");
+                committed = floor;
+            }
             PartState {
                 next,
                 committed,

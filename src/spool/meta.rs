@@ -14,7 +14,10 @@ pub(crate) const MANIFEST_MAGIC: &[u8; 8] = b"SLCMANI1";
 pub(crate) const COMMITS_MAGIC: &[u8; 8] = b"SLCCOMM1";
 pub(crate) const INDEX_MAGIC: &[u8; 8] = b"SLCINDX1";
 
-pub(crate) const FORMAT_VERSION: u32 = 1;
+/// Format 2: frames checksummed with SipHash-1-3-128 under `frame_key`.
+/// A format-1 spool is upgraded at open: its segments stay CRC32C and are
+/// read as such; segments from `keyed_from` on are format 2.
+pub(crate) const FORMAT_VERSION: u32 = 2;
 
 pub(crate) fn encode<T: Serialize>(magic: &[u8; 8], v: &T) -> Vec<u8> {
     let json = serde_json::to_vec(v).expect("metadata serializes");
@@ -49,6 +52,38 @@ pub(crate) fn store<T: Serialize>(fs: &dyn Fs, magic: &[u8; 8], path: &Path, v: 
     write_atomic(fs, path, &encode(magic, v)).map_err(|e| SpoolError::io("write", path, e))
 }
 
+/// The secret that keys frame checksums: 128 random bits, stored as hex.
+/// Never printed (Debug is redacted) and never part of any status.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub(crate) struct FrameKey(String);
+
+impl FrameKey {
+    pub fn random() -> Self {
+        FrameKey(format!("{:032x}", rand::random::<u128>()))
+    }
+
+    pub fn bytes(&self) -> Option<[u8; 16]> {
+        u128::from_str_radix(&self.0, 16)
+            .ok()
+            .filter(|_| self.0.len() == 32)
+            .map(|k| k.to_le_bytes())
+    }
+}
+
+impl std::fmt::Debug for FrameKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FrameKey(..)")
+    }
+}
+
+/// First segment id written in format 2, per log.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) struct KeyedFrom {
+    pub log: u64,
+    pub dlq: u64,
+}
+
 /// Identity and fixed shape of a spool.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub(crate) struct Manifest {
@@ -59,6 +94,11 @@ pub(crate) struct Manifest {
     /// The format's hard ceiling on a frame's `len` field.
     pub max_body_len: u32,
     pub created_ms: u64,
+    /// Format 2 only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frame_key: Option<FrameKey>,
+    #[serde(default)]
+    pub keyed_from: KeyedFrom,
 }
 
 impl Manifest {
@@ -69,14 +109,27 @@ impl Manifest {
             spool_id: format!("{:032x}", rand::random::<u128>()),
             max_body_len: MAX_BODY_LEN,
             created_ms: now_ms,
+            frame_key: Some(FrameKey::random()),
+            keyed_from: KeyedFrom::default(),
         }
     }
 
+    /// The key of a format-2 manifest.
+    pub fn key(&self) -> Option<[u8; 16]> {
+        self.frame_key.as_ref().and_then(FrameKey::bytes)
+    }
+
     pub fn check(&self, path: &Path) -> Result<(), SpoolError> {
-        if self.format_version != FORMAT_VERSION {
+        if !(1..=FORMAT_VERSION).contains(&self.format_version) {
             return Err(SpoolError::CorruptMeta {
                 path: path.to_owned(),
                 reason: format!("unsupported format version {}", self.format_version),
+            });
+        }
+        if self.format_version >= 2 && self.key().is_none() {
+            return Err(SpoolError::CorruptMeta {
+                path: path.to_owned(),
+                reason: "format 2 without a valid frame_key".into(),
             });
         }
         if self.max_body_len != MAX_BODY_LEN {

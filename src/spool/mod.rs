@@ -143,6 +143,7 @@ mod meta;
 mod options;
 mod partition_reader;
 mod reader;
+mod reserve;
 mod status;
 mod writer;
 
@@ -158,14 +159,15 @@ pub use dlq::DeadLetter;
 pub use dlq_ops::DlqSelection;
 pub use error::{FullCause, SpoolError};
 pub use fs::{Fs, FsFile, RealFs};
-pub use inspect::inspect;
+pub use inspect::{frame_locations, inspect, FrameLocation};
 pub use options::{Clock, FsyncMode, NoopObserver, RecoveredKind, SpoolObserver, SpoolOptions, SystemClock};
 pub use partition_reader::PartitionReader;
 pub use reader::Record;
 pub use status::{DlqStatus, PartitionStatus, SpoolStatus};
 
-use log::{LoadReport, LogState, Shared};
+use log::{Formats, LoadReport, LogState, Shared};
 use meta::{Manifest, MANIFEST_MAGIC};
+use reserve::Reserve;
 use reader::LogReader;
 use writer::{AppendReq, Msg, Writer, WriterConfig};
 
@@ -173,6 +175,10 @@ const MANIFEST_FILE: &str = "MANIFEST";
 const LOCK_FILE: &str = "LOCK";
 const LOG_DIR: &str = "log";
 const DLQ_DIR: &str = "dlq";
+const RESERVE_FILE: &str = "RESERVE";
+/// How often the housekeeper looks for dead letters past retention when
+/// nothing else wakes it.
+const DLQ_TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// One log and its writer thread.
 struct LogHandle {
@@ -209,28 +215,76 @@ pub struct Spool {
     inner: Arc<Inner>,
 }
 
-fn new_shared(
-    dir: std::path::PathBuf,
-    partitions: u32,
+/// What a log needs besides its own directory and state.
+struct LogEnv {
     fs: Arc<dyn Fs>,
-    state: LogState,
     disk_bytes: Arc<AtomicU64>,
     housekeep: Arc<Notify>,
-) -> Arc<Shared> {
+    reserve: Arc<Reserve>,
+}
+
+fn new_shared(dir: std::path::PathBuf, partitions: u32, formats: Formats, state: LogState, env: &LogEnv) -> Arc<Shared> {
     let published = state.parts.iter().map(|p| watch::Sender::new(p.next)).collect();
+    let persisted = state.parts.iter().map(|p| p.committed).collect();
     Arc::new(Shared {
         dir,
         partitions,
-        fs,
+        fs: env.fs.clone(),
+        formats,
+        persisted: Mutex::new(persisted),
+        reserve: env.reserve.clone(),
         state: Mutex::new(state),
         published,
-        disk_bytes,
+        disk_bytes: env.disk_bytes.clone(),
         available: AtomicBool::new(true),
-        commits_dirty: AtomicBool::new(false),
+        // Load may have moved committed offsets (a gap before the oldest
+        // segment): write them down at the first checkpoint.
+        commits_dirty: AtomicBool::new(true),
         checkpointing: Mutex::new(()),
-        housekeep,
+        housekeep: env.housekeep.clone(),
         closed: watch::Sender::new(false),
     })
+}
+
+/// The frame formats of a log under `manifest`.
+fn formats(manifest: &Manifest, keyed_from: u64) -> Formats {
+    match manifest.key() {
+        Some(key) if manifest.format_version >= 2 => Formats { keyed_from, key },
+        _ => Formats {
+            keyed_from: u64::MAX,
+            key: [0; 16],
+        },
+    }
+}
+
+/// The first segment a log writes in format 2 after an upgrade: the active
+/// one if nothing is in it yet, else the next (the writer rolls to it
+/// before its first append).
+fn first_keyed_segment(state: &LogState) -> u64 {
+    state
+        .segs
+        .values()
+        .next_back()
+        .map_or(0, |s| if s.len == 0 { s.id } else { s.id + 1 })
+}
+
+/// A spool directory whose manifest is gone but whose log is not: opening
+/// it would mint a new key and misread every keyed frame, so refuse.
+fn refuse_orphan_log(fs: &dyn Fs, dir: &Path) -> Result<(), SpoolError> {
+    let log_dir = dir.join(LOG_DIR);
+    let names = fs.list(&log_dir).unwrap_or_default();
+    let data = names
+        .iter()
+        .filter(|n| n.ends_with(".seg"))
+        .any(|n| file_len(fs, &log_dir.join(n)) > 0);
+    if data {
+        return Err(SpoolError::CorruptMeta {
+            path: dir.join(MANIFEST_FILE),
+            reason: "missing, but log/ holds records; restore it from a backup (sluice will not guess the frame key)"
+                .into(),
+        });
+    }
+    Ok(())
 }
 
 fn report_recovery(observer: &dyn SpoolObserver, dir: &Path, r: &LoadReport) {
@@ -271,7 +325,9 @@ impl Spool {
         let notify = inner.main.sh.housekeep.clone();
         let task = tokio::spawn(async move {
             loop {
-                notify.notified().await;
+                // Woken by acks and dead letters; the timeout lets
+                // dead-letter retention run on a quiet spool too.
+                let _ = tokio::time::timeout(DLQ_TRIM_EVERY, notify.notified()).await;
                 // Let acks accumulate: one commit file write per interval.
                 tokio::time::sleep(interval).await;
                 let Some(inner) = weak.upgrade() else { break };
@@ -299,7 +355,7 @@ impl Spool {
             }
         })?;
         let mpath = dir.join(MANIFEST_FILE);
-        let manifest = if fs.exists(&mpath) {
+        let mut manifest = if fs.exists(&mpath) {
             let m = read_manifest(&*fs, &dir)?;
             if m.partitions != opts.partitions {
                 return Err(SpoolError::PartitionMismatch {
@@ -310,12 +366,33 @@ impl Spool {
             }
             m
         } else {
+            refuse_orphan_log(&*fs, &dir)?;
             let m = Manifest::new(opts.partitions, opts.clock.now_ms());
             meta::store(&*fs, MANIFEST_MAGIC, &mpath, &m)?;
             m
         };
-        let (main_state, main_report) = log::load(&*fs, &dir.join(LOG_DIR), opts.partitions, false)?;
-        let (dlq_state, dlq_report) = log::load(&*fs, &dir.join(DLQ_DIR), 1, false)?;
+        let (main_state, main_report) = log::load(
+            &*fs,
+            &dir.join(LOG_DIR),
+            opts.partitions,
+            formats(&manifest, manifest.keyed_from.log),
+            false,
+        )?;
+        let (dlq_state, dlq_report) =
+            log::load(&*fs, &dir.join(DLQ_DIR), 1, formats(&manifest, manifest.keyed_from.dlq), false)?;
+        if manifest.format_version < meta::FORMAT_VERSION {
+            // Upgrade: what is on disk stays format 1 and is read as such;
+            // new segments are keyed. The manifest is replaced before any
+            // keyed byte is written.
+            manifest.format_version = meta::FORMAT_VERSION;
+            manifest.frame_key = Some(meta::FrameKey::random());
+            manifest.keyed_from = meta::KeyedFrom {
+                log: first_keyed_segment(&main_state),
+                dlq: first_keyed_segment(&dlq_state),
+            };
+            meta::store(&*fs, MANIFEST_MAGIC, &mpath, &manifest)?;
+            tracing::info!(dir = %dir.display(), "spool upgraded to format 2 (keyed frame checksums) for new segments");
+        }
         // The spool dir's own entry, and log/ and dlq/ in it, made durable.
         for d in [dir.parent().filter(|p| !p.as_os_str().is_empty()), Some(&*dir)]
             .into_iter()
@@ -328,22 +405,20 @@ impl Spool {
         let disk_bytes = Arc::new(AtomicU64::new(
             main_report.disk_bytes + dlq_report.disk_bytes + file_len(&*fs, &mpath),
         ));
-        let housekeep = Arc::new(Notify::new());
-        let main_sh = new_shared(
-            dir.join(LOG_DIR),
-            opts.partitions,
-            fs.clone(),
-            main_state,
-            disk_bytes.clone(),
-            housekeep.clone(),
-        );
+        let env = LogEnv {
+            fs: fs.clone(),
+            disk_bytes: disk_bytes.clone(),
+            housekeep: Arc::new(Notify::new()),
+            reserve: Arc::new(Reserve::open(&*fs, dir.join(RESERVE_FILE))),
+        };
+        let main_formats = formats(&manifest, manifest.keyed_from.log);
+        let main_sh = new_shared(dir.join(LOG_DIR), opts.partitions, main_formats, main_state, &env);
         let dlq_sh = new_shared(
             dir.join(DLQ_DIR),
             1,
-            fs.clone(),
+            formats(&manifest, manifest.keyed_from.dlq),
             dlq_state,
-            disk_bytes.clone(),
-            housekeep.clone(),
+            &env,
         );
         let start = |sh: &Arc<Shared>, max_bytes: Option<u64>, name: &str| {
             let w = Writer::new(
@@ -544,10 +619,14 @@ impl Spool {
 }
 
 impl Inner {
+    /// Checkpoints each log on its own (one log's error must not keep the
+    /// other from committing and reclaiming), then trims the dead-letter
+    /// log to its bounds. Returns the first error.
     fn checkpoint_blocking(&self) -> Result<(), SpoolError> {
-        self.main.sh.checkpoint()?;
-        self.dlq.sh.checkpoint()?;
-        Ok(())
+        let main = self.main.sh.checkpoint();
+        let dlq = self.dlq.sh.checkpoint();
+        let trim = self.trim_dlq();
+        main.and(dlq).and(trim).map(|_| ())
     }
 }
 

@@ -80,6 +80,10 @@ pub trait SpoolObserver: Send + Sync + 'static {
     fn fsync_done(&self, _d: Duration) {}
     fn appended(&self, _partition: u32, _bytes: u64) {}
     fn recovered(&self, _what: RecoveredKind, _n: u64) {}
+    /// Dead letters dropped to keep the dead-letter log within
+    /// `dlq_max_bytes` (`reason` "max_bytes") or `dlq_retention`
+    /// ("retention").
+    fn dlq_dropped(&self, _reason: &'static str, _n: u64) {}
 }
 
 /// An observer that ignores everything.
@@ -103,6 +107,11 @@ pub struct SpoolOptions {
     /// How long acks may wait before the committed offsets are persisted
     /// (a lagging commit only means redelivery after a crash).
     pub commit_interval: Duration,
+    /// Bound on the dead-letter log's records; past it the oldest are
+    /// dropped. `None`: `max_bytes` / 10.
+    pub dlq_max_bytes: Option<u64>,
+    /// Dead letters older than this are dropped.
+    pub dlq_retention: Duration,
     pub fs: Arc<dyn Fs>,
     pub clock: Arc<dyn Clock>,
 }
@@ -117,6 +126,8 @@ impl fmt::Debug for SpoolOptions {
             .field("max_record", &self.max_record)
             .field("fsync", &self.fsync)
             .field("commit_interval", &self.commit_interval)
+            .field("dlq_max_bytes", &self.dlq_max_bytes())
+            .field("dlq_retention", &self.dlq_retention)
             .finish_non_exhaustive()
     }
 }
@@ -139,9 +150,16 @@ impl SpoolOptions {
             max_record: 1 << 20,
             fsync: FsyncMode::Always,
             commit_interval: Duration::from_millis(100),
+            dlq_max_bytes: None,
+            dlq_retention: Duration::from_secs(7 * 24 * 3600),
             fs: Arc::new(RealFs),
             clock: Arc::new(SystemClock),
         }
+    }
+
+    /// The dead-letter log's bound in effect.
+    pub fn dlq_max_bytes(&self) -> u64 {
+        self.dlq_max_bytes.unwrap_or(self.max_bytes / 10)
     }
 
     pub(crate) fn validate(&self) -> Result<(), SpoolError> {

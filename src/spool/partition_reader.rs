@@ -6,10 +6,9 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use bytes::Bytes;
 
 use super::dlq;
-use super::reader::{LogReader, Record};
+use super::reader::{LogReader, Lost, Record};
 use super::{Inner, RecoveredKind, Spool, SpoolError};
 
 impl Spool {
@@ -58,15 +57,30 @@ impl PartitionReader {
     /// `max_bytes` of payload (at least one record). Waits, without
     /// polling, until one exists. The read itself is a few `pread`s of a
     /// 256 KiB window done inline (the data is normally in the page cache).
+    ///
+    /// The position moves only when a batch is handed out: on an error
+    /// (a segment that cannot be opened, a dead letter that cannot be
+    /// written) the same records are read again by the next call. Records
+    /// already acked (out of order, before a restart) are not handed out
+    /// again.
     pub async fn next_batch(&mut self, max_records: usize, max_bytes: usize) -> Result<Vec<Record>, SpoolError> {
         loop {
             if self.inner.closed.load(Ordering::Acquire) {
                 return Err(SpoolError::Closed);
             }
             self.log.wait().await?;
-            let batch = self.log.read(max_records, max_bytes)?;
+            let before = self.log.position();
+            let mut batch = self.log.read(max_records, max_bytes)?;
             if !batch.lost.is_empty() {
-                self.handle_lost(&batch.lost).await?;
+                if let Err(e) = self.handle_lost(&batch.lost).await {
+                    self.log.seek(before);
+                    return Err(e);
+                }
+            }
+            {
+                let st = self.inner.main.sh.lock();
+                let p = &st.parts[self.log_partition() as usize];
+                batch.records.retain(|r| r.offset >= p.committed && !p.acked.contains(&r.offset));
             }
             if !batch.records.is_empty() {
                 return Ok(batch.records);
@@ -74,39 +88,41 @@ impl PartitionReader {
         }
     }
 
-    async fn handle_lost(&self, lost: &[u64]) -> Result<(), SpoolError> {
+    async fn handle_lost(&self, lost: &[Lost]) -> Result<(), SpoolError> {
         let sh = &self.inner.main.sh;
         let partition = self.log_partition();
         // Already handled (dead-lettered and acked) before a restart.
-        let lost: Vec<u64> = {
+        let lost: Vec<&Lost> = {
             let st = sh.lock();
             let p = &st.parts[partition as usize];
             lost.iter()
-                .copied()
-                .filter(|o| *o >= p.committed && !p.acked.contains(o))
+                .filter(|l| l.offset >= p.committed && !p.acked.contains(&l.offset))
                 .collect()
         };
         if lost.is_empty() {
             return Ok(());
         }
-        let lost = &lost[..];
         tracing::error!(
             partition,
-            first = lost[0],
+            first = lost[0].offset,
             count = lost.len(),
             "corrupt records skipped; dead-lettered"
         );
         self.inner
             .observer
             .recovered(RecoveredKind::CorruptRecords, lost.len() as u64);
-        for &offset in lost {
+        for l in lost {
+            let offset = l.offset;
             if self.dead_letter_lost {
+                // What the damaged frame still held goes with it: an
+                // operator can look at it, and the status lookup can still
+                // match the request's id against it.
                 let rec = Record {
                     partition,
                     offset,
-                    timestamp_ms: 0,
+                    timestamp_ms: l.timestamp_ms,
                     flags: 0,
-                    payload: Bytes::new(),
+                    payload: l.raw.clone(),
                 };
                 Spool::submit(&self.inner.dlq, 0, 0, dlq::encode(&rec, "corrupt", None)).await?;
                 crate::crash::point("dlq_move");

@@ -31,6 +31,10 @@ use super::options::{Clock, FsyncMode, SpoolObserver};
 const ROUND_BYTES: usize = 4 << 20;
 /// While unavailable, how often the writer retries reopening.
 const REOPEN_EVERY: Duration = Duration::from_millis(50);
+/// In `interval` mode the bytes written since the last good fdatasync are
+/// kept in memory, to be written again if that fdatasync fails; past this
+/// the writer fdatasyncs early rather than hold more.
+const UNSYNCED_MAX: usize = 16 << 20;
 
 pub(crate) struct AppendReq {
     pub partition: u32,
@@ -66,6 +70,16 @@ pub(crate) struct Writer {
     next: Vec<u64>,
     /// Since when written bytes wait for an fsync (`interval` mode).
     dirty_since: Option<Instant>,
+    /// `interval` mode: the bytes written to the active segment since the
+    /// last good fdatasync, and where they start. Their appends already
+    /// returned, so after a failed fdatasync (when the kernel may have
+    /// dropped those pages and marked them clean) they are written again
+    /// and fdatasynced before anything else is accepted.
+    unsynced: Vec<u8>,
+    unsynced_at: u64,
+    /// `never` mode: the next offsets at the last good fdatasync, to name
+    /// the records at risk when one fails.
+    synced_next: Vec<u64>,
     queue: VecDeque<AppendReq>,
 }
 
@@ -74,23 +88,33 @@ impl Writer {
         let (seg_id, len, next) = {
             let st = sh.lock();
             let (id, seg) = st.segs.iter().next_back().expect("a log has an active segment");
-            (*id, seg.len, st.parts.iter().map(|p| p.next).collect())
+            (*id, seg.len, st.parts.iter().map(|p| p.next).collect::<Vec<u64>>())
         };
         let path = seg_path(&sh.dir, seg_id);
         let file = sh
             .fs
             .open_rw(&path, false)
             .map_err(|e| SpoolError::io("open", &path, e))?;
-        Ok(Writer {
+        let keyed = matches!(sh.formats.of(seg_id), codec::FrameFormat::Keyed(_));
+        let mut w = Writer {
             sh,
             cfg,
             file: Some(file),
             seg_id,
             len,
+            synced_next: next.clone(),
             next,
             dirty_since: None,
+            unsynced: Vec::new(),
+            unsynced_at: len,
             queue: VecDeque::new(),
-        })
+        };
+        if !keyed {
+            // An upgraded spool: the format-1 segment is sealed as it is and
+            // new records go to a keyed one.
+            w.roll()?;
+        }
+        Ok(w)
     }
 
     pub fn run(mut self, rx: Receiver<Msg>) {
@@ -183,7 +207,7 @@ impl Writer {
         self.cfg.observer.fsync_done(t.elapsed());
         match res {
             Ok(()) => {
-                self.dirty_since = None;
+                self.synced();
                 Ok(())
             }
             Err(e) => {
@@ -192,6 +216,7 @@ impl Writer {
                     source: Arc::new(e),
                 };
                 tracing::error!(error = %err, "fsync failed; refusing appends and reopening the spool");
+                self.report_at_risk();
                 self.sh.available.store(false, Ordering::Release);
                 self.file = None;
                 self.reopen();
@@ -200,22 +225,54 @@ impl Writer {
         }
     }
 
+    /// Everything written so far is on disk.
+    fn synced(&mut self) {
+        self.dirty_since = None;
+        self.unsynced.clear();
+        self.unsynced_at = self.len;
+        self.synced_next.clone_from(&self.next);
+    }
+
+    /// `never` mode keeps no copy of what it wrote: name what a failed
+    /// fdatasync may have lost, so an operator knows which records to
+    /// check (they were answered as accepted).
+    fn report_at_risk(&self) {
+        if self.cfg.fsync != FsyncMode::Never {
+            return;
+        }
+        for (p, (from, to)) in self.synced_next.iter().zip(&self.next).enumerate() {
+            if to > from {
+                tracing::error!(
+                    partition = p,
+                    from = *from,
+                    to = *to,
+                    "fsync failed with fsync = never: these acknowledged records may not be on disk"
+                );
+            }
+        }
+    }
+
     /// Reopens the active segment after an fsync error: cut it back to the
     /// published length (dropping the unfsynced batch whose appenders were
-    /// told it failed) and fsync that new state.
+    /// told it failed), write again what `interval` mode published since
+    /// the last good fdatasync, and fdatasync that new state.
     fn reopen(&mut self) {
         let path = self.path();
         let res = self.sh.fs.open_rw(&path, false).and_then(|f| {
             f.set_len(self.len)?;
+            if !self.unsynced.is_empty() {
+                f.write_all_at(&self.unsynced, self.unsynced_at)?;
+            }
             f.sync_data()?;
             Ok(f)
         });
         match res {
             Ok(f) => {
                 self.file = Some(f);
-                self.dirty_since = None;
+                let rewritten = self.unsynced.len();
+                self.synced();
                 self.sh.available.store(true, Ordering::Release);
-                tracing::info!(path = %path.display(), len = self.len, "spool reopened after fsync error");
+                tracing::info!(path = %path.display(), len = self.len, rewritten, "spool reopened after fsync error");
             }
             Err(e) => {
                 tracing::warn!(path = %path.display(), error = %e, "spool reopen failed; retrying");
@@ -234,12 +291,15 @@ impl Writer {
     /// not have), store its index, create the new file, fsync the dir.
     fn roll(&mut self) -> Result<(), SpoolError> {
         if let Some(f) = &self.file {
-            f.sync_data().map_err(|e| SpoolError::Failed {
-                path: self.path(),
-                source: Arc::new(e),
-            })?;
+            if let Err(e) = f.sync_data() {
+                self.report_at_risk();
+                return Err(SpoolError::Failed {
+                    path: self.path(),
+                    source: Arc::new(e),
+                });
+            }
         }
-        self.dirty_since = None;
+        self.synced();
         let mut sealed: SegMeta = self.sh.lock().segs[&self.seg_id].clone();
         sealed.sealed = true;
         let ipath = idx_path(&self.sh.dir, self.seg_id);
@@ -248,15 +308,23 @@ impl Writer {
         crate::crash::point("roll");
         let new_id = self.seg_id + 1;
         let path = seg_path(&self.sh.dir, new_id);
+        let full = |e: &std::io::Error| {
+            is_no_space(e).then_some(SpoolError::Full {
+                partition: 0,
+                cause: FullCause::NoSpace,
+                used: self.sh.disk_bytes.load(Ordering::Acquire),
+                limit: self.cfg.max_bytes.unwrap_or(u64::MAX),
+            })
+        };
         let file = self
             .sh
             .fs
             .open_rw(&path, true)
-            .map_err(|e| SpoolError::io("create", &path, e))?;
+            .map_err(|e| full(&e).unwrap_or_else(|| SpoolError::io("create", &path, e)))?;
         self.sh
             .fs
             .sync_dir(&self.sh.dir)
-            .map_err(|e| SpoolError::io("fsync dir", &self.sh.dir, e))?;
+            .map_err(|e| full(&e).unwrap_or_else(|| SpoolError::io("fsync dir", &self.sh.dir, e)))?;
         {
             let mut st = self.sh.lock();
             if let Some(s) = st.segs.get_mut(&self.seg_id) {
@@ -268,6 +336,7 @@ impl Writer {
         self.file = Some(file);
         self.seg_id = new_id;
         self.len = 0;
+        self.synced();
         Ok(())
     }
 
@@ -280,6 +349,7 @@ impl Writer {
             }
         }
         let ts = self.cfg.clock.now_ms();
+        let mut format = self.sh.formats.of(self.seg_id);
         let mut buf: Vec<u8> = Vec::new();
         // (request, offset, position, frame length)
         let mut batch: Vec<(AppendReq, u64, u64, u64)> = Vec::new();
@@ -307,6 +377,15 @@ impl Writer {
                 if let Err(e) = self.roll() {
                     tracing::error!(error = %e, "segment roll failed");
                     let fatal = matches!(e, SpoolError::Failed { .. });
+                    let e = match e {
+                        SpoolError::Full { cause, used, limit, .. } => SpoolError::Full {
+                            partition: req.partition,
+                            cause,
+                            used,
+                            limit,
+                        },
+                        e => e,
+                    };
                     let _ = req.done.send(Err(e));
                     if fatal {
                         self.sh.available.store(false, Ordering::Release);
@@ -315,12 +394,13 @@ impl Writer {
                     }
                     continue;
                 }
+                format = self.sh.formats.of(self.seg_id);
             }
             let p = req.partition as usize;
             let offset = self.next[p];
             self.next[p] += 1;
             let pos = self.len + buf.len() as u64;
-            codec::encode(&mut buf, req.partition, offset, ts, req.flags, &req.payload);
+            format.encode(&mut buf, req.partition, offset, ts, req.flags, &req.payload);
             batch.push((req, offset, pos, flen));
         }
         if batch.is_empty() {
@@ -378,6 +458,10 @@ impl Writer {
             }
             FsyncMode::Interval(_) => {
                 self.dirty_since.get_or_insert_with(Instant::now);
+                if self.unsynced.is_empty() {
+                    self.unsynced_at = self.len;
+                }
+                self.unsynced.extend_from_slice(&buf);
             }
             FsyncMode::Never => {}
         }
@@ -405,6 +489,9 @@ impl Writer {
         for (r, off, _, flen) in batch {
             self.cfg.observer.appended(r.partition, flen);
             let _ = r.done.send(Ok(off));
+        }
+        if self.unsynced.len() > UNSYNCED_MAX {
+            let _ = self.sync_now();
         }
     }
 }
