@@ -120,6 +120,9 @@ impl Inner {
     /// take the whole volume and stop intake for good.
     pub(crate) fn trim_dlq(&self) -> Result<(), SpoolError> {
         let sh = &self.dlq.sh;
+        // The housekeeper and an explicit checkpoint may trim at once: one
+        // at a time, or a dead letter would be dropped (and counted) twice.
+        let _one_at_a_time = sh.checkpointing.lock().unwrap_or_else(|p| p.into_inner());
         let limit = self.opts.dlq_max_bytes();
         let cutoff = self
             .opts

@@ -92,11 +92,15 @@ pub(crate) fn partition_status(sh: &Shared, now_ms: u64) -> Vec<PartitionStatus>
 }
 
 pub(crate) fn dlq_status(sh: &Shared) -> DlqStatus {
+    let committed = sh.lock().parts[0].committed;
+    // Exact from the first dead letter on (a header walk outside the lock),
+    // since `dlq_max_bytes` is enforced against it.
+    let found = sh.locate_header(0, committed);
     let st = sh.lock();
     let ps = &st.parts[0];
     DlqStatus {
         records: ps.next - ps.committed - ps.acked.len() as u64,
-        bytes: Shared::bytes_from(&st, 0, ps.committed, None),
+        bytes: Shared::bytes_from(&st, 0, ps.committed, found.map(|(s, _, b)| (s, b))),
         next_offset: ps.next,
     }
 }
