@@ -57,6 +57,8 @@ pub fn spool_options(config: &Config) -> crate::spool::SpoolOptions {
     // `spool.max_record` limits the body; the record also carries the
     // request head, so the spool's own limit leaves room for it.
     o.max_record = (sp.max_record + config.server.max_header_bytes as u64 + 4096).min(sp.segment_bytes / 2);
+    o.dlq_max_bytes = Some(sp.dlq_max_bytes);
+    o.dlq_retention = sp.dlq_retention;
     o.fsync = match sp.fsync {
         FsyncPolicy::Always => crate::spool::FsyncMode::Always,
         FsyncPolicy::Interval => crate::spool::FsyncMode::Interval(sp.fsync_interval),
@@ -157,6 +159,9 @@ pub async fn start(config: Config, overrides: Overrides) -> Result<Running, AppE
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let data_listener = bind_data(config.server.listen, workers > 1)?;
     let admin_listener = bind(config.server.admin_listen, "server.admin_listen").await?;
+    for w in config.spool_fit_warnings() {
+        tracing::warn!("{w}");
+    }
     let spool = crate::spool::Spool::open(
         spool_options(&config),
         Arc::new(crate::metrics::SpoolMetrics::new(&metrics, config.spool.partitions)),

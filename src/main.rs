@@ -133,6 +133,9 @@ fn main() -> ExitCode {
             Ok(c) => {
                 println!("{}: ok", config.display());
                 print!("{}", c.describe());
+                for w in c.spool_fit_warnings() {
+                    eprintln!("warning: {w}");
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => config_exit(&e),

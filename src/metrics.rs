@@ -98,6 +98,7 @@ pub struct Metrics {
     pub spool_fsync_duration: Histogram,
     pub spool_disk_bytes: IntGauge,
     pub spool_recovered: IntCounterVec,
+    pub dlq_dropped: IntCounterVec,
     pub replay_total: IntCounterVec,
     pub replay_limit: GaugeVec,
     pub breaker_open: IntGauge,
@@ -230,6 +231,13 @@ impl Metrics {
                 ),
                 &["what"]
             )),
+            dlq_dropped: reg!(IntCounterVec::new(
+                Opts::new(
+                    "sluice_dlq_dropped_total",
+                    "Dead letters dropped to keep the dead-letter log within spool.dlq_max_bytes or spool.dlq_retention."
+                ),
+                &["reason"]
+            )),
             replay_total: reg!(IntCounterVec::new(
                 Opts::new("sluice_replay_total", "Replay outcomes of spooled records."),
                 &["outcome"]
@@ -265,6 +273,9 @@ impl Metrics {
         }
         for w in ["records", "truncated_bytes", "corrupt_records"] {
             m.spool_recovered.with_label_values(&[w]);
+        }
+        for r in DLQ_DROP_REASONS {
+            m.dlq_dropped.with_label_values(&[r]);
         }
         for r in ["ok", "error"] {
             m.config_reloads.with_label_values(&[r]);
@@ -316,7 +327,11 @@ pub struct SpoolMetrics {
     fsync: Histogram,
     appended: Vec<prometheus::IntCounter>,
     recovered: [prometheus::IntCounter; 3],
+    dlq_dropped: [prometheus::IntCounter; 2],
 }
+
+/// The `reason` label of `sluice_dlq_dropped_total`, as the spool reports it.
+const DLQ_DROP_REASONS: [&str; 2] = ["max_bytes", "retention"];
 
 impl SpoolMetrics {
     pub fn new(metrics: &Metrics, partitions: u32) -> SpoolMetrics {
@@ -327,6 +342,7 @@ impl SpoolMetrics {
                 .collect(),
             recovered: ["records", "truncated_bytes", "corrupt_records"]
                 .map(|w| metrics.spool_recovered.with_label_values(&[w])),
+            dlq_dropped: DLQ_DROP_REASONS.map(|r| metrics.dlq_dropped.with_label_values(&[r])),
         }
     }
 }
@@ -349,6 +365,12 @@ impl crate::spool::SpoolObserver for SpoolMetrics {
             crate::spool::RecoveredKind::CorruptRecords => 2,
         };
         self.recovered[i].inc_by(n);
+    }
+
+    fn dlq_dropped(&self, reason: &'static str, n: u64) {
+        if let Some(i) = DLQ_DROP_REASONS.iter().position(|r| *r == reason) {
+            self.dlq_dropped[i].inc_by(n);
+        }
     }
 }
 

@@ -234,3 +234,46 @@ async fn sighup_reloads_a_changed_file() {
     assert_eq!(r.status, 200);
     assert_eq!(r.header("ratelimit-policy"), "\"api\";q=20;w=1", "the new rate applies");
 }
+
+#[test]
+fn check_warns_when_the_spool_cannot_fit_its_quota() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = d.path().join("s.toml");
+    let spool = d.path().join("spool");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[upstream]\nurl = \"http://127.0.0.1:3000\"\n[spool]\ndir = \"{}\"\nmax_bytes = \"1000TiB\"\nsegment_bytes = \"1GiB\"\n",
+            spool.display()
+        ),
+    )
+    .unwrap();
+    let out = sluice(&["check", "--config", cfg.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(err.contains("warning: spool.max_bytes"), "{err}");
+    assert!(err.contains("filesystem"), "{err}");
+    // A quota of under four segments is warned about too.
+    std::fs::write(
+        &cfg,
+        "[upstream]\nurl = \"http://127.0.0.1:3000\"\n[spool]\nmax_bytes = \"128MiB\"\nsegment_bytes = \"64MiB\"\n",
+    )
+    .unwrap();
+    let err = text(&sluice(&["check", "--config", cfg.to_str().unwrap()]).stderr);
+    assert!(err.contains("fewer than 4 segments"), "{err}");
+}
+
+#[test]
+fn check_names_a_bad_dead_letter_bound() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = d.path().join("s.toml");
+    std::fs::write(
+        &cfg,
+        "[upstream]\nurl = \"http://127.0.0.1:3000\"\n[spool]\nmax_bytes = \"1GiB\"\ndlq_max_bytes = \"2GiB\"\n",
+    )
+    .unwrap();
+    let out = sluice(&["check", "--config", cfg.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("s.toml:5: spool.dlq_max_bytes"), "{err}");
+}

@@ -82,7 +82,10 @@ fn zero_fill_and_huge_length_are_invalid_without_allocating() {
         assert_eq!(format.decode(&[0u8; 64]), Decoded::Invalid(Invalid::BadLength(0)));
         let mut f = frame(format, b"x");
         f[..4].copy_from_slice(&(MAX_BODY_LEN + 1).to_le_bytes());
-        assert_eq!(format.decode(&f), Decoded::Invalid(Invalid::BadLength(MAX_BODY_LEN + 1)));
+        assert_eq!(
+            format.decode(&f),
+            Decoded::Invalid(Invalid::BadLength(MAX_BODY_LEN + 1))
+        );
     }
 }
 

@@ -152,7 +152,10 @@ async fn wrong_length(active: bool) {
     assert_eq!(offsets(&got), (0..30).filter(|o| *o != 12).collect::<Vec<_>>());
     let dead = s.dlq_list(0, 10).await.unwrap();
     assert_eq!(dead.len(), 1, "{dead:?}");
-    assert_eq!((dead[0].partition, dead[0].offset, dead[0].reason.as_str()), (1, 12, "corrupt"));
+    assert_eq!(
+        (dead[0].partition, dead[0].offset, dead[0].reason.as_str()),
+        (1, 12, "corrupt")
+    );
     // The bytes it still had are kept (the frame's payload is intact; only
     // its length field is off).
     assert!(
@@ -219,7 +222,10 @@ async fn retention_deletes_only_what_the_commit_on_disk_covers() {
     assert_eq!(on_disk, 10);
     let present: Vec<u64> = frame_locations(d.path()).unwrap().iter().map(|f| f.offset).collect();
     for off in on_disk..40 {
-        assert!(present.contains(&off), "offset {off} deleted, but COMMITS says {on_disk}");
+        assert!(
+            present.contains(&off),
+            "offset {off} deleted, but COMMITS says {on_disk}"
+        );
     }
     s.close().await.unwrap();
 }
@@ -261,7 +267,10 @@ async fn a_gap_before_the_oldest_segment_counts_as_committed() {
         assert_eq!(got.last().unwrap().offset, 29);
     }
     assert_eq!(obs.total(RecoveredKind::CorruptRecords), 0);
-    assert!(s.dlq_list(0, 10).await.unwrap().is_empty(), "no delivered record comes back as corrupt");
+    assert!(
+        s.dlq_list(0, 10).await.unwrap().is_empty(),
+        "no delivered record comes back as corrupt"
+    );
     s.close().await.unwrap();
 }
 
@@ -282,7 +291,11 @@ async fn a_gap_inside_a_segment_on_disk_is_dead_lettered() {
     flip_payload_byte(d.path(), 0, 0);
     std::fs::remove_file(d.path().join("log/COMMITS")).unwrap();
     let s = open_with(&o, Arc::new(NoopObserver)).await;
-    assert_eq!(s.committed(0), 0, "offset 0 may be in the corrupt stretch: not assumed done");
+    assert_eq!(
+        s.committed(0),
+        0,
+        "offset 0 may be in the corrupt stretch: not assumed done"
+    );
     let got = read_n(&mut s.reader(0), 9).await;
     assert_eq!(offsets(&got), (1..10).collect::<Vec<_>>());
     let dead = s.dlq_list(0, 10).await.unwrap();
@@ -311,7 +324,11 @@ async fn a_frame_inside_a_body_is_never_a_record() {
     drop(s);
     // Damage the header of the record carrying the body: the reader must
     // resync, and does so across the forged frames.
-    let f = frame_locations(d.path()).unwrap().into_iter().find(|f| f.offset == 1).unwrap();
+    let f = frame_locations(d.path())
+        .unwrap()
+        .into_iter()
+        .find(|f| f.offset == 1)
+        .unwrap();
     let mut bytes = std::fs::read(&f.segment).unwrap();
     bytes[f.pos as usize + 5] ^= 0xff;
     std::fs::write(&f.segment, bytes).unwrap();
@@ -430,10 +447,9 @@ async fn a_full_device_still_commits_and_recovers() {
     o.max_bytes = 1 << 30; // the quota is not what stops it: the device is
     let s = open_with(&o, Arc::new(NoopObserver)).await;
     *faults.root.lock().unwrap() = Some(d.path().to_owned());
-    faults.device_bytes.store(
-        tree_size(d.path()) + 160 * 1024,
-        Ordering::Relaxed,
-    );
+    faults
+        .device_bytes
+        .store(tree_size(d.path()) + 160 * 1024, Ordering::Relaxed);
     let mut n = 0;
     let full = loop {
         match s.append(0, payload(0, n, 1000)).await {
@@ -443,7 +459,13 @@ async fn a_full_device_still_commits_and_recovers() {
         assert!(n < 10_000);
     };
     assert!(
-        matches!(full, SpoolError::Full { cause: FullCause::NoSpace, .. }),
+        matches!(
+            full,
+            SpoolError::Full {
+                cause: FullCause::NoSpace,
+                ..
+            }
+        ),
         "{full}"
     );
     for i in 0..n {
@@ -451,7 +473,9 @@ async fn a_full_device_still_commits_and_recovers() {
     }
     s.checkpoint().await.unwrap();
     assert_eq!(persisted_commits(&d.path().join("log/COMMITS"))[0], n);
-    s.append(0, payload(0, n, 1000)).await.expect("space came back without an operator");
+    s.append(0, payload(0, n, 1000))
+        .await
+        .expect("space came back without an operator");
     s.close().await.unwrap();
 }
 
@@ -507,7 +531,13 @@ impl SpoolObserver for DropCounter {
 }
 impl DropCounter {
     fn total(&self, reason: &str) -> u64 {
-        self.0.lock().unwrap().iter().filter(|(r, _)| *r == reason).map(|(_, n)| n).sum()
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(r, _)| *r == reason)
+            .map(|(_, n)| n)
+            .sum()
     }
 }
 
@@ -581,7 +611,16 @@ async fn no_space_for_a_new_segment_is_full() {
         }
     }
     let e = err.expect("the roll hit ENOSPC");
-    assert!(matches!(e, SpoolError::Full { cause: FullCause::NoSpace, .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            SpoolError::Full {
+                cause: FullCause::NoSpace,
+                ..
+            }
+        ),
+        "{e}"
+    );
     assert!(e.is_retryable());
     faults.clear_rules();
     s.close().await.unwrap();

@@ -9,7 +9,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::*;
 use sluice::spool::codec;
-use sluice::spool::{FrameLocation, FsyncMode, FullCause, NoopObserver, RecoveredKind, Spool, SpoolError, SpoolOptions};
+use sluice::spool::{
+    FrameLocation, FsyncMode, FullCause, NoopObserver, RecoveredKind, Spool, SpoolError, SpoolOptions,
+};
 
 async fn fill(s: &Spool, partitions: u32, n: u64, len: usize) {
     for i in 0..n {

@@ -68,3 +68,75 @@ impl Config {
         s
     }
 }
+
+impl Config {
+    /// Where `spool.segment_bytes`, `spool.max_bytes` and the free space
+    /// on the spool's filesystem don't fit together: printed by `sluice
+    /// check` and logged at startup. Warnings, not errors: the spool runs,
+    /// but it will refuse with `spool_full` sooner than the quota says.
+    pub fn spool_fit_warnings(&self) -> Vec<String> {
+        let sp = &self.spool;
+        let mut out = Vec::new();
+        // Retention frees whole segments; with fewer than four in the
+        // quota, the active one plus one a lagging partition pins are most
+        // of it.
+        if sp.max_bytes < 4 * sp.segment_bytes {
+            out.push(format!(
+                "spool.max_bytes ({}) holds fewer than 4 segments of spool.segment_bytes ({}): space is reclaimed a whole segment at a time, so one partition behind the others keeps most of the quota",
+                sp.max_bytes, sp.segment_bytes
+            ));
+        }
+        if let Some((fs_dir, free)) = free_space(&sp.dir) {
+            let used = dir_bytes(&sp.dir);
+            if free + used < sp.max_bytes {
+                out.push(format!(
+                    "spool.max_bytes ({}) is more than the spool can get on {}'s filesystem ({} free + {} in use): the device fills before the quota (503 spool_full, cause no_space)",
+                    sp.max_bytes,
+                    fs_dir.display(),
+                    free,
+                    used
+                ));
+            }
+            if free + used < 2 * sp.segment_bytes {
+                out.push(format!(
+                    "the spool's filesystem has room for fewer than 2 segments of spool.segment_bytes ({}): lower it",
+                    sp.segment_bytes
+                ));
+            }
+        }
+        out
+    }
+}
+
+/// Free bytes (for an unprivileged writer) on the filesystem holding
+/// `dir`, or its nearest existing ancestor.
+fn free_space(dir: &std::path::Path) -> Option<(std::path::PathBuf, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut at = if dir.as_os_str().is_empty() {
+        std::path::PathBuf::from(".")
+    } else {
+        dir.to_owned()
+    };
+    while !at.exists() {
+        at = match at.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+            _ => std::path::PathBuf::from("."),
+        };
+    }
+    let c = std::ffi::CString::new(at.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a NUL-terminated path, `st` a valid out-pointer.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some((at, st.f_bavail as u64 * st.f_frsize as u64))
+}
+
+/// Bytes of the regular files under `dir` (what the spool already holds).
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(rd) = std::fs::read_dir(dir) else { return 0 };
+    rd.filter_map(Result::ok)
+        .filter_map(|e| Some((e.path(), e.metadata().ok()?)))
+        .map(|(p, m)| if m.is_dir() { dir_bytes(&p) } else { m.len() })
+        .sum()
+}

@@ -102,6 +102,8 @@ pub struct SpoolFile {
     pub max_record: Option<SizeLit>,
     pub fsync: Option<FsyncFile>,
     pub fsync_interval: Option<String>,
+    pub dlq_max_bytes: Option<SizeLit>,
+    pub dlq_retention: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

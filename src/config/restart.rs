@@ -78,6 +78,16 @@ static RESTART_ONLY: &[RestartOnly] = &[
         keep: |new, run| new.spool.max_bytes = run.spool.max_bytes,
     },
     RestartOnly {
+        key: "spool.dlq_max_bytes",
+        differs: |a, b| a.spool.dlq_max_bytes != b.spool.dlq_max_bytes,
+        keep: |new, run| new.spool.dlq_max_bytes = run.spool.dlq_max_bytes,
+    },
+    RestartOnly {
+        key: "spool.dlq_retention",
+        differs: |a, b| a.spool.dlq_retention != b.spool.dlq_retention,
+        keep: |new, run| new.spool.dlq_retention = run.spool.dlq_retention,
+    },
+    RestartOnly {
         key: "spool.max_record",
         differs: |a, b| a.spool.max_record != b.spool.max_record,
         keep: |new, run| new.spool.max_record = run.spool.max_record,

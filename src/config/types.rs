@@ -84,6 +84,10 @@ pub struct SpoolConfig {
     pub max_record: u64,
     pub fsync: FsyncPolicy,
     pub fsync_interval: Duration,
+    /// Bound on dead letters kept; the oldest are dropped past it.
+    pub dlq_max_bytes: u64,
+    /// Dead letters older than this are dropped.
+    pub dlq_retention: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -159,7 +159,7 @@ pub(super) fn validate(src: &Source<'_>, f: FileConfig, upstream_given: bool) ->
 
     // [spool]
     let sp = &f.spool;
-    let spool = SpoolConfig {
+    let mut spool = SpoolConfig {
         dir: PathBuf::from(sp.dir.as_deref().unwrap_or("./sluice-spool")),
         partitions: sp.partitions.unwrap_or(8),
         max_bytes: size("spool.max_bytes", &sp.max_bytes, 10 << 30)?,
@@ -171,7 +171,14 @@ pub(super) fn validate(src: &Source<'_>, f: FileConfig, upstream_given: bool) ->
             FsyncFile::Never => FsyncPolicy::Never,
         },
         fsync_interval: dur("spool.fsync_interval", &sp.fsync_interval, Duration::from_millis(5))?,
+        dlq_max_bytes: 0,
+        dlq_retention: dur(
+            "spool.dlq_retention",
+            &sp.dlq_retention,
+            Duration::from_secs(7 * 24 * 3600),
+        )?,
     };
+    spool.dlq_max_bytes = size("spool.dlq_max_bytes", &sp.dlq_max_bytes, spool.max_bytes / 10)?;
     if spool.partitions == 0 || spool.partitions > 1024 {
         return Err(src.invalid("spool.partitions", "must be between 1 and 1024"));
     }
@@ -183,6 +190,12 @@ pub(super) fn validate(src: &Source<'_>, f: FileConfig, upstream_given: bool) ->
     }
     if spool.max_bytes < spool.segment_bytes {
         return Err(src.invalid("spool.max_bytes", "must be at least spool.segment_bytes"));
+    }
+    if spool.dlq_max_bytes == 0 || spool.dlq_max_bytes > spool.max_bytes {
+        return Err(src.invalid("spool.dlq_max_bytes", "must be above zero and at most spool.max_bytes"));
+    }
+    if spool.dlq_retention.is_zero() {
+        return Err(src.invalid("spool.dlq_retention", "must be above zero"));
     }
     if spool.fsync == FsyncPolicy::Interval && spool.fsync_interval.is_zero() {
         return Err(src.invalid("spool.fsync_interval", "must be above zero with fsync = \"interval\""));

@@ -169,7 +169,12 @@ impl Inner {
         }
         for (reason, n) in [("max_bytes", by_bytes), ("retention", by_age)] {
             if n > 0 {
-                tracing::warn!(reason, dropped = n, dlq_max_bytes = limit, "oldest dead letters dropped");
+                tracing::warn!(
+                    reason,
+                    dropped = n,
+                    dlq_max_bytes = limit,
+                    "oldest dead letters dropped"
+                );
                 self.observer.dlq_dropped(reason, n);
             }
         }

@@ -9,7 +9,9 @@ use tokio::sync::Notify;
 
 use super::log::{self, LoadReport, LogState};
 use super::reserve::Reserve;
-use super::{file_len, formats, new_shared, read_manifest, status, LogEnv, DLQ_DIR, LOG_DIR, MANIFEST_FILE, RESERVE_FILE};
+use super::{
+    file_len, formats, new_shared, read_manifest, status, LogEnv, DLQ_DIR, LOG_DIR, MANIFEST_FILE, RESERVE_FILE,
+};
 use super::{Clock, Fs, RealFs, SpoolError, SpoolStatus, SystemClock};
 
 /// Reads the status of the spool in `dir` without taking the lock or

@@ -12,9 +12,9 @@ use tokio::sync::{watch, Notify};
 use super::codec::{self, FrameFormat};
 use super::error::SpoolError;
 use super::fs::{is_no_space, Fs};
-use super::reserve::Reserve;
 use super::index::{idx_path, parse_name, seg_path, PartSpan, SegMeta};
 use super::meta::{self, Commits, PartitionCommit, COMMITS_MAGIC, INDEX_MAGIC};
+use super::reserve::Reserve;
 
 pub(crate) const COMMITS_FILE: &str = "COMMITS";
 
@@ -358,7 +358,13 @@ fn scan_segment(
         // never a record to deliver again.
         if r.offset >= *e {
             *e = r.offset + 1;
-            seg.add(r.partition, r.offset, pos as u64, r.frame_len(format) as u64, r.timestamp_ms);
+            seg.add(
+                r.partition,
+                r.offset,
+                pos as u64,
+                r.frame_len(format) as u64,
+                r.timestamp_ms,
+            );
         }
         true
     });
@@ -520,7 +526,10 @@ pub(crate) fn load(
             // older sluice could delete ahead of them). Only where a
             // corrupt stretch could hide them are they left for the reader
             // to dead-letter.
-            let first_on_disk = st.segs.values().find_map(|s| s.parts.get(&(p as u32)).map(|span| span.first));
+            let first_on_disk = st
+                .segs
+                .values()
+                .find_map(|s| s.parts.get(&(p as u32)).map(|span| span.first));
             let floor = first_on_disk.unwrap_or(next);
             if committed < floor && !unclear.contains(&(p as u32)) {
                 report.committed_gap += floor - committed;

@@ -167,8 +167,8 @@ pub use status::{DlqStatus, PartitionStatus, SpoolStatus};
 
 use log::{Formats, LoadReport, LogState, Shared};
 use meta::{Manifest, MANIFEST_MAGIC};
-use reserve::Reserve;
 use reader::LogReader;
+use reserve::Reserve;
 use writer::{AppendReq, Msg, Writer, WriterConfig};
 
 const MANIFEST_FILE: &str = "MANIFEST";
@@ -223,7 +223,13 @@ struct LogEnv {
     reserve: Arc<Reserve>,
 }
 
-fn new_shared(dir: std::path::PathBuf, partitions: u32, formats: Formats, state: LogState, env: &LogEnv) -> Arc<Shared> {
+fn new_shared(
+    dir: std::path::PathBuf,
+    partitions: u32,
+    formats: Formats,
+    state: LogState,
+    env: &LogEnv,
+) -> Arc<Shared> {
     let published = state.parts.iter().map(|p| watch::Sender::new(p.next)).collect();
     let persisted = state.parts.iter().map(|p| p.committed).collect();
     Arc::new(Shared {
@@ -378,8 +384,13 @@ impl Spool {
             formats(&manifest, manifest.keyed_from.log),
             false,
         )?;
-        let (dlq_state, dlq_report) =
-            log::load(&*fs, &dir.join(DLQ_DIR), 1, formats(&manifest, manifest.keyed_from.dlq), false)?;
+        let (dlq_state, dlq_report) = log::load(
+            &*fs,
+            &dir.join(DLQ_DIR),
+            1,
+            formats(&manifest, manifest.keyed_from.dlq),
+            false,
+        )?;
         if manifest.format_version < meta::FORMAT_VERSION {
             // Upgrade: what is on disk stays format 1 and is read as such;
             // new segments are keyed. The manifest is replaced before any

@@ -6,7 +6,6 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-
 use super::dlq;
 use super::reader::{LogReader, Lost, Record};
 use super::{Inner, RecoveredKind, Spool, SpoolError};
@@ -80,7 +79,9 @@ impl PartitionReader {
             {
                 let st = self.inner.main.sh.lock();
                 let p = &st.parts[self.log_partition() as usize];
-                batch.records.retain(|r| r.offset >= p.committed && !p.acked.contains(&r.offset));
+                batch
+                    .records
+                    .retain(|r| r.offset >= p.committed && !p.acked.contains(&r.offset));
             }
             if !batch.records.is_empty() {
                 return Ok(batch.records);
