@@ -303,19 +303,15 @@ impl Writer {
         let mut sealed: SegMeta = self.sh.lock().segs[&self.seg_id].clone();
         sealed.sealed = true;
         let ipath = idx_path(&self.sh.dir, self.seg_id);
-        meta::store(&*self.sh.fs, INDEX_MAGIC, &ipath, &sealed)?;
+        meta::store(&*self.sh.fs, INDEX_MAGIC, &ipath, &sealed).map_err(|e| match e {
+            SpoolError::Io { ref source, .. } if is_no_space(source) => self.no_space(),
+            e => e,
+        })?;
         let idx_len = self.sh.fs.open_read(&ipath).and_then(|f| f.size()).unwrap_or(0);
         crate::crash::point("roll");
         let new_id = self.seg_id + 1;
         let path = seg_path(&self.sh.dir, new_id);
-        let full = |e: &std::io::Error| {
-            is_no_space(e).then_some(SpoolError::Full {
-                partition: 0,
-                cause: FullCause::NoSpace,
-                used: self.sh.disk_bytes.load(Ordering::Acquire),
-                limit: self.cfg.max_bytes.unwrap_or(u64::MAX),
-            })
-        };
+        let full = |e: &std::io::Error| is_no_space(e).then(|| self.no_space());
         let file = self
             .sh
             .fs
@@ -338,6 +334,16 @@ impl Writer {
         self.len = 0;
         self.synced();
         Ok(())
+    }
+
+    /// The device is full (the caller fills in the partition).
+    fn no_space(&self) -> SpoolError {
+        SpoolError::Full {
+            partition: 0,
+            cause: FullCause::NoSpace,
+            used: self.sh.disk_bytes.load(Ordering::Acquire),
+            limit: self.cfg.max_bytes.unwrap_or(u64::MAX),
+        }
     }
 
     fn round(&mut self) {
