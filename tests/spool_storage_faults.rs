@@ -192,7 +192,7 @@ async fn enospc_at_every_kind_of_write() {
         o.segment_bytes = 2048;
         o.max_record = 512;
         let s = open(&o).await;
-        let mut acked = vec![0u64; 2];
+        let mut acked = [0u64; 2];
         for i in 0..10 {
             for p in 0..2 {
                 s.append(p, payload(p, i, 120)).await.unwrap();
@@ -295,6 +295,6 @@ async fn eio_on_fsync_at_a_roll_with_fsync_never() {
     for r in &got {
         assert_eq!(r.payload, payload(0, r.offset, 120));
     }
-    assert_eq!(faults.fsyncs.load(Ordering::Relaxed) > 1, true);
+    assert!(faults.fsyncs.load(Ordering::Relaxed) > 1, "the reopen fsynced again");
     s.close().await.unwrap();
 }
