@@ -7,7 +7,9 @@
 //! ```text
 //! DIR/                       0700
 //!   LOCK                     flock(LOCK_EX|LOCK_NB) by the one writer process
-//!   MANIFEST                 format version, partition count, spool id, frame ceiling
+//!   MANIFEST                 format version, partition count, spool id, frame ceiling,
+//!                            frame key, first keyed segment per log
+//!   RESERVE                  256 KiB given up when a full device cannot write COMMITS
 //!   log/                     the data log, shared by all partitions
 //!     00000000000000000000.seg   segment files, named by sequence number
 //!     00000000000000000000.idx   sparse index of a *sealed* segment
@@ -36,22 +38,36 @@
 //! count, bytes and a sparse list of `(offset, position)` every 64 KiB of
 //! that partition's data. The costs, accepted: a partition reader skips
 //! the other partitions' frames in the segments it reads (on the header
-//! alone, without checksumming them), and retention is by whole segment:
+//! alone, without checksumming them, as long as the skip lands on a
+//! plausible header; a gap found after such skips is read again with
+//! every frame checked), and retention is by whole segment:
 //! a segment is reclaimed when every partition in it is committed past it,
 //! so one stuck partition holds back reclaim of segments it has records in.
 //!
 //! # Record frame (all integers little-endian)
 //!
+//! Format 2, what every new segment is written in:
 //! ```text
-//! 0   len        u32   bytes after the crc field: 21 + payload length
-//! 4   crc        u32   crc32c over bytes 0..4 (len) and 8..8+len
-//! 8   partition  u32
-//! 12  offset     u64   dense per partition, never reused
-//! 20  timestamp  u64   ms since the Unix epoch, from the injected clock
-//! 28  flags      u8    opaque to the spool (the caller's encoding)
-//! 29  payload    len - 21 bytes
+//! 0   len        u32   bytes after the checksum: 21 + payload length
+//! 4   mac        [16]  SipHash-1-3-128 under the manifest's frame_key, over
+//!                      bytes 0..4 (len) and 20..20+len
+//! 20  partition  u32
+//! 24  offset     u64   dense per partition, never reused
+//! 32  timestamp  u64   ms since the Unix epoch, from the injected clock
+//! 40  flags      u8    opaque to the spool (the caller's encoding)
+//! 41  payload    len - 21 bytes
 //! ```
-//! `len` must be in `21..=MAX_BODY_LEN` (64 MiB, a constant of format 1,
+//! Format 1 is the same with a 4-byte CRC32C in place of the MAC (header
+//! 29 bytes). A client's body is stored raw, so a body may hold bytes that
+//! look like a frame; with CRC32C anyone can make them check out, and a
+//! reader resynchronising inside that body after damage would take them
+//! for a record of the client's making. The key (random, 128 bits, in the
+//! manifest, never shown by any status) makes that impossible. A spool
+//! made by format 1 is upgraded at open: its segments stay CRC32C and are
+//! read as such; the manifest names, per log, the first keyed segment
+//! (`keyed_from`), and the writer rolls to it before its first append.
+//!
+//! `len` must be in `21..=MAX_BODY_LEN` (64 MiB, a constant of the format,
 //! stored in the manifest and checked at open); anything else is
 //! corruption, never an allocation. `max_record` only limits new appends.
 //! A zero-filled region decodes as `len = 0`: invalid.
@@ -78,12 +94,26 @@
 //!   acked offsets. Acks are persisted by a housekeeper at most
 //!   `commit_interval` (100 ms) after an ack, and at `checkpoint`/`close`;
 //!   a crash loses at most that window, which means redelivery, not loss.
-//! - A segment is deleted only after the commits that make it reclaimable
-//!   are persisted, then the directory is fsynced.
-//! - The quota (`max_bytes`) counts segments, indexes and metadata. An
-//!   append that would exceed it fails with `Full` before anything is
-//!   written. The dead-letter log is counted but not refused (it holds
-//!   records that are leaving their partitions).
+//! - A segment is deleted only when the committed offsets *as persisted in
+//!   `COMMITS`* cover it (never on acks only memory knows), then the
+//!   directory is fsynced. So at load, offsets of a partition missing
+//!   before its first record on disk were committed, and count as such,
+//!   unless a corrupt stretch in a scanned segment could hide them; those
+//!   the reader dead-letters.
+//! - A reader's position moves only when a batch is handed out: an error
+//!   part-way (a segment that cannot be opened, a dead letter that cannot
+//!   be written) leaves it where it was, and the next read returns the
+//!   same records.
+//! - No record is declared lost on a guess: gaps are believed only after a
+//!   pass that checksummed every frame it crossed, and after a resync a
+//!   frame is taken only if its offset is one the skipped bytes could hold
+//!   (`codec::offset_window`). A lost record's dead letter keeps whatever
+//!   bytes of its payload could still be read.
+//! - The quota (`max_bytes`) counts segments, indexes and metadata (not
+//!   the reserve). An append that would exceed it fails with `Full` before
+//!   anything is written. The dead-letter log is counted but not refused
+//!   (it holds records that are leaving their partitions); it is held to
+//!   `dlq_max_bytes` and `dlq_retention` by dropping its oldest letters.
 //!
 //! # What each fsync mode promises
 //!
@@ -93,26 +123,31 @@
 //! - `always`: and after an fdatasync covering them. Concurrent appends from
 //!   all partitions share it (group commit, see `writer.rs`). Survives power
 //!   loss.
-//! - `interval(d)`: the writer fdatasyncs at most `d` after a write. A power
-//!   loss can lose up to `d` of acknowledged appends.
+//! - `interval(d)`: the writer fdatasyncs at most `d` after a write (and
+//!   early past 16 MiB). A power loss can lose up to `d` of acknowledged
+//!   appends. The bytes written since the last good fdatasync are kept in
+//!   memory, so when an fdatasync fails (and the kernel may have dropped
+//!   those pages while marking them clean) they are written again and
+//!   fdatasynced before anything else is accepted.
 //! - `never`: the OS writes back when it likes (still fsynced on segment
-//!   roll and close).
+//!   roll and close). When such an fsync fails, the offset range at risk
+//!   is logged per partition.
 //!
 //! # Recovery
 //!
 //! At open the sealed segments come from their indexes; only the active
 //! (last) segment is scanned: the last trusted checkpoint is the seal of
 //! the previous segment, so open reads at most `segment_bytes` of data
-//! however large the backlog. The scan checks CRC, partition range and
-//! offset continuity. An invalid frame followed by a valid one is
+//! however large the backlog. The scan checks the checksum, partition
+//! range and (after a resync) the offset window. An invalid frame followed by a valid one is
 //! corruption in the middle and is skipped; an invalid frame with nothing
 //! valid after it is a torn or zero-filled tail, and is truncated (counted
 //! as `truncated_bytes`). A sealed segment whose index is missing or bad is
 //! scanned once and its index rewritten.
 //!
 //! Corruption further back is found when read: a partition reader that
-//! finds a gap in its offsets (the frame failed its CRC and was skipped by
-//! resynchronising on the next valid frame) dead-letters each missing
+//! finds a gap in its offsets (the frame failed its checksum and was
+//! skipped by resynchronising on the next valid frame) dead-letters each missing
 //! offset with reason "corrupt", acks it, counts it as `corrupt_records`,
 //! and moves on. The spool never refuses to start or stalls over one bad
 //! record. (If the corrupt frame was the last one of its partition in the
@@ -126,10 +161,20 @@
 //!   (`Full { cause: NoSpace }` for ENOSPC), and the spool stays usable.
 //! - A failed fdatasync: the batch's appends fail with `Failed`, the spool
 //!   refuses appends (`Unavailable`) and the writer reopens the active
-//!   segment, cuts it back to the published length and fdatasyncs that new
-//!   state; it retries every 50 ms until that succeeds. An fsync is never
-//!   retried on the same file state. In `interval` mode the records written
-//!   since the last good fsync stay (their appends already returned).
+//!   segment, cuts it back to the published length, writes again what
+//!   `interval` mode published since the last good fdatasync, and
+//!   fdatasyncs that new state; it retries every 50 ms until that
+//!   succeeds. An fsync is never retried on the same file state.
+//! - ENOSPC anywhere an append needs space (the segment, a new segment, a
+//!   sealed segment's index) is `Full { cause: NoSpace }`: 503 for a
+//!   client, never a corrupt spool.
+//! - `COMMITS` is replaced through a temporary file, which needs free
+//!   blocks. On a device filled to the last block the reserve is deleted
+//!   so the commit (which is what lets retention free space) still goes
+//!   through; it is written again after the next reclaim. Each log
+//!   checkpoints on its own: one log's error never stops the other.
+//! - A missing `MANIFEST` next to a log with records, or a damaged one, is
+//!   refused at open with an error naming it: sluice never guesses a key.
 
 pub mod codec;
 mod dlq;
