@@ -147,5 +147,28 @@ fn read(c: &mut Criterion) {
     let _ = std::io::stderr().flush();
 }
 
-criterion_group!(benches, append, fsync_rounds, read);
+/// What a frame's checksum costs to write and verify: format 1 (CRC32C)
+/// against format 2 (SipHash-1-3-128, keyed).
+fn frame_checksum(c: &mut Criterion) {
+    use sluice::spool::codec::FrameFormat;
+    let mut g = c.benchmark_group("frame_encode_decode_1KiB");
+    g.throughput(Throughput::Bytes(1024));
+    let payload = vec![7u8; 1024];
+    for (name, format) in [
+        ("format1_crc32c", FrameFormat::Crc32c),
+        ("format2_siphash13_128", FrameFormat::Keyed(*b"0123456789abcdef")),
+    ] {
+        let mut buf = Vec::with_capacity(2048);
+        g.bench_function(BenchmarkId::from_parameter(name), |b| {
+            b.iter(|| {
+                buf.clear();
+                format.encode(&mut buf, 1, 42, 0, 0, &payload);
+                std::hint::black_box(format.decode(&buf));
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, append, fsync_rounds, read, frame_checksum);
 criterion_main!(benches);
