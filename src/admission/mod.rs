@@ -131,12 +131,25 @@ impl<C: Clock> RouteTable<C> {
 fn matches(cfg: &RouteConfig, req: &RequestFacts<'_>) -> bool {
     let m = &cfg.matcher;
     if let Some(p) = &m.path {
-        if req.path != p {
+        let same = if m.ignore_case {
+            req.path.eq_ignore_ascii_case(p)
+        } else {
+            req.path == p
+        };
+        if !same {
             return false;
         }
     }
     if let Some(p) = &m.path_prefix {
-        if !req.path.starts_with(p.as_str()) {
+        let under = if m.ignore_case {
+            req.path
+                .as_bytes()
+                .get(..p.len())
+                .is_some_and(|head| head.eq_ignore_ascii_case(p.as_bytes()))
+        } else {
+            req.path.starts_with(p.as_str())
+        };
+        if !under {
             return false;
         }
     }

@@ -61,6 +61,16 @@ pub struct ServerFile {
     pub status_max_entries: Option<usize>,
     /// How often the config file is checked for changes ("0s": never).
     pub config_poll_interval: Option<String>,
+    pub normalize_path: Option<bool>,
+    pub merge_slashes: Option<bool>,
+    pub escaped_slashes: Option<EscapedSlashesFile>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EscapedSlashesFile {
+    Reject,
+    Keep,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -156,6 +166,7 @@ pub struct MatchFile {
     pub path: Option<String>,
     pub methods: Option<Vec<String>>,
     pub host: Option<String>,
+    pub ignore_case: Option<bool>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -16,8 +16,8 @@ mod validate;
 
 pub use error::ConfigError;
 pub use types::{
-    AdminConfig, Config, DrainConfig, FsyncPolicy, KeySource, OnLimit, Ordering, RouteConfig, RouteMatch, ServerConfig,
-    SpoolConfig, TlsConfig, UpstreamConfig,
+    AdminConfig, Config, DrainConfig, EscapedSlashes, FsyncPolicy, KeySource, OnLimit, Ordering, PathPolicy,
+    RouteConfig, RouteMatch, ServerConfig, SpoolConfig, TlsConfig, UpstreamConfig,
 };
 pub use units::Rate;
 pub use validate::parse_upstream_flag;

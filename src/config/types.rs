@@ -43,6 +43,25 @@ pub struct ServerConfig {
     pub status_max_entries: usize,
     /// Zero: the file is not watched (SIGHUP and /admin/reload still work).
     pub config_poll_interval: Duration,
+    /// How request paths are normalised before routing (`proxy::path`).
+    pub path: PathPolicy,
+}
+
+/// What to do with `%2F` and `%5C` in a request path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EscapedSlashes {
+    /// 400.
+    Reject,
+    /// Forwarded as they are, never taken for a separator.
+    Keep,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PathPolicy {
+    /// Decode escaped unreserved characters, resolve dot segments.
+    pub normalize: bool,
+    pub merge_slashes: bool,
+    pub escaped_slashes: EscapedSlashes,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -136,6 +155,8 @@ pub struct RouteMatch {
     pub path: Option<String>,
     pub methods: Option<Vec<Method>>,
     pub host: Option<String>,
+    /// `path` and `path_prefix` compare ASCII case-insensitively.
+    pub ignore_case: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -90,6 +90,14 @@ pub(super) fn validate(src: &Source<'_>, f: FileConfig, upstream_given: bool) ->
             &s.config_poll_interval,
             Duration::from_secs(2),
         )?,
+        path: PathPolicy {
+            normalize: s.normalize_path.unwrap_or(true),
+            merge_slashes: s.merge_slashes.unwrap_or(true),
+            escaped_slashes: match s.escaped_slashes.unwrap_or(EscapedSlashesFile::Reject) {
+                EscapedSlashesFile::Reject => EscapedSlashes::Reject,
+                EscapedSlashesFile::Keep => EscapedSlashes::Keep,
+            },
+        },
     };
     if server.status_max_entries == 0 {
         return Err(src.invalid("server.status_max_entries", "must be at least 1"));
@@ -416,6 +424,7 @@ fn validate_route(src: &Source<'_>, i: usize, r: &RouteFile) -> Result<RouteConf
             path: m.path.clone(),
             methods,
             host: m.host.as_ref().map(|h| h.to_ascii_lowercase()),
+            ignore_case: m.ignore_case.unwrap_or(false),
         },
         rate,
         burst,

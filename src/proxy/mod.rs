@@ -10,6 +10,7 @@
 pub mod error;
 pub mod headers;
 pub mod layer;
+pub mod path;
 
 pub use error::ProxyError;
 

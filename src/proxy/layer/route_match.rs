@@ -5,7 +5,7 @@
 //! [`Reply`] counted under the route (or `unmatched`).
 
 use crate::admission::{key_for, RequestFacts};
-use crate::proxy::headers;
+use crate::proxy::{headers, path};
 use crate::proxy::{Answer, ConnInfo, Matched, ProxyError, Reply};
 use crate::runtime::{RouteStats, Shared};
 use http::header::HOST;
@@ -89,6 +89,17 @@ where
         let start = Instant::now();
         let runtime = self.shared.runtime.load_full();
         let cfg = &runtime.config;
+        // One spelling per path before anything looks at it: matched,
+        // forwarded and spooled alike.
+        match path::normalize(req.uri().path(), &cfg.server.path) {
+            Ok(Cow::Borrowed(_)) => {}
+            Ok(Cow::Owned(clean)) => {
+                if let Err(detail) = set_path(&mut req, &clean) {
+                    return ResponseFuture::refused(runtime.unmatched.clone(), detail);
+                }
+            }
+            Err(e) => return ResponseFuture::refused(runtime.unmatched.clone(), e.to_string()),
+        }
         let client_ip = headers::client_ip(self.conn.peer.ip(), req.headers(), &cfg.server.trusted_proxies);
         let host = host_of(&req);
         let facts = RequestFacts {
@@ -129,17 +140,43 @@ where
         let stats = matched.stats().clone();
         req.extensions_mut().insert(matched);
         ResponseFuture {
-            inner: self.inner.call(req),
+            inner: Some(self.inner.call(req)),
+            refused: None,
             stats: Some(stats),
         }
     }
 }
 
+/// Replaces the path of the request target, keeping its query.
+fn set_path<B>(req: &mut Request<B>, path: &str) -> Result<(), String> {
+    let mut parts = req.uri().clone().into_parts();
+    let pq = match req.uri().query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_owned(),
+    };
+    parts.path_and_query = Some(pq.parse().map_err(|e| format!("normalised path: {e}"))?);
+    *req.uri_mut() = http::Uri::from_parts(parts).map_err(|e| format!("normalised path: {e}"))?;
+    Ok(())
+}
+
 pin_project! {
     pub struct ResponseFuture<F> {
+        // `None` when the request was refused before routing.
         #[pin]
-        inner: F,
+        inner: Option<F>,
+        refused: Option<ProxyError>,
         stats: Option<Arc<RouteStats>>,
+    }
+}
+
+impl<F> ResponseFuture<F> {
+    /// A path that can't be normalised: 400, counted as unmatched.
+    fn refused(unmatched: Arc<RouteStats>, detail: String) -> Self {
+        ResponseFuture {
+            inner: None,
+            refused: Some(ProxyError::BadRequest { detail }),
+            stats: Some(unmatched),
+        }
     }
 }
 
@@ -151,7 +188,10 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let result = std::task::ready!(this.inner.poll(cx));
+        let result = match this.inner.as_pin_mut() {
+            Some(inner) => std::task::ready!(inner.poll(cx)),
+            None => Err(this.refused.take().expect("a refused request has its error")),
+        };
         Poll::Ready(Ok(Reply {
             route: this.stats.take(),
             result,
