@@ -9,6 +9,20 @@
 //! them changes no decision — are swept out periodically to make room.
 
 use dashmap::DashMap;
+
+/// What a bucket is keyed by: SHA-256 of the key's value, truncated to
+/// 128 bits. Fixed size, so memory per key is bounded whatever clients
+/// send (a 16 KiB header value costs what a 4-byte one does), and the same
+/// on every replica, so a store shared between replicas can use it too.
+pub type KeyHash = u128;
+
+/// The bucket key of a key value.
+pub fn key_hash(value: &[u8]) -> KeyHash {
+    let d = ring::digest::digest(&ring::digest::SHA256, value);
+    let mut first = [0u8; 16];
+    first.copy_from_slice(&d.as_ref()[..16]);
+    u128::from_be_bytes(first)
+}
 use governor::nanos::Nanos;
 use governor::state::keyed::ShrinkableKeyedStateStore;
 use governor::state::StateStore;
@@ -40,7 +54,7 @@ impl Tat {
 }
 
 pub struct BoundedKeyedStore {
-    buckets: DashMap<String, Tat>,
+    buckets: DashMap<KeyHash, Tat>,
     max_keys: usize,
     /// Shared by new keys while every slot is in recent use.
     overflow: Tat,
@@ -68,9 +82,9 @@ impl BoundedKeyedStore {
 }
 
 impl StateStore for BoundedKeyedStore {
-    type Key = String;
+    type Key = KeyHash;
 
-    fn measure_and_replace<T, F, E>(&self, key: &String, f: F) -> Result<T, E>
+    fn measure_and_replace<T, F, E>(&self, key: &KeyHash, f: F) -> Result<T, E>
     where
         F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
     {
@@ -81,12 +95,12 @@ impl StateStore for BoundedKeyedStore {
             self.overflow_hits.fetch_add(1, Ordering::Relaxed);
             return self.overflow.measure_and_replace(f);
         }
-        let slot = self.buckets.entry(key.clone()).or_default();
+        let slot = self.buckets.entry(*key).or_default();
         slot.measure_and_replace(f)
     }
 }
 
-impl ShrinkableKeyedStateStore<String> for BoundedKeyedStore {
+impl ShrinkableKeyedStateStore<KeyHash> for BoundedKeyedStore {
     fn retain_recent(&self, drop_below: Nanos) {
         let floor = drop_below.as_u64();
         self.buckets.retain(|_, tat| tat.0.load(Ordering::Relaxed) > floor);
@@ -114,9 +128,9 @@ impl ShrinkableKeyedStateStore<String> for BoundedKeyedStore {
 pub struct SharedStore(pub std::sync::Arc<BoundedKeyedStore>);
 
 impl StateStore for SharedStore {
-    type Key = String;
+    type Key = KeyHash;
 
-    fn measure_and_replace<T, F, E>(&self, key: &String, f: F) -> Result<T, E>
+    fn measure_and_replace<T, F, E>(&self, key: &KeyHash, f: F) -> Result<T, E>
     where
         F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
     {
@@ -124,7 +138,7 @@ impl StateStore for SharedStore {
     }
 }
 
-impl ShrinkableKeyedStateStore<String> for SharedStore {
+impl ShrinkableKeyedStateStore<KeyHash> for SharedStore {
     fn retain_recent(&self, drop_below: Nanos) {
         self.0.retain_recent(drop_below)
     }

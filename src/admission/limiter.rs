@@ -1,7 +1,7 @@
 //! One route's token bucket(s): a single governor GCRA limiter for
 //! `key = "global"`, or a keyed one over [`BoundedKeyedStore`].
 
-use super::keyed::{BoundedKeyedStore, SharedStore};
+use super::keyed::{key_hash, BoundedKeyedStore, KeyHash, SharedStore};
 use crate::config::{KeySource, Rate};
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
@@ -22,7 +22,7 @@ pub enum Verdict {
 }
 
 type Direct<C> = RateLimiter<NotKeyed, InMemoryState, C, StateInformationMiddleware>;
-type Keyed<C> = RateLimiter<String, SharedStore, C, StateInformationMiddleware>;
+type Keyed<C> = RateLimiter<KeyHash, SharedStore, C, StateInformationMiddleware>;
 
 enum Buckets<C: Clock> {
     Global(Direct<C>),
@@ -56,7 +56,7 @@ impl<C: Clock> RouteLimiter<C> {
             _ => {
                 let store = Arc::new(BoundedKeyedStore::new(spec.max_keys));
                 Buckets::Keyed(
-                    RateLimiter::<String, SharedStore, C, governor::middleware::NoOpMiddleware<C::Instant>>::new(
+                    RateLimiter::<KeyHash, SharedStore, C, governor::middleware::NoOpMiddleware<C::Instant>>::new(
                         quota,
                         SharedStore(store.clone()),
                         clock,
@@ -81,9 +81,10 @@ impl<C: Clock> RouteLimiter<C> {
                 if store.sweep_due() {
                     l.retain_recent();
                 }
-                // A String is needed for the lookup key; header values are
-                // short and this is the only allocation on the keyed path.
-                Self::verdict(l.check_key(&key.to_owned()), l.clock())
+                // Buckets are keyed by a fixed-size hash of the value, never
+                // the value: a flood of long distinct values costs the same
+                // bytes per key as short ones.
+                Self::verdict(l.check_key(&key_hash(key.as_bytes())), l.clock())
             }
         }
     }
