@@ -111,3 +111,43 @@ async fn ignore_case_matches_any_case_of_the_path() {
         assert_eq!(raw_get(sluice.data_addr, target).await, 429, "{target}");
     }
 }
+
+/// Sends raw request bytes and returns the status code.
+async fn raw(addr: SocketAddr, request: &str) -> u16 {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    let head = String::from_utf8_lossy(&buf);
+    head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+}
+
+/// Issue 11, defect 6: HTTP/1.0 without Host gets the upstream's
+/// authority; HTTP/1.1 without Host is refused as RFC 9112 requires.
+#[tokio::test]
+async fn host_rules_for_http_1_0_and_1_1() {
+    let backend = Backend::ok().await;
+    let sluice = start_sluice(&config_text(&backend.url(), "")).await;
+    assert_eq!(raw(sluice.data_addr, "GET /ten HTTP/1.0\r\n\r\n").await, 200);
+    let seen = backend.last();
+    assert_eq!(seen.version, http::Version::HTTP_11);
+    assert_eq!(seen.headers["host"], backend.addr.to_string().as_str());
+    assert_eq!(
+        raw(sluice.data_addr, "GET /eleven HTTP/1.1\r\nConnection: close\r\n\r\n").await,
+        400
+    );
+    assert_eq!(
+        backend.count(),
+        1,
+        "the HTTP/1.1 request without Host never reached the backend"
+    );
+    assert_eq!(
+        raw(
+            sluice.data_addr,
+            "GET /eleven HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n"
+        )
+        .await,
+        200
+    );
+    assert_eq!(backend.last().headers["host"], "a.test");
+}

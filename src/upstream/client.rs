@@ -197,6 +197,14 @@ impl Upstream {
     /// When the request certainly never reached the backend it comes back
     /// in [`Failed::unsent`], so the caller may spool it instead.
     pub async fn send(self: Arc<Self>, mut req: Request<RequestBody>) -> Result<Response<UpstreamBody>, Failed> {
+        // An HTTP/1.0 client may send no Host; HTTP/1.1 requires one, so
+        // the backend gets its own authority (as nginx's proxy_set_header
+        // Host $proxy_host default does).
+        if !req.headers().contains_key(http::header::HOST) {
+            if let Ok(v) = http::HeaderValue::from_str(&self.authority) {
+                req.headers_mut().insert(http::header::HOST, v);
+            }
+        }
         loop {
             let (mut sender, fresh) = match self.checkout() {
                 Some(s) => (s, false),

@@ -89,6 +89,10 @@ where
         let start = Instant::now();
         let runtime = self.shared.runtime.load_full();
         let cfg = &runtime.config;
+        // RFC 9112 §3.2: an HTTP/1.1 request without Host is refused.
+        if req.version() == http::Version::HTTP_11 && !req.headers().contains_key(HOST) {
+            return ResponseFuture::refused(runtime.unmatched.clone(), "HTTP/1.1 request without Host".into());
+        }
         // One spelling per path before anything looks at it: matched,
         // forwarded and spooled alike.
         match path::normalize(req.uri().path(), &cfg.server.path) {
