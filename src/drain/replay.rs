@@ -14,13 +14,13 @@ use crate::shutdown::Shutdown;
 use crate::spool::Record;
 use crate::upstream::body::RequestBody;
 use crate::upstream::{Outbound, ReplayStack, UpstreamError};
-use http::header::{HeaderName, HeaderValue, RETRY_AFTER};
+use http::header::{HeaderName, HeaderValue};
 use http::{Request, Uri, Version};
 use http_body_util::BodyExt;
 use prometheus::IntCounter;
 use rand::Rng;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use tokio::task::JoinSet;
 use tower::ServiceExt;
 
@@ -285,13 +285,9 @@ impl Drainer {
             }
         };
         let status = resp.status().as_u16();
-        let retry_after = resp
-            .headers()
-            .get(RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            // A backend's word is honoured up to backoff_max, no further.
-            .map(|secs| Duration::from_secs(secs).min(cfg.drain.backoff_max));
+        // A backend's word is honoured up to backoff_max, no further.
+        let retry_after =
+            crate::upstream::retry_after(resp.headers(), SystemTime::now()).map(|d| d.min(cfg.drain.backoff_max));
         // Read the (small) answer within what is left of the timeout: a
         // backend that stalls mid-body must not hold this partition (and a
         // budget slot) for ever. Read to its end, the body gives the
