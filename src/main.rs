@@ -127,6 +127,8 @@ fn config_exit(e: &ConfigError) -> ExitCode {
 }
 
 fn main() -> ExitCode {
+    // Ages are measured from here: wall clock now + monotonic time since.
+    sluice::clock::init();
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => match Config::load(Some(&config), &Overrides::default()) {
