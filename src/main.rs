@@ -293,7 +293,10 @@ async fn dlq_command(cmd: DlqCommand) -> anyhow::Result<()> {
                 all: sel.all,
                 ids: sel.id,
             };
-            let pairs = dlq::replay(&spool, Some(&outcomes), &selection).await?;
+            // Offline, the spool directory's lock keeps every other
+            // process out; the DLQ lock only has this one operation to order.
+            let lock = dlq::DlqLock::default();
+            let pairs = dlq::replay(&spool, Some(&outcomes), &lock, &selection).await?;
             for (old, new) in &pairs {
                 println!("{old} -> {new}");
             }
@@ -306,7 +309,7 @@ async fn dlq_command(cmd: DlqCommand) -> anyhow::Result<()> {
                 all: sel.all,
                 ids: sel.id,
             };
-            let n = dlq::purge(&spool, &selection).await?;
+            let n = dlq::purge(&spool, &dlq::DlqLock::default(), &selection).await?;
             println!("purged {n}");
             spool.close().await?;
         }

@@ -2,11 +2,27 @@
 //! (offline): list, replay (append again at the tail of the partition
 //! with a new id and the same Idempotency-Key), purge — all, or selected
 //! by request id.
+//!
+//! Replay and purge of one spool are serialised by its [`DlqLock`], and
+//! replay checks again under the lock that each letter it selected is
+//! still in the DLQ before appending it, so two operators (or one
+//! impatient script) replaying the same letter at once enqueue it once.
+//! What the lock can't cover is a crash between a letter's re-append and
+//! its removal from the DLQ: after the restart the letter is still there,
+//! and replaying it again gives a second copy. Both copies carry the same
+//! Idempotency-Key, which is how the backend tells them apart.
 
 use super::envelope::Envelope;
 use super::id::RequestId;
 use super::outcomes::{now_ms, Outcome, OutcomeStore, State};
 use crate::spool::{DeadLetter, DlqSelection, Spool, SpoolError};
+
+/// Serialises the replay and purge of one spool's dead letters. The
+/// running sluice keeps one in its [`super::spooler::Spooler`]; the
+/// offline CLI makes its own (the spool directory's lock already keeps
+/// every other process out).
+#[derive(Debug, Default)]
+pub struct DlqLock(tokio::sync::Mutex<()>);
 
 /// A dead letter as shown to operators.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -117,8 +133,9 @@ async fn select_page(
 }
 
 /// Drops the selected dead letters; returns how many.
-pub async fn purge(spool: &Spool, sel: &Selection) -> Result<u64, DlqError> {
+pub async fn purge(spool: &Spool, lock: &DlqLock, sel: &Selection) -> Result<u64, DlqError> {
     let wanted = parse_selection(sel)?;
+    let _serial = lock.0.lock().await;
     let mut offsets = Vec::new();
     let mut from = Some(0);
     while let Some(start) = from {
@@ -134,12 +151,19 @@ pub async fn purge(spool: &Spool, sel: &Selection) -> Result<u64, DlqError> {
 /// Idempotency-Key (the client's, or else the old id), so a backend that
 /// dedupes sees the same key; the old id's status shows `replayed_as`.
 /// Returns `(old id, new id)` pairs.
+///
+/// Holds `lock` throughout. Not cancel-safe: dropped between a letter's
+/// append and its purge, the letter stays in the DLQ after being
+/// re-enqueued, so callers that may be cancelled (a request handler whose
+/// client goes away) run it in a task of its own.
 pub async fn replay(
     spool: &Spool,
     outcomes: Option<&OutcomeStore>,
+    lock: &DlqLock,
     sel: &Selection,
 ) -> Result<Vec<(String, String)>, DlqError> {
     let wanted = parse_selection(sel)?;
+    let _serial = lock.0.lock().await;
     let mut done = Vec::new();
     let mut letters = Vec::new();
     let mut from = Some(0);
@@ -153,6 +177,12 @@ pub async fn replay(
             continue;
         }
         let Some(d) = letters.pop() else { break };
+        // Still there? It was selected from a page read a moment ago; if
+        // it has gone since (the spool's own DLQ retention drops old
+        // letters without this lock) it must not be enqueued.
+        if spool.dlq_get(d.dlq_offset).await?.is_none() {
+            continue;
+        }
         let partition = d.partition.min(spool.partitions() - 1);
         let Ok(mut env) = Envelope::decode(d.payload.clone()) else {
             // Not a request we can send (e.g. a corrupt record's stub):
