@@ -24,6 +24,21 @@ use crate::spool::{DeadLetter, DlqSelection, Spool, SpoolError};
 #[derive(Debug, Default)]
 pub struct DlqLock(tokio::sync::Mutex<()>);
 
+/// The 16-byte token of the request a dead letter holds, read from the raw
+/// payload (an envelope starts with its version byte, then the token). It
+/// is there as long as the payload's first 17 bytes are, even when the
+/// rest is damaged or cut short (a corrupt record's letter keeps what
+/// could be read); `None` for a shorter payload.
+pub fn letter_token(d: &DeadLetter) -> Option<[u8; 16]> {
+    d.payload.get(1..17)?.try_into().ok()
+}
+
+/// Whether dead letter `d` is the request `id`: the same position, and a
+/// token read from its raw bytes that matches (in constant time).
+pub fn letter_is(id: &RequestId, d: &DeadLetter) -> bool {
+    id.partition == d.partition && id.offset == d.offset && letter_token(d).is_some_and(|t| id.token_matches(&t))
+}
+
 /// A dead letter as shown to operators.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct DeadLetterView {
@@ -111,12 +126,7 @@ fn parse_selection(sel: &Selection) -> Result<Vec<RequestId>, DlqError> {
 }
 
 fn selected(sel: &Selection, wanted: &[RequestId], d: &DeadLetter) -> bool {
-    sel.all
-        || wanted.iter().any(|id| {
-            id.partition == d.partition
-                && id.offset == d.offset
-                && Envelope::decode(d.payload.clone()).is_ok_and(|e| id.token_matches(&e.token))
-        })
+    sel.all || wanted.iter().any(|id| letter_is(id, d))
 }
 
 /// The selected dead letters of one page starting at `from`, and where the
@@ -228,4 +238,117 @@ pub async fn replay(
         done.push((old.encode(), new.encode()));
     }
     Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use http::{HeaderMap, Method};
+
+    fn envelope(token: [u8; 16]) -> Bytes {
+        Envelope {
+            token,
+            arrived_ms: 1_700_000_000_000,
+            attempt_base: 0,
+            route: "orders".into(),
+            method: Method::POST,
+            path_and_query: "/orders".into(),
+            idempotency_key: None,
+            headers: HeaderMap::new(),
+            body: Bytes::from_static(b"a body that got damaged on disk"),
+        }
+        .encode()
+    }
+
+    /// A "corrupt" dead letter as the spool writes one: the frame's
+    /// payload as far as it could be read.
+    fn corrupt_letter(payload: Bytes) -> DeadLetter {
+        DeadLetter {
+            dlq_offset: 12,
+            dead_at_ms: 1_700_000_001_000,
+            partition: 2,
+            offset: 40,
+            timestamp_ms: 0,
+            flags: 0,
+            reason: "corrupt".into(),
+            last_status: None,
+            payload_len: payload.len(),
+            payload,
+        }
+    }
+
+    #[test]
+    fn a_corrupt_letters_token_is_read_from_its_raw_bytes() {
+        let token = RequestId::new_token();
+        let id = RequestId {
+            partition: 2,
+            offset: 40,
+            token,
+        };
+        let whole = envelope(token);
+
+        // Intact, damaged past the token, or cut short after it: found.
+        let mut damaged = whole.to_vec();
+        let last = damaged.len() - 1;
+        damaged[last] ^= 0x40;
+        damaged[20] ^= 0xff;
+        for payload in [
+            whole.clone(),
+            Bytes::from(damaged),
+            whole.slice(..17),
+            whole.slice(..30),
+        ] {
+            let d = corrupt_letter(payload.clone());
+            assert_eq!(letter_token(&d), Some(token), "{} bytes", payload.len());
+            assert!(letter_is(&id, &d), "{} bytes", payload.len());
+        }
+        // Even a damaged version byte leaves the token where it was.
+        let mut bad_version = whole.to_vec();
+        bad_version[0] = 0xee;
+        assert!(letter_is(&id, &corrupt_letter(Bytes::from(bad_version))));
+
+        // Cut inside the token, or empty (the spool had nothing): no token.
+        for cut in [0, 1, 9, 16] {
+            let d = corrupt_letter(whole.slice(..cut));
+            assert_eq!(letter_token(&d), None, "cut at {cut}");
+            assert!(!letter_is(&id, &d), "cut at {cut}");
+        }
+        // A damaged token, another token, or another position: not this id.
+        let mut bad_token = whole.to_vec();
+        bad_token[5] ^= 1;
+        assert!(!letter_is(&id, &corrupt_letter(Bytes::from(bad_token))));
+        let other = RequestId {
+            token: RequestId::new_token(),
+            ..id
+        };
+        assert!(!letter_is(&other, &corrupt_letter(whole.clone())));
+        for (partition, offset) in [(3, 40), (2, 41)] {
+            let moved = RequestId {
+                partition,
+                offset,
+                ..id
+            };
+            assert!(!letter_is(&moved, &corrupt_letter(whole.clone())));
+        }
+    }
+
+    #[test]
+    fn selection_by_id_finds_a_letter_whose_envelope_no_longer_decodes() {
+        let token = RequestId::new_token();
+        let id = RequestId {
+            partition: 2,
+            offset: 40,
+            token,
+        };
+        let sel = Selection {
+            all: false,
+            ids: vec![id.encode()],
+        };
+        let wanted = parse_selection(&sel).unwrap();
+        let d = corrupt_letter(envelope(token).slice(..25));
+        assert!(Envelope::decode(d.payload.clone()).is_err());
+        assert!(selected(&sel, &wanted, &d), "purge by id reaches a corrupt letter");
+        assert!(!selected(&sel, &wanted, &corrupt_letter(Bytes::new())));
+    }
 }
