@@ -146,9 +146,9 @@ fn segments(spool_dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 enum Letter {
     /// The spool writes it when its reader finds the damaged frame.
     FromSpool,
-    /// The test writes one (the record's payload, one byte flipped) while
-    /// sluice is stopped, as the spool will once it keeps a corrupt
-    /// record's raw bytes; the spool's own (empty, for now) letter follows.
+    /// The test also writes one (the record's payload, one byte flipped)
+    /// while sluice is stopped, ahead of the spool's own: the drainer must
+    /// find the one whose token matches among several for one offset.
     Planted,
 }
 
@@ -269,11 +269,7 @@ async fn corrupt_record_scenario(letter: Letter) {
     sluice.shutdown().await;
 }
 
-// Needs the spool to keep a corrupt record's raw bytes in its dead letter
-// (issue 10, on the spool side): until then that letter's payload is empty,
-// the token can't be checked and the status stays 404 (correctly).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the spool change that keeps a corrupt record's raw bytes in its dead letter (issue 10)"]
 async fn a_corrupt_records_status_is_dead_not_404() {
     corrupt_record_scenario(Letter::FromSpool).await;
 }
