@@ -38,6 +38,8 @@
 //! - [`metrics`]    one Prometheus registry and typed handles
 //! - [`app`]        wiring, signals and the shutdown sequence
 //! - [`shutdown`]   the shutdown signal type
+//! - [`clock`]      the run clock: wall clock at start + monotonic time, so a wall-clock step
+//!   never ages (or expires) spooled records; steps over 5 s are logged
 //! - [`crash`]      named crash points for the kill -9 fault suite (debug builds only)
 //! - [`telemetry`]  tracing setup (text / JSON)
 //! - [`demo`]       `sluice demo`: one burst at a slow built-in backend, straight then through sluice
@@ -45,6 +47,7 @@
 pub mod admin;
 pub mod admission;
 pub mod app;
+pub mod clock;
 pub mod config;
 pub mod crash;
 pub mod demo;

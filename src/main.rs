@@ -127,6 +127,8 @@ fn config_exit(e: &ConfigError) -> ExitCode {
 }
 
 fn main() -> ExitCode {
+    // Ages are measured from here: wall clock now + monotonic time since.
+    sluice::clock::init();
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => match Config::load(Some(&config), &Overrides::default()) {
@@ -291,7 +293,10 @@ async fn dlq_command(cmd: DlqCommand) -> anyhow::Result<()> {
                 all: sel.all,
                 ids: sel.id,
             };
-            let pairs = dlq::replay(&spool, Some(&outcomes), &selection).await?;
+            // Offline, the spool directory's lock keeps every other
+            // process out; the DLQ lock only has this one operation to order.
+            let lock = dlq::DlqLock::default();
+            let pairs = dlq::replay(&spool, Some(&outcomes), &lock, &selection).await?;
             for (old, new) in &pairs {
                 println!("{old} -> {new}");
             }
@@ -304,7 +309,7 @@ async fn dlq_command(cmd: DlqCommand) -> anyhow::Result<()> {
                 all: sel.all,
                 ids: sel.id,
             };
-            let n = dlq::purge(&spool, &selection).await?;
+            let n = dlq::purge(&spool, &dlq::DlqLock::default(), &selection).await?;
             println!("purged {n}");
             spool.close().await?;
         }

@@ -190,22 +190,34 @@ async fn admin_route(state: &AdminState, req: Request<Incoming>) -> Response<Res
                 Ok(s) => s,
                 Err(r) => return r,
             };
-            let spooler = &state.spooler;
-            if replay {
-                match dlq::replay(&spooler.spool, Some(&spooler.outcomes), &selection).await {
-                    Ok(pairs) => {
-                        let replayed: Vec<_> = pairs
-                            .into_iter()
-                            .map(|(old, new)| serde_json::json!({"id": old, "replayed_as": new}))
-                            .collect();
-                        json_response(StatusCode::OK, &serde_json::json!({"replayed": replayed}), None)
-                    }
-                    Err(e) => dlq_error(e),
+            // In a task of its own: a client that goes away must not cancel
+            // a replay between a letter's re-append and its purge (which
+            // would leave it in the DLQ to be enqueued again later).
+            let spooler = state.spooler.clone();
+            let work = tokio::spawn(async move {
+                let (spool, lock) = (&spooler.spool, &spooler.dlq_lock);
+                if replay {
+                    let pairs = dlq::replay(spool, Some(&spooler.outcomes), lock, &selection).await?;
+                    let replayed: Vec<_> = pairs
+                        .into_iter()
+                        .map(|(old, new)| serde_json::json!({"id": old, "replayed_as": new}))
+                        .collect();
+                    Ok(serde_json::json!({ "replayed": replayed }))
+                } else {
+                    let n = dlq::purge(spool, lock, &selection).await?;
+                    Ok(serde_json::json!({ "purged": n }))
                 }
-            } else {
-                match dlq::purge(&spooler.spool, &selection).await {
-                    Ok(n) => json_response(StatusCode::OK, &serde_json::json!({"purged": n}), None),
-                    Err(e) => dlq_error(e),
+            });
+            match work.await {
+                Ok(Ok(body)) => json_response(StatusCode::OK, &body, None),
+                Ok(Err(e)) => dlq_error(e),
+                Err(e) => {
+                    tracing::error!(error = %e, "dead-letter operation panicked");
+                    json_response(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        &serde_json::json!({"error": "internal"}),
+                        None,
+                    )
                 }
             }
         }

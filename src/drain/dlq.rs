@@ -2,11 +2,42 @@
 //! (offline): list, replay (append again at the tail of the partition
 //! with a new id and the same Idempotency-Key), purge — all, or selected
 //! by request id.
+//!
+//! Replay and purge of one spool are serialised by its [`DlqLock`], and
+//! replay checks again under the lock that each letter it selected is
+//! still in the DLQ before appending it, so two operators (or one
+//! impatient script) replaying the same letter at once enqueue it once.
+//! What the lock can't cover is a crash between a letter's re-append and
+//! its removal from the DLQ: after the restart the letter is still there,
+//! and replaying it again gives a second copy. Both copies carry the same
+//! Idempotency-Key, which is how the backend tells them apart.
 
 use super::envelope::Envelope;
 use super::id::RequestId;
 use super::outcomes::{now_ms, Outcome, OutcomeStore, State};
 use crate::spool::{DeadLetter, DlqSelection, Spool, SpoolError};
+
+/// Serialises the replay and purge of one spool's dead letters. The
+/// running sluice keeps one in its [`super::spooler::Spooler`]; the
+/// offline CLI makes its own (the spool directory's lock already keeps
+/// every other process out).
+#[derive(Debug, Default)]
+pub struct DlqLock(tokio::sync::Mutex<()>);
+
+/// The 16-byte token of the request a dead letter holds, read from the raw
+/// payload (an envelope starts with its version byte, then the token). It
+/// is there as long as the payload's first 17 bytes are, even when the
+/// rest is damaged or cut short (a corrupt record's letter keeps what
+/// could be read); `None` for a shorter payload.
+pub fn letter_token(d: &DeadLetter) -> Option<[u8; 16]> {
+    d.payload.get(1..17)?.try_into().ok()
+}
+
+/// Whether dead letter `d` is the request `id`: the same position, and a
+/// token read from its raw bytes that matches (in constant time).
+pub fn letter_is(id: &RequestId, d: &DeadLetter) -> bool {
+    id.partition == d.partition && id.offset == d.offset && letter_token(d).is_some_and(|t| id.token_matches(&t))
+}
 
 /// A dead letter as shown to operators.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -95,12 +126,7 @@ fn parse_selection(sel: &Selection) -> Result<Vec<RequestId>, DlqError> {
 }
 
 fn selected(sel: &Selection, wanted: &[RequestId], d: &DeadLetter) -> bool {
-    sel.all
-        || wanted.iter().any(|id| {
-            id.partition == d.partition
-                && id.offset == d.offset
-                && Envelope::decode(d.payload.clone()).is_ok_and(|e| id.token_matches(&e.token))
-        })
+    sel.all || wanted.iter().any(|id| letter_is(id, d))
 }
 
 /// The selected dead letters of one page starting at `from`, and where the
@@ -117,8 +143,9 @@ async fn select_page(
 }
 
 /// Drops the selected dead letters; returns how many.
-pub async fn purge(spool: &Spool, sel: &Selection) -> Result<u64, DlqError> {
+pub async fn purge(spool: &Spool, lock: &DlqLock, sel: &Selection) -> Result<u64, DlqError> {
     let wanted = parse_selection(sel)?;
+    let _serial = lock.0.lock().await;
     let mut offsets = Vec::new();
     let mut from = Some(0);
     while let Some(start) = from {
@@ -134,12 +161,19 @@ pub async fn purge(spool: &Spool, sel: &Selection) -> Result<u64, DlqError> {
 /// Idempotency-Key (the client's, or else the old id), so a backend that
 /// dedupes sees the same key; the old id's status shows `replayed_as`.
 /// Returns `(old id, new id)` pairs.
+///
+/// Holds `lock` throughout. Not cancel-safe: dropped between a letter's
+/// append and its purge, the letter stays in the DLQ after being
+/// re-enqueued, so callers that may be cancelled (a request handler whose
+/// client goes away) run it in a task of its own.
 pub async fn replay(
     spool: &Spool,
     outcomes: Option<&OutcomeStore>,
+    lock: &DlqLock,
     sel: &Selection,
 ) -> Result<Vec<(String, String)>, DlqError> {
     let wanted = parse_selection(sel)?;
+    let _serial = lock.0.lock().await;
     let mut done = Vec::new();
     let mut letters = Vec::new();
     let mut from = Some(0);
@@ -153,6 +187,12 @@ pub async fn replay(
             continue;
         }
         let Some(d) = letters.pop() else { break };
+        // Still there? It was selected from a page read a moment ago; if
+        // it has gone since (the spool's own DLQ retention drops old
+        // letters without this lock) it must not be enqueued.
+        if spool.dlq_get(d.dlq_offset).await?.is_none() {
+            continue;
+        }
         let partition = d.partition.min(spool.partitions() - 1);
         let Ok(mut env) = Envelope::decode(d.payload.clone()) else {
             // Not a request we can send (e.g. a corrupt record's stub):
@@ -198,4 +238,117 @@ pub async fn replay(
         done.push((old.encode(), new.encode()));
     }
     Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use http::{HeaderMap, Method};
+
+    fn envelope(token: [u8; 16]) -> Bytes {
+        Envelope {
+            token,
+            arrived_ms: 1_700_000_000_000,
+            attempt_base: 0,
+            route: "orders".into(),
+            method: Method::POST,
+            path_and_query: "/orders".into(),
+            idempotency_key: None,
+            headers: HeaderMap::new(),
+            body: Bytes::from_static(b"a body that got damaged on disk"),
+        }
+        .encode()
+    }
+
+    /// A "corrupt" dead letter as the spool writes one: the frame's
+    /// payload as far as it could be read.
+    fn corrupt_letter(payload: Bytes) -> DeadLetter {
+        DeadLetter {
+            dlq_offset: 12,
+            dead_at_ms: 1_700_000_001_000,
+            partition: 2,
+            offset: 40,
+            timestamp_ms: 0,
+            flags: 0,
+            reason: "corrupt".into(),
+            last_status: None,
+            payload_len: payload.len(),
+            payload,
+        }
+    }
+
+    #[test]
+    fn a_corrupt_letters_token_is_read_from_its_raw_bytes() {
+        let token = RequestId::new_token();
+        let id = RequestId {
+            partition: 2,
+            offset: 40,
+            token,
+        };
+        let whole = envelope(token);
+
+        // Intact, damaged past the token, or cut short after it: found.
+        let mut damaged = whole.to_vec();
+        let last = damaged.len() - 1;
+        damaged[last] ^= 0x40;
+        damaged[20] ^= 0xff;
+        for payload in [
+            whole.clone(),
+            Bytes::from(damaged),
+            whole.slice(..17),
+            whole.slice(..30),
+        ] {
+            let d = corrupt_letter(payload.clone());
+            assert_eq!(letter_token(&d), Some(token), "{} bytes", payload.len());
+            assert!(letter_is(&id, &d), "{} bytes", payload.len());
+        }
+        // Even a damaged version byte leaves the token where it was.
+        let mut bad_version = whole.to_vec();
+        bad_version[0] = 0xee;
+        assert!(letter_is(&id, &corrupt_letter(Bytes::from(bad_version))));
+
+        // Cut inside the token, or empty (the spool had nothing): no token.
+        for cut in [0, 1, 9, 16] {
+            let d = corrupt_letter(whole.slice(..cut));
+            assert_eq!(letter_token(&d), None, "cut at {cut}");
+            assert!(!letter_is(&id, &d), "cut at {cut}");
+        }
+        // A damaged token, another token, or another position: not this id.
+        let mut bad_token = whole.to_vec();
+        bad_token[5] ^= 1;
+        assert!(!letter_is(&id, &corrupt_letter(Bytes::from(bad_token))));
+        let other = RequestId {
+            token: RequestId::new_token(),
+            ..id
+        };
+        assert!(!letter_is(&other, &corrupt_letter(whole.clone())));
+        for (partition, offset) in [(3, 40), (2, 41)] {
+            let moved = RequestId {
+                partition,
+                offset,
+                ..id
+            };
+            assert!(!letter_is(&moved, &corrupt_letter(whole.clone())));
+        }
+    }
+
+    #[test]
+    fn selection_by_id_finds_a_letter_whose_envelope_no_longer_decodes() {
+        let token = RequestId::new_token();
+        let id = RequestId {
+            partition: 2,
+            offset: 40,
+            token,
+        };
+        let sel = Selection {
+            all: false,
+            ids: vec![id.encode()],
+        };
+        let wanted = parse_selection(&sel).unwrap();
+        let d = corrupt_letter(envelope(token).slice(..25));
+        assert!(Envelope::decode(d.payload.clone()).is_err());
+        assert!(selected(&sel, &wanted, &d), "purge by id reaches a corrupt letter");
+        assert!(!selected(&sel, &wanted, &corrupt_letter(Bytes::new())));
+    }
 }

@@ -14,13 +14,13 @@ use crate::shutdown::Shutdown;
 use crate::spool::Record;
 use crate::upstream::body::RequestBody;
 use crate::upstream::{Outbound, ReplayStack, UpstreamError};
-use http::header::{HeaderName, HeaderValue, RETRY_AFTER};
+use http::header::{HeaderName, HeaderValue};
 use http::{Request, Uri, Version};
 use http_body_util::BodyExt;
 use prometheus::IntCounter;
 use rand::Rng;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use tokio::task::JoinSet;
 use tower::ServiceExt;
 
@@ -106,6 +106,7 @@ impl Drainer {
         let mut reader = self.spooler.spool.reader(partition);
         let mut parallel: JoinSet<()> = JoinSet::new();
         loop {
+            let from = reader.position();
             let batch = match reader.next_batch(64, 4 << 20).await {
                 Ok(b) => b,
                 Err(crate::spool::SpoolError::Closed) => return,
@@ -115,6 +116,10 @@ impl Drainer {
                     continue;
                 }
             };
+            let gaps = gaps(from, &batch);
+            if !gaps.is_empty() {
+                self.note_corrupt(partition, &gaps).await;
+            }
             for record in batch {
                 match self.drain_config().ordering {
                     Ordering::Partition => self.deliver(record).await,
@@ -128,6 +133,65 @@ impl Drainer {
                 }
             }
             while parallel.try_join_next().is_some() {}
+        }
+    }
+
+    /// Records a dead outcome for each request in `gaps` (offsets of
+    /// `partition` the reader skipped as corrupt and dead-lettered) whose
+    /// token can still be read from its dead letter, so its status URL
+    /// answers `dead` rather than 404.
+    ///
+    /// The letters were appended to the DLQ by the reader just before it
+    /// handed out the batch, so only the DLQ's tail is read: at most
+    /// [`CORRUPT_TAIL`] letters, a page at a time, however large the DLQ.
+    /// A letter pushed out of that window by a burst of other dead letters
+    /// is missed, and its status stays 404 as before.
+    async fn note_corrupt(&self, partition: u32, gaps: &[std::ops::Range<u64>]) {
+        let spool = &self.spooler.spool;
+        let missing: u64 = gaps.iter().map(|g| g.end - g.start).sum();
+        let end = spool.status().dlq.next_offset;
+        let mut from = end.saturating_sub(CORRUPT_TAIL.max(missing.min(4 * CORRUPT_TAIL)));
+        // Offsets whose token was found (a letter without one may be
+        // followed by one with it: keep looking for those).
+        let mut resolved = std::collections::HashSet::new();
+        while from < end && (resolved.len() as u64) < missing {
+            let page = match spool.dlq_list(from, 64).await {
+                Ok(page) if !page.is_empty() => page,
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!(partition, error = %e, "reading the DLQ for corrupt records failed");
+                    return;
+                }
+            };
+            from = page[page.len() - 1].dlq_offset + 1;
+            for d in page {
+                if d.partition != partition || d.reason != "corrupt" || !gaps.iter().any(|g| g.contains(&d.offset)) {
+                    continue;
+                }
+                let Some(token) = super::dlq::letter_token(&d) else {
+                    continue;
+                };
+                if !resolved.insert(d.offset) {
+                    continue;
+                }
+                self.spooler.outcomes.record(Outcome {
+                    id: RequestId {
+                        partition,
+                        offset: d.offset,
+                        token,
+                    },
+                    state: State::Dead,
+                    attempts: 0,
+                    upstream_status: None,
+                    at_ms: d.dead_at_ms,
+                    enqueued_ms: if d.timestamp_ms > 0 {
+                        d.timestamp_ms
+                    } else {
+                        d.dead_at_ms
+                    },
+                    replayed_as: None,
+                });
+            }
         }
     }
 
@@ -285,13 +349,9 @@ impl Drainer {
             }
         };
         let status = resp.status().as_u16();
-        let retry_after = resp
-            .headers()
-            .get(RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            // A backend's word is honoured up to backoff_max, no further.
-            .map(|secs| Duration::from_secs(secs).min(cfg.drain.backoff_max));
+        // A backend's word is honoured up to backoff_max, no further.
+        let retry_after =
+            crate::upstream::retry_after(resp.headers(), SystemTime::now()).map(|d| d.min(cfg.drain.backoff_max));
         // Read the (small) answer within what is left of the timeout: a
         // backend that stalls mid-body must not hold this partition (and a
         // budget slot) for ever. Read to its end, the body gives the
@@ -338,6 +398,23 @@ fn replay_request(env: &Envelope, id: RequestId, attempt: u32) -> Request<Reques
     req
 }
 
+/// How many of the newest dead letters [`Drainer::note_corrupt`] reads.
+const CORRUPT_TAIL: u64 = 256;
+
+/// The offsets from `from` up to the last record of `batch` that the batch
+/// skips: records the reader found corrupt (and dead-lettered).
+fn gaps(from: u64, batch: &[Record]) -> Vec<std::ops::Range<u64>> {
+    let mut gaps = Vec::new();
+    let mut expected = from;
+    for r in batch {
+        if r.offset > expected {
+            gaps.push(expected..r.offset);
+        }
+        expected = expected.max(r.offset + 1);
+    }
+    gaps
+}
+
 /// Exponential backoff with full jitter: uniform in [0, min(max, initial·2^(n-1))].
 fn full_jitter(cfg: &DrainConfig, attempt: u32) -> Duration {
     let exp = cfg
@@ -355,6 +432,22 @@ fn full_jitter(cfg: &DrainConfig, attempt: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gaps_are_the_offsets_a_batch_skips() {
+        let rec = |offset| Record {
+            partition: 0,
+            offset,
+            timestamp_ms: 0,
+            flags: 0,
+            payload: bytes::Bytes::new(),
+        };
+        let batch: Vec<Record> = [3, 4, 7, 9].into_iter().map(rec).collect();
+        assert_eq!(gaps(3, &batch), vec![5..7, 8..9]);
+        assert_eq!(gaps(1, &batch), vec![1..3, 5..7, 8..9]);
+        assert!(gaps(3, &batch[..2]).is_empty());
+        assert!(gaps(3, &[]).is_empty());
+    }
 
     #[test]
     fn jitter_stays_within_the_exponential_envelope() {

@@ -2,6 +2,7 @@
 //! encoded as an [`Envelope`]) into a durable record and an id, dedupes
 //! Idempotency-Keys, and answers status lookups.
 
+use super::dlq::DlqLock;
 use super::envelope::Envelope;
 use super::id::RequestId;
 use super::outcomes::{KeyClaim, KeyHash, OutcomeStore, State};
@@ -74,6 +75,9 @@ pub struct Spooler {
     pub inflight: DashMap<(u32, u64), u32>,
     /// `true` stops replay (admin pause).
     pub paused: watch::Sender<bool>,
+    /// Serialises DLQ replay and purge from the admin API, so concurrent
+    /// replays of one dead letter enqueue it once.
+    pub dlq_lock: DlqLock,
     round_robin: AtomicU32,
 }
 
@@ -84,6 +88,7 @@ impl Spooler {
             outcomes,
             inflight: DashMap::new(),
             paused: watch::Sender::new(false),
+            dlq_lock: DlqLock::default(),
             round_robin: AtomicU32::new(0),
         }
     }

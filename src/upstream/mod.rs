@@ -16,11 +16,13 @@ mod budget;
 pub mod client;
 pub mod error;
 pub mod layer;
+mod retry_after;
 #[cfg(test)]
 pub(crate) mod testing;
 
 pub use budget::{Budget, BudgetError, BudgetPermit, BudgetSpec};
 pub use error::{Failed, UpstreamError};
+pub use retry_after::retry_after;
 
 use crate::metrics::UpstreamMetrics;
 use adaptive::AdaptiveLimit;

@@ -71,11 +71,10 @@ pub enum OutcomeError {
     },
 }
 
+/// Unix milliseconds on the run clock ([`crate::clock`]): arrival times,
+/// ages and expiry follow monotonic time within a run.
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    crate::clock::now_ms()
 }
 
 #[cfg(test)]

@@ -8,7 +8,6 @@
 use crate::upstream::adaptive::{AdaptiveLimit, AdaptivePermit, Signal};
 use crate::upstream::error::Failed;
 use crate::upstream::Outbound;
-use http::header::RETRY_AFTER;
 use http::Response;
 use pin_project_lite::pin_project;
 use std::future::Future;
@@ -98,12 +97,7 @@ fn signal<B>(result: &Result<Response<B>, Failed>, rtt: Duration) -> Signal {
         Ok(resp) => match resp.status().as_u16() {
             200..=399 => Signal::Success(rtt),
             429 | 500..=599 => Signal::Overload {
-                retry_after: resp
-                    .headers()
-                    .get(RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-                    .map(Duration::from_secs),
+                retry_after: crate::upstream::retry_after(resp.headers(), std::time::SystemTime::now()),
             },
             _ => Signal::Ignore,
         },
