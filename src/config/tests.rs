@@ -232,6 +232,11 @@ fn every_restart_only_field_is_reported_and_kept() {
         (|c| c.spool.fsync_interval = Duration::from_millis(9), "spool.fsync"),
         (|c| c.spool.segment_bytes = 1 << 21, "spool.segment_bytes"),
         (|c| c.spool.max_bytes = 1 << 31, "spool.max_bytes"),
+        (|c| c.spool.dlq_max_bytes = 1 << 20, "spool.dlq_max_bytes"),
+        (
+            |c| c.spool.dlq_retention = Duration::from_secs(9),
+            "spool.dlq_retention",
+        ),
         (|c| c.spool.max_record = 1 << 10, "spool.max_record"),
         (
             |c| c.server.max_header_bytes = 1 << 14,
