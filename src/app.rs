@@ -8,7 +8,10 @@ use crate::metrics::Metrics;
 use crate::proxy::{data_stack, ConnInfo};
 use crate::reload::{ReloadOutcome, Reloader};
 use crate::runtime::{Runtime, Shared};
-use crate::server::{self as listener, ConnLimits};
+use crate::server::{self as listener, ConnGate, ConnLimits};
+
+/// Connections the admin port keeps open at most (probes, scrapes, operators).
+const ADMIN_MAX_CONNECTIONS: usize = 256;
 use crate::shutdown::Shutdown;
 use crate::upstream::client;
 use std::net::SocketAddr;
@@ -44,6 +47,44 @@ pub enum AppError {
     Spool(#[from] crate::spool::SpoolError),
     #[error("spool status journal: {0}")]
     Outcomes(#[from] crate::drain::outcomes::OutcomeError),
+}
+
+/// Raises the soft limit on open files to the hard one, as nginx's
+/// `worker_rlimit_nofile` and Envoy's docs advise: a container's usual
+/// 1,024 would otherwise cap connections far below `max_connections`, and
+/// the failure (EMFILE on accept) hits every client, not the idle ones.
+fn raise_nofile_limit(max_connections: usize) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid out-pointer; no memory is shared.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "cannot read RLIMIT_NOFILE");
+        return;
+    }
+    let before = lim.rlim_cur;
+    if lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+            tracing::warn!(error = %std::io::Error::last_os_error(), soft = before, "cannot raise RLIMIT_NOFILE");
+            return;
+        }
+    }
+    tracing::info!(
+        from = before,
+        to = lim.rlim_cur,
+        "open file limit (RLIMIT_NOFILE soft) raised to the hard limit"
+    );
+    // Each connection takes a descriptor, plus the spool's, the backend's…
+    if (lim.rlim_cur as usize) < max_connections + 256 {
+        tracing::warn!(
+            open_files = lim.rlim_cur,
+            max_connections,
+            "the open file limit is below server.max_connections + 256: accepts will fail with EMFILE before the cap"
+        );
+    }
 }
 
 /// The spool options a config asks for.
@@ -162,6 +203,7 @@ pub async fn start(config: Config, overrides: Overrides) -> Result<Running, AppE
     for w in config.spool_fit_warnings() {
         tracing::warn!("{w}");
     }
+    raise_nofile_limit(config.server.max_connections);
     let spool = crate::spool::Spool::open(
         spool_options(&config),
         Arc::new(crate::metrics::SpoolMetrics::new(&metrics, config.spool.partitions)),
@@ -188,7 +230,17 @@ pub async fn start(config: Config, overrides: Overrides) -> Result<Running, AppE
         header_read_timeout: config.server.header_read_timeout,
         max_headers: config.server.max_headers,
         max_header_bytes: config.server.max_header_bytes,
+        keepalive_timeout: config.server.keepalive_timeout,
+        send_timeout: config.server.send_timeout,
     };
+    // One cap for the data port across every worker's listener.
+    let data_gate = Arc::new(ConnGate::new(
+        config.server.max_connections,
+        Some(metrics.connections_open.clone()),
+        Some(metrics.connections_refused.clone()),
+    ));
+    // The admin port is for operators and probes: a small cap of its own.
+    let admin_gate = Arc::new(ConnGate::new(ADMIN_MAX_CONNECTIONS, None, None));
     let grace = config.server.shutdown_grace;
     let scheme = if tls.is_some() { "https" } else { "http" };
     let runtime = Runtime::build(Arc::new(config), &metrics, None);
@@ -215,6 +267,7 @@ pub async fn start(config: Config, overrides: Overrides) -> Result<Running, AppE
     for n in 1..workers {
         let listener = bind_data(data_addr, true)?;
         let (shared, tls, shutdown, tracker) = (shared.clone(), tls.clone(), shutdown.clone(), data_tracker.clone());
+        let gate = data_gate.clone();
         let thread = std::thread::Builder::new()
             .name(format!("sluice-worker-{n}"))
             .spawn(move || {
@@ -236,8 +289,9 @@ pub async fn start(config: Config, overrides: Overrides) -> Result<Running, AppE
                     listener::serve(
                         listener,
                         tls,
-                        move |peer| data_stack(&shared, ConnInfo::new(peer, scheme)),
+                        move |peer, watch| data_stack(&shared, ConnInfo::watched(peer, scheme, watch)),
                         limits,
+                        gate,
                         shutdown,
                         tracker.clone(),
                     )
@@ -259,8 +313,9 @@ pub async fn start(config: Config, overrides: Overrides) -> Result<Running, AppE
         tokio::spawn(listener::serve(
             data_listener,
             tls,
-            move |peer| data_stack(&shared, ConnInfo::new(peer, scheme)),
+            move |peer, watch| data_stack(&shared, ConnInfo::watched(peer, scheme, watch)),
             limits,
+            data_gate.clone(),
             shutdown.clone(),
             data_tracker.clone(),
         ))
@@ -270,8 +325,9 @@ pub async fn start(config: Config, overrides: Overrides) -> Result<Running, AppE
         tokio::spawn(listener::serve(
             admin_listener,
             None,
-            move |peer| AdminService::new(st.clone(), peer),
+            move |peer, _watch| AdminService::new(st.clone(), peer),
             limits,
+            admin_gate,
             admin_shutdown.clone(),
             admin_tracker.clone(),
         ))

@@ -99,6 +99,8 @@ pub struct Metrics {
     pub spool_disk_bytes: IntGauge,
     pub spool_recovered: IntCounterVec,
     pub dlq_dropped: IntCounterVec,
+    pub connections_open: IntGauge,
+    pub connections_refused: prometheus::IntCounter,
     pub replay_total: IntCounterVec,
     pub replay_limit: GaugeVec,
     pub breaker_open: IntGauge,
@@ -230,6 +232,14 @@ impl Metrics {
                     "What spool recovery found: records, truncated bytes, corrupt records."
                 ),
                 &["what"]
+            )),
+            connections_open: reg!(IntGauge::new(
+                "sluice_connections_open",
+                "Client connections open on the data port."
+            )),
+            connections_refused: reg!(prometheus::IntCounter::new(
+                "sluice_connections_refused_total",
+                "Client connections closed at once because server.max_connections were open."
             )),
             dlq_dropped: reg!(IntCounterVec::new(
                 Opts::new(

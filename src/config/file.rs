@@ -62,6 +62,12 @@ pub struct ServerFile {
     /// How often the config file is checked for changes ("0s": never).
     pub config_poll_interval: Option<String>,
     pub normalize_path: Option<bool>,
+    /// Idle HTTP/1 connections (and h2 ones with no stream) close after this.
+    pub keepalive_timeout: Option<String>,
+    /// Longest a response may wait for the client to take the next write.
+    pub send_timeout: Option<String>,
+    /// Open connections on the data port, at most.
+    pub max_connections: Option<usize>,
     pub merge_slashes: Option<bool>,
     pub escaped_slashes: Option<EscapedSlashesFile>,
 }

@@ -78,6 +78,21 @@ static RESTART_ONLY: &[RestartOnly] = &[
         keep: |new, run| new.spool.max_bytes = run.spool.max_bytes,
     },
     RestartOnly {
+        key: "server.keepalive_timeout",
+        differs: |a, b| a.server.keepalive_timeout != b.server.keepalive_timeout,
+        keep: |new, run| new.server.keepalive_timeout = run.server.keepalive_timeout,
+    },
+    RestartOnly {
+        key: "server.send_timeout",
+        differs: |a, b| a.server.send_timeout != b.server.send_timeout,
+        keep: |new, run| new.server.send_timeout = run.server.send_timeout,
+    },
+    RestartOnly {
+        key: "server.max_connections",
+        differs: |a, b| a.server.max_connections != b.server.max_connections,
+        keep: |new, run| new.server.max_connections = run.server.max_connections,
+    },
+    RestartOnly {
         key: "spool.dlq_max_bytes",
         differs: |a, b| a.spool.dlq_max_bytes != b.spool.dlq_max_bytes,
         keep: |new, run| new.spool.dlq_max_bytes = run.spool.dlq_max_bytes,

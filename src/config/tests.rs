@@ -232,6 +232,15 @@ fn every_restart_only_field_is_reported_and_kept() {
         (|c| c.spool.fsync_interval = Duration::from_millis(9), "spool.fsync"),
         (|c| c.spool.segment_bytes = 1 << 21, "spool.segment_bytes"),
         (|c| c.spool.max_bytes = 1 << 31, "spool.max_bytes"),
+        (
+            |c| c.server.keepalive_timeout = Duration::from_secs(9),
+            "server.keepalive_timeout",
+        ),
+        (
+            |c| c.server.send_timeout = Duration::from_secs(9),
+            "server.send_timeout",
+        ),
+        (|c| c.server.max_connections = 9, "server.max_connections"),
         (|c| c.spool.dlq_max_bytes = 1 << 20, "spool.dlq_max_bytes"),
         (
             |c| c.spool.dlq_retention = Duration::from_secs(9),

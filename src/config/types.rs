@@ -45,6 +45,9 @@ pub struct ServerConfig {
     pub config_poll_interval: Duration,
     /// How request paths are normalised before routing (`proxy::path`).
     pub path: PathPolicy,
+    pub keepalive_timeout: Duration,
+    pub send_timeout: Duration,
+    pub max_connections: usize,
 }
 
 /// What to do with `%2F` and `%5C` in a request path.

@@ -90,6 +90,13 @@ pub(super) fn validate(src: &Source<'_>, f: FileConfig, upstream_given: bool) ->
             &s.config_poll_interval,
             Duration::from_secs(2),
         )?,
+        keepalive_timeout: dur(
+            "server.keepalive_timeout",
+            &s.keepalive_timeout,
+            Duration::from_secs(60),
+        )?,
+        send_timeout: dur("server.send_timeout", &s.send_timeout, Duration::from_secs(10))?,
+        max_connections: s.max_connections.unwrap_or(10_000),
         path: PathPolicy {
             normalize: s.normalize_path.unwrap_or(true),
             merge_slashes: s.merge_slashes.unwrap_or(true),
@@ -99,6 +106,15 @@ pub(super) fn validate(src: &Source<'_>, f: FileConfig, upstream_given: bool) ->
             },
         },
     };
+    if server.keepalive_timeout.is_zero() {
+        return Err(src.invalid("server.keepalive_timeout", "must be above zero"));
+    }
+    if server.send_timeout.is_zero() {
+        return Err(src.invalid("server.send_timeout", "must be above zero"));
+    }
+    if server.max_connections == 0 {
+        return Err(src.invalid("server.max_connections", "must be at least 1"));
+    }
     if server.status_max_entries == 0 {
         return Err(src.invalid("server.status_max_entries", "must be at least 1"));
     }

@@ -55,6 +55,9 @@ pub enum ProxyError {
     NotFound,
     #[error("could not read the request body: {detail}")]
     BadRequest { detail: String },
+    /// The client's body did not arrive within `server.request_timeout`.
+    #[error("the request body did not arrive within server.request_timeout")]
+    RequestTimeout,
     /// A bug: something below panicked.
     #[error("internal error")]
     Internal,
@@ -70,7 +73,9 @@ impl ProxyError {
             ProxyError::Unreachable { .. } | ProxyError::UpstreamFailed { .. } | ProxyError::UpstreamTimeout { .. } => {
                 DecisionLabel::UpstreamError
             }
-            ProxyError::NotFound | ProxyError::BadRequest { .. } => DecisionLabel::Rejected,
+            ProxyError::NotFound | ProxyError::BadRequest { .. } | ProxyError::RequestTimeout => {
+                DecisionLabel::Rejected
+            }
             ProxyError::Internal => DecisionLabel::InternalError,
         }
     }
@@ -123,6 +128,11 @@ impl ProxyError {
                 StatusCode::BAD_REQUEST,
                 None,
                 serde_json::json!({"error": "bad_request", "message": detail}),
+            ),
+            ProxyError::RequestTimeout => (
+                StatusCode::REQUEST_TIMEOUT,
+                None,
+                serde_json::json!({"error": "request_timeout"}),
             ),
             ProxyError::Internal => (
                 StatusCode::INTERNAL_SERVER_ERROR,

@@ -18,7 +18,7 @@ use crate::admission::Route;
 use crate::drain::id::RequestId;
 use crate::drain::spooler::StatusView;
 use crate::runtime::{RouteStats, Runtime, Shared};
-use crate::server::ResponseBody;
+use crate::server::{ConnWatch, ResponseBody};
 use http::header::HeaderValue;
 use http::Response;
 use layer::*;
@@ -36,15 +36,23 @@ pub struct ConnInfo {
     /// The peer address as a header value, rendered once per connection
     /// rather than once per request.
     pub peer_header: HeaderValue,
+    /// Frees live responses' budget slots at their deadline, and tells
+    /// idle connections apart ([`crate::server::watch`]).
+    pub watch: Arc<ConnWatch>,
 }
 
 impl ConnInfo {
     pub fn new(peer: SocketAddr, scheme: &'static str) -> Self {
+        Self::watched(peer, scheme, Arc::default())
+    }
+
+    pub fn watched(peer: SocketAddr, scheme: &'static str, watch: Arc<ConnWatch>) -> Self {
         let peer_header = HeaderValue::from_str(&peer.ip().to_string()).expect("an IP address is a valid header value");
         ConnInfo {
             peer,
             scheme,
             peer_header,
+            watch,
         }
     }
 }
@@ -126,10 +134,10 @@ pub fn data_stack(shared: &Arc<Shared>, conn: ConnInfo) -> DataStack {
         .layer(BucketLayer)
         // The backend's view of the request (hop-by-hop out,
         // X-Forwarded-* in), whether it is forwarded or spooled.
-        .layer(HygieneLayer::new(conn))
+        .layer(HygieneLayer::new(conn.clone()))
         // Spool what the bucket marked, and what the upstream stack hands
         // back unsent (budget spent, breaker open, connection refused).
         .layer(SpoolLayer::new(shared.spooler.clone()))
         // The live upstream stack: breaker, budget, metrics, timeout, client.
-        .service(Forward::new(shared.upstream.live_stack()))
+        .service(Forward::watched(shared.upstream.live_stack(), conn.watch.clone()))
 }

@@ -3,6 +3,7 @@
 //! deadline. An enum rather than a boxed trait object, so the hot path
 //! allocates nothing for it.
 
+use crate::server::watch::Ticket;
 use crate::upstream::body::{BoxError, UpstreamBody};
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
@@ -27,6 +28,10 @@ pin_project! {
             // Armed only once the body has to wait for data, so a body that
             // is already complete costs no timer.
             timer: Option<Pin<Box<tokio::time::Sleep>>>,
+            // The budget slot, held by the connection's watch, which frees
+            // it at the deadline even if this body is never polled again
+            // (a client that stopped reading).
+            ticket: Option<Ticket>,
         },
         Full { #[pin] inner: Full<Bytes> },
     }
@@ -50,11 +55,12 @@ impl ResponseBody {
         }
     }
 
-    pub fn upstream(inner: UpstreamBody, deadline: tokio::time::Instant) -> Self {
+    pub fn upstream(inner: UpstreamBody, deadline: tokio::time::Instant, ticket: Option<Ticket>) -> Self {
         ResponseBody::Upstream {
             inner,
             deadline,
             timer: None,
+            ticket,
         }
     }
 }
@@ -69,8 +75,20 @@ impl Body for ResponseBody {
                 mut inner,
                 deadline,
                 timer,
+                ticket,
             } => {
+                if ticket.as_ref().is_some_and(|t| !t.alive()) {
+                    // The watch freed the slot at the deadline.
+                    inner.get_mut().abandon();
+                    return Poll::Ready(Some(Err(Box::new(BodyDeadline))));
+                }
                 let poll = inner.as_mut().poll_frame(cx);
+                if matches!(poll, Poll::Ready(None) | Poll::Ready(Some(Err(_))))
+                    || (matches!(poll, Poll::Ready(Some(Ok(_)))) && inner.is_end_stream())
+                {
+                    // Done: the slot goes back now, not when hyper drops us.
+                    *ticket = None;
+                }
                 if poll.is_pending() {
                     let t = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(*deadline)));
                     if t.as_mut().poll(cx).is_ready() {

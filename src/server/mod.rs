@@ -6,9 +6,11 @@
 
 pub mod body;
 pub mod tls;
+pub mod watch;
 
 pub use body::{json_response, ResponseBody};
 pub use tls::{tls_acceptor, TlsError};
+pub use watch::{ConnWatch, WatchedIo};
 
 use crate::shutdown::Shutdown;
 use http::{Request, Response};
@@ -29,6 +31,57 @@ pub struct ConnLimits {
     pub header_read_timeout: Duration,
     pub max_headers: usize,
     pub max_header_bytes: usize,
+    /// Idle (no byte either way, nothing being answered) this long: closed.
+    pub keepalive_timeout: Duration,
+    /// A write waiting this long for the client to take data: closed.
+    pub send_timeout: Duration,
+}
+
+/// Caps the connections open on one listener, and counts them.
+pub struct ConnGate {
+    max: usize,
+    open: std::sync::atomic::AtomicUsize,
+    open_gauge: Option<prometheus::IntGauge>,
+    refused: Option<prometheus::IntCounter>,
+}
+
+impl ConnGate {
+    pub fn new(max: usize, open_gauge: Option<prometheus::IntGauge>, refused: Option<prometheus::IntCounter>) -> Self {
+        ConnGate {
+            max,
+            open: std::sync::atomic::AtomicUsize::new(0),
+            open_gauge,
+            refused,
+        }
+    }
+
+    /// A slot for a new connection, or `None` when all are taken.
+    fn enter(self: &Arc<Self>) -> Option<GateSlot> {
+        use std::sync::atomic::Ordering;
+        let prev = self.open.fetch_add(1, Ordering::AcqRel);
+        if prev >= self.max {
+            self.open.fetch_sub(1, Ordering::AcqRel);
+            if let Some(c) = &self.refused {
+                c.inc();
+            }
+            return None;
+        }
+        if let Some(g) = &self.open_gauge {
+            g.inc();
+        }
+        Some(GateSlot(self.clone()))
+    }
+}
+
+struct GateSlot(Arc<ConnGate>);
+
+impl Drop for GateSlot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        if let Some(g) = &self.0.open_gauge {
+            g.dec();
+        }
+    }
 }
 
 fn builder(limits: ConnLimits) -> auto::Builder<TokioExecutor> {
@@ -49,16 +102,18 @@ fn builder(limits: ConnLimits) -> auto::Builder<TokioExecutor> {
 
 /// Serves `listener` until `shutdown`, then lets each connection finish
 /// its in-flight requests; `tracker` follows every connection task so the
-/// caller can wait for them with its own grace deadline.
+/// caller can wait for them with its own grace deadline. `make_service`
+/// gets each connection's peer and its [`ConnWatch`].
 pub async fn serve<F, S, B>(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     make_service: F,
     limits: ConnLimits,
+    gate: Arc<ConnGate>,
     shutdown: Shutdown,
     tracker: TaskTracker,
 ) where
-    F: Fn(SocketAddr) -> S,
+    F: Fn(SocketAddr, Arc<ConnWatch>) -> S,
     S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send + 'static,
     B: http_body::Body + Send + 'static,
@@ -80,17 +135,42 @@ pub async fn serve<F, S, B>(
                 continue;
             }
         };
+        // Past max_connections a new connection is closed at once: the
+        // descriptors and memory of those already open are what is kept.
+        let Some(slot) = gate.enter() else {
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(make_service(peer));
+        let watch = Arc::new(ConnWatch::default());
+        let service = TowerToHyperService::new(make_service(peer, watch.clone()));
         let builder = builder.clone();
         let shutdown = shutdown.clone();
         let tls = tls.clone();
         tracker.spawn(async move {
+            let _slot = slot;
+            // hyper's header timer starts only once the auto builder has
+            // read enough to pick a protocol, and that first read has no
+            // timer: a connection that never sends a byte is closed here.
+            if tls.is_none()
+                && tokio::time::timeout(limits.header_read_timeout, stream.readable())
+                    .await
+                    .is_err()
+            {
+                tracing::debug!(%peer, "no byte within header_read_timeout; closed");
+                return;
+            }
             match tls {
-                None => serve_conn(&builder, TokioIo::new(stream), service, shutdown).await,
+                None => {
+                    let io = WatchedIo::new(TokioIo::new(stream), watch.clone(), limits.send_timeout);
+                    serve_conn(&builder, io, service, &watch, limits, shutdown).await
+                }
                 Some(acceptor) => {
                     match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(tls_stream)) => serve_conn(&builder, TokioIo::new(tls_stream), service, shutdown).await,
+                        Ok(Ok(tls_stream)) => {
+                            let io = WatchedIo::new(TokioIo::new(tls_stream), watch.clone(), limits.send_timeout);
+                            serve_conn(&builder, io, service, &watch, limits, shutdown).await
+                        }
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }
@@ -104,6 +184,8 @@ async fn serve_conn<I, S, B>(
     builder: &auto::Builder<TokioExecutor>,
     io: I,
     service: TowerToHyperService<S>,
+    watch: &ConnWatch,
+    limits: ConnLimits,
     shutdown: Shutdown,
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
@@ -126,6 +208,13 @@ async fn serve_conn<I, S, B>(
             // connection, then close.
             conn.as_mut().graceful_shutdown();
             let _ = conn.await;
+        }
+        // Nothing being answered and no byte either way for
+        // keepalive_timeout (or no request at all within
+        // header_read_timeout): close. Meanwhile the watch frees the budget
+        // slots of responses past their deadline.
+        _ = watch.watchdog(limits.keepalive_timeout, limits.header_read_timeout) => {
+            tracing::debug!("idle connection closed");
         }
     }
 }

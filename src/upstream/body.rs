@@ -117,6 +117,24 @@ impl Held {
     }
 }
 
+/// An exchange's budget slot, taken out of its body: freed when dropped.
+#[derive(Default)]
+pub struct Slot {
+    _permit: Option<BudgetPermit>,
+    _in_flight: Option<InFlightGauge>,
+}
+
+impl Slot {
+    /// A slot holding only an in-flight count (for tests of whatever
+    /// frees slots).
+    pub fn counting(gauge: InFlightGauge) -> Slot {
+        Slot {
+            _permit: None,
+            _in_flight: Some(gauge),
+        }
+    }
+}
+
 /// Counts one exchange in `sluice_upstream_in_flight` while it lives.
 pub struct InFlightGauge(prometheus::IntGauge);
 
@@ -172,6 +190,16 @@ impl UpstreamBody {
         };
         body.settle_if_empty();
         body
+    }
+
+    /// Hands over the budget slot this exchange holds (permit and
+    /// in-flight count), so something that runs whether or not this body
+    /// is polled can free it at the request's deadline.
+    pub fn take_slot(&mut self) -> Slot {
+        Slot {
+            _permit: self.held.permit.take(),
+            _in_flight: self.held.in_flight.take(),
+        }
     }
 
     /// The exchange no longer holds a budget slot (an upgraded tunnel is

@@ -8,7 +8,7 @@
 use crate::proxy::error::{error_chain, is_body_too_large};
 use crate::proxy::headers;
 use crate::proxy::{Answer, Matched, ProxyError};
-use crate::server::ResponseBody;
+use crate::server::{ConnWatch, ResponseBody};
 use crate::upstream::body::{RequestBody, UpstreamBody};
 use crate::upstream::{Failed, LiveStack, Outbound, UpstreamError};
 use http::{Request, Response, StatusCode, Version};
@@ -17,6 +17,7 @@ use hyper_util::rt::TokioIo;
 use pin_project_lite::pin_project;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::time::Instant;
 use tower::Service;
@@ -37,11 +38,19 @@ impl From<ProxyError> for ForwardError {
 #[derive(Clone)]
 pub struct Forward<S = LiveStack> {
     upstream: S,
+    /// The client connection's watch: a response's budget slot goes to it,
+    /// to be freed at the request's deadline even if the client never
+    /// reads the body.
+    watch: Arc<ConnWatch>,
 }
 
 impl<S> Forward<S> {
     pub fn new(upstream: S) -> Self {
-        Forward { upstream }
+        Self::watched(upstream, Arc::default())
+    }
+
+    pub fn watched(upstream: S, watch: Arc<ConnWatch>) -> Self {
+        Forward { upstream, watch }
     }
 }
 
@@ -87,6 +96,7 @@ where
             client_upgrade,
             deadline,
             max_body,
+            watch: self.watch.clone(),
         }
     }
 }
@@ -99,6 +109,7 @@ pin_project! {
             client_upgrade: Option<OnUpgrade>,
             deadline: Instant,
             max_body: u64,
+            watch: Arc<ConnWatch>,
         },
         Refused { error: Option<ForwardError> },
     }
@@ -118,8 +129,14 @@ where
                 client_upgrade,
                 deadline,
                 max_body,
+                watch,
             } => match std::task::ready!(inner.poll(cx)) {
-                Ok(resp) => Poll::Ready(Ok(Answer::Forwarded(respond(resp, client_upgrade.take(), *deadline)))),
+                Ok(resp) => Poll::Ready(Ok(Answer::Forwarded(respond(
+                    resp,
+                    client_upgrade.take(),
+                    *deadline,
+                    watch,
+                )))),
                 Err(Failed { error, unsent }) => Poll::Ready(Err(ForwardError {
                     error: ProxyError::from_upstream(error, *max_body),
                     unsent,
@@ -134,6 +151,7 @@ fn respond(
     mut resp: Response<UpstreamBody>,
     client_upgrade: Option<OnUpgrade>,
     deadline: Instant,
+    watch: &Arc<ConnWatch>,
 ) -> Response<ResponseBody> {
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client_upgrade) = client_upgrade {
@@ -158,11 +176,13 @@ fn respond(
             return Response::from_parts(parts, ResponseBody::empty());
         }
     }
-    let (mut parts, body) = resp.into_parts();
+    let (mut parts, mut body) = resp.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers, false);
     // An HTTP/1.0 backend must not downgrade the client's connection.
     parts.version = Version::HTTP_11;
-    Response::from_parts(parts, ResponseBody::upstream(body, deadline))
+    // A body with nothing left to stream already gave its slot back.
+    let ticket = (!http_body::Body::is_end_stream(&body)).then(|| watch.hold_until(deadline, body.take_slot()));
+    Response::from_parts(parts, ResponseBody::upstream(body, deadline, ticket))
 }
 
 impl ProxyError {

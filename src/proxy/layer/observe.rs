@@ -7,6 +7,7 @@
 use crate::proxy::error::render;
 use crate::proxy::{ConnInfo, Reply};
 use crate::runtime::Shared;
+use crate::server::watch::Active;
 use crate::server::ResponseBody;
 use http::{Method, Request, Response};
 use pin_project_lite::pin_project;
@@ -79,6 +80,7 @@ where
             start: Instant::now(),
             log,
             shared: self.shared.clone(),
+            _active: self.conn.watch.active(),
             inner: self.inner.call(req),
         }
     }
@@ -91,6 +93,9 @@ pin_project! {
         start: Instant,
         log: Option<LogFacts>,
         shared: Arc<Shared>,
+        // The connection is busy answering until this future is done (a
+        // request waiting for a token sends no byte, yet is not idle).
+        _active: Active,
     }
 }
 

@@ -229,14 +229,14 @@ on_limit = "spool"
             seen2.lock().unwrap().push(req.extensions().get::<Matched>().cloned());
             std::future::ready(Err::<Answer, _>(ProxyError::NotFound))
         }));
-        let post = Request::post("/orders/1").body(()).unwrap();
+        let post = Request::post("/orders/1").header("host", "a.test").body(()).unwrap();
         let reply = svc.clone().oneshot(post).await.unwrap();
         assert_eq!(&*reply.route.unwrap().name, "orders");
         assert!(
             matches!(reply.result, Err(ProxyError::NotFound)),
             "the inner result passes up unchanged"
         );
-        let get = Request::get("/other").body(()).unwrap();
+        let get = Request::get("/other").header("host", "a.test").body(()).unwrap();
         let reply = svc.oneshot(get).await.unwrap();
         assert_eq!(&*reply.route.unwrap().name, "unmatched");
         let seen = seen.lock().unwrap();

@@ -60,6 +60,8 @@ struct Target {
     runtime: Arc<Runtime>,
     route_index: usize,
     partition: u32,
+    /// `server.request_timeout` from arrival: the body must be in by then.
+    deadline: tokio::time::Instant,
 }
 
 impl Target {
@@ -68,6 +70,7 @@ impl Target {
             runtime: m.runtime.clone(),
             route_index: m.route_index?,
             partition: m.partition?,
+            deadline: m.start + m.runtime.config.server.request_timeout,
         })
     }
 }
@@ -154,7 +157,13 @@ async fn spool(spooler: Arc<Spooler>, target: Target, req: Request<RequestBody>)
         super::body_limit::linger(body);
         return Err(ProxyError::TooLarge { limit });
     }
-    let body = match http_body_util::BodyExt::collect(http_body_util::Limited::new(body, limit as usize)).await {
+    // A client trickling its body must not hold the request (and its
+    // memory) past the request's deadline.
+    let read = http_body_util::BodyExt::collect(http_body_util::Limited::new(body, limit as usize));
+    let Ok(read) = tokio::time::timeout_at(target.deadline, read).await else {
+        return Err(ProxyError::RequestTimeout);
+    };
+    let body = match read {
         Ok(b) => b.to_bytes(),
         Err(e) if is_body_too_large(&*e) => return Err(ProxyError::TooLarge { limit }),
         Err(e) => {

@@ -1,0 +1,386 @@
+//! What each client connection is watched for, by a timer of its own that
+//! runs whether or not hyper polls anything on it:
+//!
+//! - **Request deadlines.** A live response holds a budget slot until its
+//!   last byte. A client that stops reading stops hyper from polling the
+//!   body, so a deadline checked only when the body is polled never
+//!   fires. So a live response hands its slot (the budget permit and the
+//!   in-flight count) to the connection's watch, and the watch drops it at
+//!   `server.request_timeout` whatever the client does; the body then ends
+//!   with an error the next time it is polled.
+//! - **Idle connections.** No byte either way for `server.keepalive_timeout`
+//!   and no request being answered: the connection is closed.
+//! - **Slow readers.** A write that waits longer than `server.send_timeout`
+//!   for the client to make room fails, which ends the connection and
+//!   everything it held ([`WatchedIo`]).
+//!
+//! One small lock per connection, touched a few times per request: no
+//! per-request task or timer.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper::rt::{Read, ReadBufCursor, Write};
+use tokio::sync::Notify;
+use tokio::time::{Instant, Sleep};
+
+/// What a live response holds that must not outlive its deadline.
+pub type Holdings = crate::upstream::body::Slot;
+
+#[derive(Debug, Clone, Copy)]
+pub struct WatchLimits {
+    pub keepalive_timeout: Duration,
+    pub send_timeout: Duration,
+}
+
+struct Entry {
+    deadline: Instant,
+    holdings: Option<Holdings>,
+}
+
+#[derive(Default)]
+struct Slots {
+    entries: Vec<Option<Entry>>,
+    free: Vec<usize>,
+}
+
+/// One connection's watch. Shared by the connection task and the
+/// responses it serves.
+pub struct ConnWatch {
+    born: Instant,
+    slots: Mutex<Slots>,
+    /// Requests between their head arriving and their response head going
+    /// out (a streaming response body shows up as I/O instead).
+    active: AtomicUsize,
+    /// Milliseconds since `born` of the last byte read or written.
+    last_io_ms: AtomicU64,
+    /// Whether any request has arrived on this connection.
+    served: std::sync::atomic::AtomicBool,
+    /// Wakes the watchdog when an earlier deadline is registered.
+    changed: Notify,
+}
+
+impl std::fmt::Debug for ConnWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnWatch")
+            .field("active", &self.active.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for ConnWatch {
+    fn default() -> Self {
+        ConnWatch {
+            born: Instant::now(),
+            slots: Mutex::default(),
+            active: AtomicUsize::new(0),
+            last_io_ms: AtomicU64::new(0),
+            served: std::sync::atomic::AtomicBool::new(false),
+            changed: Notify::new(),
+        }
+    }
+}
+
+/// A response's claim on its slot in the watch. Dropping it releases the
+/// holdings (if the deadline has not already).
+pub struct Ticket {
+    watch: Arc<ConnWatch>,
+    slot: usize,
+}
+
+impl Ticket {
+    /// False once the deadline took the holdings.
+    pub fn alive(&self) -> bool {
+        self.watch.lock().entries[self.slot]
+            .as_ref()
+            .is_some_and(|e| e.holdings.is_some())
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let holdings = {
+            let mut s = self.watch.lock();
+            let h = s.entries[self.slot].take().and_then(|e| e.holdings);
+            s.free.push(self.slot);
+            h
+        };
+        drop(holdings);
+    }
+}
+
+/// Counts a request as being answered while it lives.
+pub struct Active(Arc<ConnWatch>);
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::AcqRel);
+        self.0.touch();
+    }
+}
+
+impl ConnWatch {
+    fn lock(&self) -> MutexGuard<'_, Slots> {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn touch(&self) {
+        let ms = self.born.elapsed().as_millis() as u64;
+        self.last_io_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// `holdings` are dropped at `deadline` unless the ticket is dropped
+    /// first.
+    pub fn hold_until(self: &Arc<Self>, deadline: Instant, holdings: Holdings) -> Ticket {
+        let mut s = self.lock();
+        let earliest = s.entries.iter().flatten().all(|e| e.deadline > deadline);
+        let entry = Some(Entry {
+            deadline,
+            holdings: Some(holdings),
+        });
+        let slot = match s.free.pop() {
+            Some(i) => {
+                s.entries[i] = entry;
+                i
+            }
+            None => {
+                s.entries.push(entry);
+                s.entries.len() - 1
+            }
+        };
+        drop(s);
+        if earliest {
+            self.changed.notify_one();
+        }
+        Ticket {
+            watch: self.clone(),
+            slot,
+        }
+    }
+
+    /// Marks a request as being answered until the guard drops.
+    pub fn active(self: &Arc<Self>) -> Active {
+        self.active.fetch_add(1, Ordering::AcqRel);
+        self.served.store(true, Ordering::Relaxed);
+        Active(self.clone())
+    }
+
+    /// Drops the holdings whose deadline passed; returns the next deadline.
+    fn expire(&self, now: Instant) -> Option<Instant> {
+        let mut expired = Vec::new();
+        let next = {
+            let mut s = self.lock();
+            let mut next: Option<Instant> = None;
+            for e in s.entries.iter_mut().flatten() {
+                if e.holdings.is_none() {
+                    continue;
+                }
+                if e.deadline <= now {
+                    expired.extend(e.holdings.take());
+                } else {
+                    next = Some(next.map_or(e.deadline, |n| n.min(e.deadline)));
+                }
+            }
+            next
+        };
+        if !expired.is_empty() {
+            tracing::debug!(
+                responses = expired.len(),
+                "response past request_timeout: its budget slot is freed"
+            );
+        }
+        drop(expired);
+        next
+    }
+
+    /// Runs until the connection should be closed for idleness (or for
+    /// sending no request within `first_request`); meanwhile enforces the
+    /// response deadlines. Never returns while the connection is in use.
+    pub async fn watchdog(&self, keepalive: Duration, first_request: Duration) {
+        loop {
+            let now = Instant::now();
+            let next_deadline = self.expire(now);
+            let idle_since = self.born + Duration::from_millis(self.last_io_ms.load(Ordering::Relaxed));
+            // A connection that has not yet sent a whole request head gets
+            // the header timeout, not the (longer) keep-alive.
+            let idle_end = if self.served.load(Ordering::Relaxed) {
+                idle_since + keepalive
+            } else {
+                self.born + first_request
+            };
+            if self.active.load(Ordering::Acquire) == 0 && now >= idle_end && next_deadline.is_none() {
+                return;
+            }
+            // Re-check idleness at most every keepalive, deadlines exactly.
+            let wake = match next_deadline {
+                Some(d) => d.min(idle_end.max(now + Duration::from_millis(50))),
+                None => idle_end.max(now + Duration::from_millis(50)),
+            };
+            tokio::select! {
+                _ = tokio::time::sleep_until(wake) => {}
+                _ = self.changed.notified() => {}
+            }
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A client connection's I/O, watched: every byte either way counts as
+    /// activity, and a write that cannot proceed for `send_timeout` fails
+    /// with `TimedOut`, which ends the connection and frees what it held.
+    pub struct WatchedIo<I> {
+        #[pin]
+        inner: I,
+        watch: Arc<ConnWatch>,
+        send_timeout: Duration,
+        stalled: Option<Pin<Box<Sleep>>>,
+    }
+}
+
+impl<I> WatchedIo<I> {
+    pub fn new(inner: I, watch: Arc<ConnWatch>, send_timeout: Duration) -> Self {
+        watch.touch();
+        WatchedIo {
+            inner,
+            watch,
+            send_timeout,
+            stalled: None,
+        }
+    }
+}
+
+impl<I: Read> Read for WatchedIo<I> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: ReadBufCursor<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.project();
+        let poll = this.inner.poll_read(cx, buf);
+        if poll.is_ready() {
+            this.watch.touch();
+        }
+        poll
+    }
+}
+
+/// A write pending longer than `send_timeout`: the client is not reading.
+fn stalled_write(send_timeout: Duration) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!("client took no data for {send_timeout:?} (server.send_timeout)"),
+    )
+}
+
+impl<I: Write> WatchedIo<I> {
+    fn watch_write<T>(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        op: impl FnOnce(Pin<&mut I>, &mut Context<'_>) -> Poll<std::io::Result<T>>,
+    ) -> Poll<std::io::Result<T>> {
+        let this = self.project();
+        match op(this.inner, cx) {
+            Poll::Ready(r) => {
+                *this.stalled = None;
+                this.watch.touch();
+                Poll::Ready(r)
+            }
+            Poll::Pending => {
+                let send_timeout = *this.send_timeout;
+                let timer = this
+                    .stalled
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(send_timeout)));
+                if timer.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Err(stalled_write(send_timeout)));
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl<I: Write> Write for WatchedIo<I> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        self.watch_write(cx, |io, cx| io.poll_write(cx, buf))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.watch_write(cx, |io, cx| io.poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        self.watch_write(cx, |io, cx| io.poll_write_vectored(cx, bufs))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use crate::upstream::body::{InFlightGauge, Slot};
+
+    /// A slot counted in a gauge, and a way to see it freed.
+    fn slot() -> (Slot, impl Fn() -> bool) {
+        let gauge = prometheus::IntGauge::new("in_flight", "test").unwrap();
+        let slot = Slot::counting(InFlightGauge::new(gauge.clone()));
+        (slot, move || gauge.get() == 0)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn holdings_go_at_the_deadline_without_anyone_polling_the_body() {
+        let watch = Arc::new(ConnWatch::default());
+        let (slot, freed) = slot();
+        let ticket = watch.hold_until(Instant::now() + Duration::from_secs(5), slot);
+        let w = watch.clone();
+        let dog = tokio::spawn(async move { w.watchdog(Duration::from_secs(60), Duration::from_secs(60)).await });
+        let _busy = watch.active();
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        assert!(!freed() && ticket.alive());
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(freed(), "the deadline freed the slot");
+        assert!(!ticket.alive());
+        drop(ticket);
+        dog.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_ticket_dropped_first_releases_at_once_and_the_slot_is_reused() {
+        let watch = Arc::new(ConnWatch::default());
+        let (slot, freed) = slot();
+        let t = watch.hold_until(Instant::now() + Duration::from_secs(5), slot);
+        drop(t);
+        assert!(freed());
+        let t2 = watch.hold_until(Instant::now() + Duration::from_secs(5), Slot::default());
+        assert_eq!(
+            t2.slot, 0,
+            "slots are reused: the watch stays the size of the busiest moment"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_watchdog_returns_only_when_idle_for_keepalive() {
+        let watch = Arc::new(ConnWatch::default());
+        let active = watch.active();
+        let w = watch.clone();
+        let dog = tokio::spawn(async move { w.watchdog(Duration::from_secs(10), Duration::from_secs(10)).await });
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert!(!dog.is_finished(), "a request being answered keeps the connection");
+        drop(active);
+        tokio::time::sleep(Duration::from_secs(9)).await;
+        assert!(!dog.is_finished());
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(dog.is_finished(), "idle for keepalive_timeout: closed");
+    }
+}
