@@ -86,9 +86,10 @@ impl Drop for GateSlot {
 
 fn builder(limits: ConnLimits) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
+    // No hyper header_read_timeout: the connection's watch times request
+    // heads itself (see `watch`), so keep-alive can outlast it.
     b.http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
         .max_headers(limits.max_headers)
         .max_buf_size(limits.max_header_bytes.max(8192))
         .keep_alive(true)
@@ -149,17 +150,6 @@ pub async fn serve<F, S, B>(
         let tls = tls.clone();
         tracker.spawn(async move {
             let _slot = slot;
-            // hyper's header timer starts only once the auto builder has
-            // read enough to pick a protocol, and that first read has no
-            // timer: a connection that never sends a byte is closed here.
-            if tls.is_none()
-                && tokio::time::timeout(limits.header_read_timeout, stream.readable())
-                    .await
-                    .is_err()
-            {
-                tracing::debug!(%peer, "no byte within header_read_timeout; closed");
-                return;
-            }
             match tls {
                 None => {
                     let io = WatchedIo::new(TokioIo::new(stream), watch.clone(), limits.send_timeout);
@@ -209,10 +199,9 @@ async fn serve_conn<I, S, B>(
             conn.as_mut().graceful_shutdown();
             let _ = conn.await;
         }
-        // Nothing being answered and no byte either way for
-        // keepalive_timeout (or no request at all within
-        // header_read_timeout): close. Meanwhile the watch frees the budget
-        // slots of responses past their deadline.
+        // Idle past keepalive_timeout, or a request head not complete
+        // within header_read_timeout: close. Meanwhile the watch frees the
+        // budget slots of responses past their deadline.
         _ = watch.watchdog(limits.keepalive_timeout, limits.header_read_timeout) => {
             tracing::debug!("idle connection closed");
         }

@@ -8,8 +8,16 @@
 //!   in-flight count) to the connection's watch, and the watch drops it at
 //!   `server.request_timeout` whatever the client does; the body then ends
 //!   with an error the next time it is polled.
-//! - **Idle connections.** No byte either way for `server.keepalive_timeout`
-//!   and no request being answered: the connection is closed.
+//! - **Idle connections.** Nothing being answered for
+//!   `server.keepalive_timeout` (and, on HTTP/1, no byte either way): the
+//!   connection is closed.
+//! - **Slow or missing request heads.** A connection must send its first
+//!   request head within `server.header_read_timeout` of opening, and on
+//!   HTTP/1 every later head within that long of its first byte. (hyper's
+//!   own header timer can't be used: it also runs while a keep-alive
+//!   connection waits idle, which would cap keep-alive at the header
+//!   timeout, and it does not cover the bytes hyper-util reads to pick the
+//!   protocol.)
 //! - **Slow readers.** A write that waits longer than `server.send_timeout`
 //!   for the client to make room fails, which ends the connection and
 //!   everything it held ([`WatchedIo`]).
@@ -60,6 +68,14 @@ pub struct ConnWatch {
     last_io_ms: AtomicU64,
     /// Whether any request has arrived on this connection.
     served: std::sync::atomic::AtomicBool,
+    /// HTTP/2: idleness is "no open stream", whatever pings come and go.
+    h2: std::sync::atomic::AtomicBool,
+    /// Milliseconds since `born` (+1; 0 = none) when the first byte of an
+    /// HTTP/1 request head arrived while nothing was being answered.
+    head_started_ms: AtomicU64,
+    /// Milliseconds since `born` of the last time a request started or a
+    /// response head went out.
+    last_busy_ms: AtomicU64,
     /// Wakes the watchdog when an earlier deadline is registered.
     changed: Notify,
 }
@@ -80,6 +96,9 @@ impl Default for ConnWatch {
             active: AtomicUsize::new(0),
             last_io_ms: AtomicU64::new(0),
             served: std::sync::atomic::AtomicBool::new(false),
+            h2: std::sync::atomic::AtomicBool::new(false),
+            head_started_ms: AtomicU64::new(0),
+            last_busy_ms: AtomicU64::new(0),
             changed: Notify::new(),
         }
     }
@@ -110,6 +129,13 @@ impl Drop for Ticket {
             h
         };
         drop(holdings);
+        // A pipelined head that arrived while this response streamed is
+        // only read now: its header timer starts now.
+        if self.watch.head_started_ms.load(Ordering::Relaxed) != 0 {
+            self.watch
+                .head_started_ms
+                .store(self.watch.now_ms() + 1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -119,6 +145,7 @@ pub struct Active(Arc<ConnWatch>);
 impl Drop for Active {
     fn drop(&mut self) {
         self.0.active.fetch_sub(1, Ordering::AcqRel);
+        self.0.last_busy_ms.store(self.0.now_ms(), Ordering::Relaxed);
         self.0.touch();
     }
 }
@@ -128,9 +155,27 @@ impl ConnWatch {
         self.slots.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn now_ms(&self) -> u64 {
+        self.born.elapsed().as_millis() as u64
+    }
+
     fn touch(&self) {
-        let ms = self.born.elapsed().as_millis() as u64;
-        self.last_io_ms.store(ms, Ordering::Relaxed);
+        self.last_io_ms.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// Bytes came in. On HTTP/1, with nothing being answered, they are the
+    /// start of the next request head.
+    fn on_read(&self) {
+        let now = self.now_ms();
+        self.last_io_ms.store(now, Ordering::Relaxed);
+        if !self.h2.load(Ordering::Relaxed)
+            && self.active.load(Ordering::Acquire) == 0
+            && self.head_started_ms.load(Ordering::Relaxed) == 0
+        {
+            self.head_started_ms.store(now + 1, Ordering::Relaxed);
+            // The watchdog may be asleep until a keep-alive far away.
+            self.changed.notify_one();
+        }
     }
 
     /// `holdings` are dropped at `deadline` unless the ticket is dropped
@@ -163,13 +208,19 @@ impl ConnWatch {
     }
 
     /// Marks a request as being answered until the guard drops.
-    pub fn active(self: &Arc<Self>) -> Active {
+    pub fn active(self: &Arc<Self>, version: http::Version) -> Active {
         self.active.fetch_add(1, Ordering::AcqRel);
         self.served.store(true, Ordering::Relaxed);
+        self.head_started_ms.store(0, Ordering::Relaxed);
+        self.last_busy_ms.store(self.now_ms(), Ordering::Relaxed);
+        if version == http::Version::HTTP_2 {
+            self.h2.store(true, Ordering::Relaxed);
+        }
         Active(self.clone())
     }
 
-    /// Drops the holdings whose deadline passed; returns the next deadline.
+    /// Drops the holdings whose deadline passed; returns the next deadline
+    /// (`None` when no response holds anything).
     fn expire(&self, now: Instant) -> Option<Instant> {
         let mut expired = Vec::new();
         let next = {
@@ -197,20 +248,29 @@ impl ConnWatch {
         next
     }
 
-    /// Runs until the connection should be closed for idleness (or for
-    /// sending no request within `first_request`); meanwhile enforces the
-    /// response deadlines. Never returns while the connection is in use.
-    pub async fn watchdog(&self, keepalive: Duration, first_request: Duration) {
+    /// Runs until the connection should be closed: idle for `keepalive`,
+    /// or a request head not complete within `header_timeout`. Meanwhile
+    /// enforces the response deadlines. Never returns while a request is
+    /// being answered or a response streams.
+    pub async fn watchdog(&self, keepalive: Duration, header_timeout: Duration) {
+        let at = |ms: u64| self.born + Duration::from_millis(ms);
         loop {
             let now = Instant::now();
             let next_deadline = self.expire(now);
-            let idle_since = self.born + Duration::from_millis(self.last_io_ms.load(Ordering::Relaxed));
-            // A connection that has not yet sent a whole request head gets
-            // the header timeout, not the (longer) keep-alive.
-            let idle_end = if self.served.load(Ordering::Relaxed) {
-                idle_since + keepalive
+            let head_started = self.head_started_ms.load(Ordering::Relaxed);
+            let idle_end = if !self.served.load(Ordering::Relaxed) {
+                // Not one whole request head yet.
+                self.born + header_timeout
+            } else if head_started != 0 {
+                at(head_started - 1) + header_timeout
+            } else if self.h2.load(Ordering::Relaxed) {
+                at(self.last_busy_ms.load(Ordering::Relaxed)) + keepalive
             } else {
-                self.born + first_request
+                let last = self
+                    .last_io_ms
+                    .load(Ordering::Relaxed)
+                    .max(self.last_busy_ms.load(Ordering::Relaxed));
+                at(last) + keepalive
             };
             if self.active.load(Ordering::Acquire) == 0 && now >= idle_end && next_deadline.is_none() {
                 return;
@@ -258,7 +318,7 @@ impl<I: Read> Read for WatchedIo<I> {
         let this = self.project();
         let poll = this.inner.poll_read(cx, buf);
         if poll.is_ready() {
-            this.watch.touch();
+            this.watch.on_read();
         }
         poll
     }
@@ -345,7 +405,7 @@ mod tests {
         let ticket = watch.hold_until(Instant::now() + Duration::from_secs(5), slot);
         let w = watch.clone();
         let dog = tokio::spawn(async move { w.watchdog(Duration::from_secs(60), Duration::from_secs(60)).await });
-        let _busy = watch.active();
+        let _busy = watch.active(http::Version::HTTP_11);
         tokio::time::sleep(Duration::from_secs(4)).await;
         assert!(!freed() && ticket.alive());
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -372,7 +432,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_watchdog_returns_only_when_idle_for_keepalive() {
         let watch = Arc::new(ConnWatch::default());
-        let active = watch.active();
+        let active = watch.active(http::Version::HTTP_11);
         let w = watch.clone();
         let dog = tokio::spawn(async move { w.watchdog(Duration::from_secs(10), Duration::from_secs(10)).await });
         tokio::time::sleep(Duration::from_secs(30)).await;

@@ -233,8 +233,13 @@ pub struct SluiceProcess {
 
 impl SluiceProcess {
     pub fn spawn(args: &[&str]) -> SluiceProcess {
+        Self::spawn_command(std::process::Command::new(env!("CARGO_BIN_EXE_sluice")), args)
+    }
+
+    /// As `spawn`, from a command the caller prepared (limits, env).
+    pub fn spawn_command(mut cmd: std::process::Command, args: &[&str]) -> SluiceProcess {
         use std::io::BufRead;
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        let mut child = cmd
             .args(args)
             .arg("--log-format")
             .arg("json")

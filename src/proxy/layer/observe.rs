@@ -80,7 +80,7 @@ where
             start: Instant::now(),
             log,
             shared: self.shared.clone(),
-            _active: self.conn.watch.active(),
+            _active: self.conn.watch.active(req.version()),
             inner: self.inner.call(req),
         }
     }
