@@ -230,7 +230,13 @@ impl Drainer {
             }
             attempt += 1;
             self.spooler.inflight.insert(key, attempt);
-            let outcome = match self.attempt(&env, id, attempt + u32::from(env.attempt_base)).await {
+            // Only a record's first try here speaks for the backend's
+            // health; its retries don't move the breaker.
+            let first = attempt == 1;
+            let outcome = match self
+                .attempt(&env, id, attempt + u32::from(env.attempt_base), first)
+                .await
+            {
                 Ok(outcome) => outcome,
                 // While the breaker is open replay waits (re-checking
                 // expiry); the refused try was no attempt.
@@ -328,10 +334,11 @@ impl Drainer {
 
     /// One send of a spooled request through the replay stack, and its
     /// answer read (bounded) so the connection can serve again.
-    async fn attempt(&self, env: &Envelope, id: RequestId, attempt: u32) -> Result<Attempt, BreakerOpen> {
+    async fn attempt(&self, env: &Envelope, id: RequestId, attempt: u32, first: bool) -> Result<Attempt, BreakerOpen> {
         let cfg = self.shared.runtime.load().config.clone();
         let out = Outbound {
             request: replay_request(env, id, attempt),
+            retry: !first,
             wait_until: None,
             timeout: cfg.upstream.timeout,
         };

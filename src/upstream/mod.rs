@@ -27,7 +27,7 @@ pub use retry_after::retry_after;
 use crate::metrics::UpstreamMetrics;
 use adaptive::AdaptiveLimit;
 use body::RequestBody;
-use breaker::Breaker;
+use breaker::{Breaker, Role};
 use client::{Client, UpstreamClient};
 use http::Request;
 use layer::{AdaptiveLayer, BreakerLayer, BudgetLayer, ObserveLayer, Share, TimeoutLayer};
@@ -44,6 +44,9 @@ pub struct Outbound {
     pub wait_until: Option<Instant>,
     /// The response head must arrive within this.
     pub timeout: Duration,
+    /// A replayed record's second or later attempt: its result doesn't
+    /// count toward opening the breaker.
+    pub retry: bool,
 }
 
 /// The live stack: breaker → live share of the budget → metrics → timeout → client.
@@ -68,15 +71,17 @@ impl UpstreamParts {
     pub fn live_stack(&self) -> LiveStack {
         ServiceBuilder::new()
             // The breaker first: a request it refuses must not spend a
-            // budget token or slot.
-            .layer(BreakerLayer::new(self.breaker.clone()))
+            // budget token or slot. Live traffic takes the half-open probe.
+            .layer(BreakerLayer::new(self.breaker.clone(), Role::Live))
             .layer(BudgetLayer::new(self.budget.clone(), Share::Live))
             .service(self.observed(&self.live_metrics))
     }
 
     pub fn replay_stack(&self) -> ReplayStack {
         ServiceBuilder::new()
-            .layer(BreakerLayer::new(self.breaker.clone()))
+            // Replay probes only when no live request came within a
+            // cooldown, and a record's retries don't open the breaker.
+            .layer(BreakerLayer::new(self.breaker.clone(), Role::Replay))
             // The adaptive limit before the budget: a replay that may not
             // go yet holds no budget slot while it waits.
             .layer(AdaptiveLayer::new(self.adaptive.clone()))

@@ -51,6 +51,7 @@ pub fn outbound() -> Outbound {
         request: Request::new(RequestBody::full(bytes::Bytes::from_static(b"x"))),
         wait_until: None,
         timeout: Duration::from_secs(5),
+        retry: false,
     }
 }
 

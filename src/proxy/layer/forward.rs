@@ -90,6 +90,7 @@ where
             request: req,
             wait_until,
             timeout,
+            retry: false,
         };
         ResponseFuture::Sending {
             inner: self.upstream.call(out),

@@ -5,7 +5,7 @@
 //! that gives it back when the future is dropped unjudged (a client that
 //! went away), so a lost probe never holds the breaker half-open.
 
-use crate::upstream::breaker::{Admit, Breaker, Health};
+use crate::upstream::breaker::{Admit, Breaker, Health, Role};
 use crate::upstream::error::{Failed, UpstreamError};
 use crate::upstream::Outbound;
 use http::Response;
@@ -19,11 +19,12 @@ use tower::{Layer, Service};
 #[derive(Clone)]
 pub struct BreakerLayer {
     breaker: Arc<Breaker>,
+    role: Role,
 }
 
 impl BreakerLayer {
-    pub fn new(breaker: Arc<Breaker>) -> Self {
-        BreakerLayer { breaker }
+    pub fn new(breaker: Arc<Breaker>, role: Role) -> Self {
+        BreakerLayer { breaker, role }
     }
 }
 
@@ -34,6 +35,7 @@ impl<S> Layer<S> for BreakerLayer {
         BreakerService {
             inner,
             breaker: self.breaker.clone(),
+            role: self.role,
         }
     }
 }
@@ -42,12 +44,15 @@ impl<S> Layer<S> for BreakerLayer {
 pub struct BreakerService<S> {
     inner: S,
     breaker: Arc<Breaker>,
+    role: Role,
 }
 
 /// A half-open probe slot, given back unless the exchange was judged.
 struct Ticket {
     breaker: Arc<Breaker>,
     probe: bool,
+    /// False for a replayed record's retry (see `Breaker::record`).
+    counts: bool,
     settled: bool,
 }
 
@@ -55,7 +60,7 @@ impl Ticket {
     fn settle(&mut self, health: Option<Health>) {
         self.settled = true;
         match health {
-            Some(h) => self.breaker.record(h, self.probe),
+            Some(h) => self.breaker.record(h, self.probe, self.counts),
             None if self.probe => self.breaker.release_probe(),
             None => {}
         }
@@ -83,7 +88,7 @@ where
     }
 
     fn call(&mut self, out: Outbound) -> Self::Future {
-        let probe = match self.breaker.admit() {
+        let probe = match self.breaker.admit(self.role) {
             Admit::Pass => false,
             Admit::Probe => true,
             Admit::Refuse { retry_after } => {
@@ -92,11 +97,13 @@ where
                 }
             }
         };
+        let retry = out.retry;
         ResponseFuture::Sent {
             inner: self.inner.call(out),
             ticket: Ticket {
                 breaker: self.breaker.clone(),
                 probe,
+                counts: !retry,
                 settled: false,
             },
         }
@@ -158,7 +165,7 @@ mod tests {
     #[tokio::test]
     async fn failures_open_it_and_an_open_breaker_hands_the_request_back() {
         let b = breaker();
-        let svc = BreakerLayer::new(b.clone()).layer(status_service(StubResult::Status(503)));
+        let svc = BreakerLayer::new(b.clone(), Role::Live).layer(status_service(StubResult::Status(503)));
         for _ in 0..2 {
             assert_eq!(svc.clone().oneshot(outbound()).await.unwrap().status(), 503);
         }
@@ -170,13 +177,13 @@ mod tests {
     #[tokio::test]
     async fn inner_errors_that_are_ours_do_not_count() {
         let b = breaker();
-        let svc = BreakerLayer::new(b.clone()).layer(status_service(StubResult::Busy));
+        let svc = BreakerLayer::new(b.clone(), Role::Live).layer(status_service(StubResult::Busy));
         for _ in 0..5 {
             let e = svc.clone().oneshot(outbound()).await.unwrap_err();
             assert!(matches!(e.error, UpstreamError::Busy { .. }));
         }
         assert!(!b.is_open());
-        let failing = BreakerLayer::new(b.clone()).layer(status_service(StubResult::Timeout));
+        let failing = BreakerLayer::new(b.clone(), Role::Live).layer(status_service(StubResult::Timeout));
         for _ in 0..2 {
             failing.clone().oneshot(outbound()).await.unwrap_err();
         }
@@ -186,17 +193,17 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_dropped_probe_gives_its_slot_back() {
         let b = breaker();
-        let failing = BreakerLayer::new(b.clone()).layer(status_service(StubResult::Status(502)));
+        let failing = BreakerLayer::new(b.clone(), Role::Live).layer(status_service(StubResult::Status(502)));
         for _ in 0..2 {
             failing.clone().oneshot(outbound()).await.unwrap();
         }
         tokio::time::sleep(Duration::from_millis(60)).await;
         // Half-open: this request is the probe; its client goes away.
-        let hanging = BreakerLayer::new(b.clone()).layer(status_service(StubResult::Hang));
+        let hanging = BreakerLayer::new(b.clone(), Role::Live).layer(status_service(StubResult::Hang));
         let fut = hanging.clone().oneshot(outbound());
         let _ = tokio::time::timeout(Duration::from_millis(10), fut).await;
         // The slot is free again: the next request probes and closes it.
-        let ok = BreakerLayer::new(b.clone()).layer(status_service(StubResult::Status(200)));
+        let ok = BreakerLayer::new(b.clone(), Role::Live).layer(status_service(StubResult::Status(200)));
         assert_eq!(ok.oneshot(outbound()).await.unwrap().status(), 200);
         assert!(!b.is_open());
     }
