@@ -15,9 +15,12 @@ fn route(rate: &str, burst: u32) -> String {
     format!("[[route]]\nname = \"api\"\nmatch = {{ path_prefix = \"/\" }}\nrate = \"{rate}\"\nburst = {burst}\n")
 }
 
+/// A config file for the reload tests. The file watcher is off: these
+/// tests reload explicitly, and a watcher tick between the rewrite and
+/// the reload would count the same change twice.
 fn file_config(upstream: &str, listen: &str, extra: &str) -> String {
     format!(
-        "[server]\nlisten = \"{listen}\"\nadmin_listen = \"127.0.0.1:0\"\n\n[upstream]\nurl = \"{upstream}\"\n\n{extra}\n"
+        "[server]\nlisten = \"{listen}\"\nadmin_listen = \"127.0.0.1:0\"\nconfig_poll_interval = \"0s\"\n\n[upstream]\nurl = \"{upstream}\"\n\n{extra}\n"
     )
 }
 
