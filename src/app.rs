@@ -348,6 +348,7 @@ pub async fn start(config: Config, overrides: Overrides) -> Result<Running, AppE
 
     let task = {
         let shutdown = shutdown.clone();
+        let shared_for_shutdown = shared.clone();
         tokio::spawn(async move {
             shutdown.wait().await;
             // Readiness first, so a load balancer stops sending while we
@@ -377,6 +378,9 @@ pub async fn start(config: Config, overrides: Overrides) -> Result<Running, AppE
             let _ = admin.await;
             admin_tracker.close();
             let _ = tokio::time::timeout(Duration::from_secs(1), admin_tracker.wait()).await;
+            // The last requests' lines, written before we go.
+            let log = shared_for_shutdown.clone();
+            let _ = tokio::task::spawn_blocking(move || log.access_log.flush(Duration::from_secs(2))).await;
             tracing::info!("stopped");
         })
     };
@@ -398,10 +402,15 @@ pub async fn run(config: Config, overrides: Overrides) -> Result<(), AppError> {
     let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
     let mut hup = signal(SignalKind::hangup()).expect("installing a SIGHUP handler");
+    let mut usr1 = signal(SignalKind::user_defined1()).expect("installing a SIGUSR1 handler");
     loop {
         tokio::select! {
             _ = term.recv() => { tracing::info!("SIGTERM received"); break; }
             _ = int.recv() => { tracing::info!("SIGINT received"); break; }
+            _ = usr1.recv() => {
+                tracing::info!("SIGUSR1 received: reopening log.access_file");
+                running.shared.access_log.reopen();
+            }
             _ = hup.recv() => {
                 tracing::info!("SIGHUP received: reloading config");
                 // The outcome is logged and counted by the reloader.

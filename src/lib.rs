@@ -42,8 +42,10 @@
 //!   never ages (or expires) spooled records; steps over 5 s are logged
 //! - [`crash`]      named crash points for the kill -9 fault suite (debug builds only)
 //! - [`telemetry`]  tracing setup (text / JSON)
+//! - [`accesslog`]  the access log: records handed to a writer thread, written in batches
 //! - [`demo`]       `sluice demo`: one burst at a slow built-in backend, straight then through sluice
 
+pub mod accesslog;
 pub mod admin;
 pub mod admission;
 pub mod app;

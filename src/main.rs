@@ -117,8 +117,9 @@ struct RunArgs {
     /// Burst of the route named "default".
     #[arg(long)]
     burst: Option<u32>,
-    #[arg(long, value_enum, default_value = "text")]
-    log_format: LogFormat,
+    /// Log format; overrides `log.format` (default text).
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormat>,
 }
 
 fn config_exit(e: &ConfigError) -> ExitCode {
@@ -195,12 +196,19 @@ fn main() -> ExitCode {
                 spool_dir: args.spool_dir,
                 rate: args.rate,
                 burst: args.burst,
+                log_format: args.log_format.map(|f| match f {
+                    LogFormat::Text => config::LogFormat::Text,
+                    LogFormat::Json => config::LogFormat::Json,
+                }),
             };
             let cfg = match Config::load(args.config.as_deref(), &overrides) {
                 Ok(c) => c,
                 Err(e) => return config_exit(&e),
             };
-            telemetry::init(args.log_format);
+            telemetry::init(match cfg.log.format {
+                config::LogFormat::Text => LogFormat::Text,
+                config::LogFormat::Json => LogFormat::Json,
+            });
             match run(cfg, overrides) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

@@ -100,6 +100,7 @@ pub struct Metrics {
     pub spool_recovered: IntCounterVec,
     pub dlq_dropped: IntCounterVec,
     pub connections_open: IntGauge,
+    pub log_dropped: prometheus::IntCounter,
     pub connections_refused: prometheus::IntCounter,
     pub replay_total: IntCounterVec,
     pub replay_limit: GaugeVec,
@@ -232,6 +233,10 @@ impl Metrics {
                     "What spool recovery found: records, truncated bytes, corrupt records."
                 ),
                 &["what"]
+            )),
+            log_dropped: reg!(prometheus::IntCounter::new(
+                "sluice_log_dropped_total",
+                "Access log lines dropped because the writer fell behind (requests never wait for the log)."
             )),
             connections_open: reg!(IntGauge::new(
                 "sluice_connections_open",

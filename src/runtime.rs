@@ -2,6 +2,7 @@
 //! a reload swaps ([`Runtime`]), and the long-lived parts around it
 //! ([`Shared`]: the upstream parts, the spool intake, metrics).
 
+use crate::accesslog::AccessLog;
 use crate::admission::RouteTable;
 use crate::config::{Config, UNMATCHED_ROUTE};
 use crate::drain::spooler::Spooler;
@@ -70,6 +71,7 @@ pub struct Shared {
     pub upstream: UpstreamParts,
     pub metrics: Arc<Metrics>,
     pub spooler: Arc<Spooler>,
+    pub access_log: AccessLog,
 }
 
 impl Shared {
@@ -90,11 +92,13 @@ impl Shared {
             replay_metrics: Arc::new(metrics.upstream(Source::Replay)),
         };
         upstream.adaptive.set_enabled(cfg.upstream.adaptive);
+        let access_log = AccessLog::start(&cfg.log, metrics.log_dropped.clone());
         Shared {
             runtime: ArcSwap::from_pointee(runtime),
             upstream,
             metrics,
             spooler,
+            access_log,
         }
     }
 
@@ -107,6 +111,7 @@ impl Shared {
             .adaptive
             .reconfigure(AdaptiveConfig::for_max(cfg.upstream.max_concurrency));
         self.upstream.adaptive.set_enabled(cfg.upstream.adaptive);
+        self.access_log.configure(&cfg.log);
         self.runtime.store(Arc::new(runtime));
     }
 }

@@ -21,7 +21,24 @@ pub struct FileConfig {
     #[serde(default)]
     pub breaker: BreakerFile,
     #[serde(default)]
+    pub log: LogFile,
+    #[serde(default)]
     pub route: Vec<RouteFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogFile {
+    pub access: Option<bool>,
+    pub format: Option<LogFormatFile>,
+    pub access_file: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormatFile {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Default, Deserialize)]

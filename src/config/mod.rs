@@ -16,8 +16,8 @@ mod validate;
 
 pub use error::ConfigError;
 pub use types::{
-    AdminConfig, Config, DrainConfig, EscapedSlashes, FsyncPolicy, KeySource, OnLimit, Ordering, PathPolicy,
-    RouteConfig, RouteMatch, ServerConfig, SpoolConfig, TlsConfig, UpstreamConfig,
+    AdminConfig, Config, DrainConfig, EscapedSlashes, FsyncPolicy, KeySource, LogConfig, LogFormat, OnLimit, Ordering,
+    PathPolicy, RouteConfig, RouteMatch, ServerConfig, SpoolConfig, TlsConfig, UpstreamConfig,
 };
 pub use units::Rate;
 pub use validate::parse_upstream_flag;
@@ -47,6 +47,8 @@ pub struct Overrides {
     /// Applies to the route named `default`.
     pub rate: Option<Rate>,
     pub burst: Option<u32>,
+    /// `--log-format`, over `log.format`.
+    pub log_format: Option<LogFormat>,
 }
 
 impl Config {
@@ -97,6 +99,9 @@ impl Config {
         }
         if let Some(d) = &o.spool_dir {
             self.spool.dir = d.clone();
+        }
+        if let Some(f) = o.log_format {
+            self.log.format = f;
         }
         if o.rate.is_some() || o.burst.is_some() {
             let route = self.routes.iter_mut().find(|r| r.name == "default").ok_or_else(|| {

@@ -20,7 +20,24 @@ pub struct Config {
     pub spool: SpoolConfig,
     pub drain: DrainConfig,
     pub breaker: crate::upstream::breaker::BreakerConfig,
+    pub log: LogConfig,
     pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// `[log]`: the access log (reloadable) and the log format.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogConfig {
+    /// One line per request (RUST_LOG must also let `sluice::access` info through).
+    pub access: bool,
+    pub format: LogFormat,
+    /// Access lines go here instead of stderr; reopened on SIGUSR1.
+    pub access_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -294,6 +294,14 @@ pub(super) fn validate(src: &Source<'_>, f: FileConfig, upstream_given: bool) ->
         spool,
         drain,
         breaker,
+        log: LogConfig {
+            access: f.log.access.unwrap_or(true),
+            format: match f.log.format {
+                Some(LogFormatFile::Json) => LogFormat::Json,
+                Some(LogFormatFile::Text) | None => LogFormat::Text,
+            },
+            access_file: f.log.access_file.as_ref().map(PathBuf::from),
+        },
         routes,
     })
 }

@@ -478,15 +478,11 @@ pub async fn down_then_up() -> Tally {
     // Replay has been failing against the closed port meanwhile. (Its
     // retries don't open the breaker: only first attempts and live
     // traffic count, so poison records can't keep live traffic out.)
-    eventually(
-        Duration::from_secs(5),
-        "retries against the down backend",
-        || async {
-            let m = metrics_text(&c, sluice.admin_addr).await;
-            let retried = metric_value(&m, "sluice_replay_total", &[("outcome", "retried")]).unwrap_or(0.0);
-            (retried >= case.n as f64).then_some(())
-        },
-    )
+    eventually(Duration::from_secs(5), "retries against the down backend", || async {
+        let m = metrics_text(&c, sluice.admin_addr).await;
+        let retried = metric_value(&m, "sluice_replay_total", &[("outcome", "retried")]).unwrap_or(0.0);
+        (retried >= case.n as f64).then_some(())
+    })
     .await;
     let server = FaultServer::start_on(
         TcpListener::bind(("127.0.0.1", port))

@@ -237,13 +237,19 @@ impl SluiceProcess {
     }
 
     /// As `spawn`, from a command the caller prepared (limits, env).
-    pub fn spawn_command(mut cmd: std::process::Command, args: &[&str]) -> SluiceProcess {
+    pub fn spawn_command(cmd: std::process::Command, args: &[&str]) -> SluiceProcess {
+        Self::spawn_command_env(cmd, args, "info")
+    }
+
+    /// As `spawn_command`, with this `RUST_LOG` (it must let the
+    /// `sluice::app` "listening" line through).
+    pub fn spawn_command_env(mut cmd: std::process::Command, args: &[&str], rust_log: &str) -> SluiceProcess {
         use std::io::BufRead;
         let mut child = cmd
             .args(args)
             .arg("--log-format")
             .arg("json")
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", rust_log)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())

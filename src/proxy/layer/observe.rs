@@ -4,6 +4,7 @@
 //! [`error::render`](crate::proxy::error::render), the one place — its
 //! answer or error becomes the response.
 
+use crate::accesslog::AccessRecord;
 use crate::proxy::error::render;
 use crate::proxy::{ConnInfo, Reply};
 use crate::runtime::Shared;
@@ -71,7 +72,7 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let log = tracing::enabled!(target: "sluice::access", tracing::Level::INFO).then(|| LogFacts {
+        let log = self.shared.access_log.enabled().then(|| LogFacts {
             method: req.method().clone(),
             path: req.uri().path().to_owned(),
             conn: self.conn.clone(),
@@ -122,22 +123,22 @@ where
             route.metrics.observe(decision, elapsed.as_secs_f64());
         }
         if let Some(log) = this.log.take() {
-            let (route, decision) = match &reply.route {
-                Some(r) => (&*r.name, decision.as_str()),
+            let (route, decision): (Arc<str>, &'static str) = match &reply.route {
+                Some(r) => (r.name.clone(), decision.as_str()),
                 // sluice's own status answers.
-                None => ("-", "status"),
+                None => (Arc::from("-"), "status"),
             };
-            tracing::info!(
-                target: "sluice::access",
+            // Handed to the writer thread: no formatting or I/O here.
+            this.shared.access_log.log(AccessRecord {
+                at_ms: crate::clock::now_ms(),
                 route,
                 decision,
-                status = response.status().as_u16(),
-                method = log.method.as_str(),
-                path = log.path,
-                client = %log.conn.peer.ip(),
-                duration_ms = elapsed.as_secs_f64() * 1000.0,
-                "request"
-            );
+                status: response.status().as_u16(),
+                method: log.method,
+                path: log.path,
+                client: log.conn.peer.ip(),
+                duration_us: elapsed.as_micros() as u64,
+            });
         }
         Poll::Ready(Ok(response))
     }
