@@ -153,13 +153,13 @@ pub async fn serve<F, S, B>(
             match tls {
                 None => {
                     let io = WatchedIo::new(TokioIo::new(stream), watch.clone(), limits.send_timeout);
-                    serve_conn(&builder, io, service, &watch, limits, shutdown).await
+                    serve_conn(&builder, io, service, watch, limits, shutdown).await
                 }
                 Some(acceptor) => {
                     match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream)).await {
                         Ok(Ok(tls_stream)) => {
                             let io = WatchedIo::new(TokioIo::new(tls_stream), watch.clone(), limits.send_timeout);
-                            serve_conn(&builder, io, service, &watch, limits, shutdown).await
+                            serve_conn(&builder, io, service, watch, limits, shutdown).await
                         }
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -174,7 +174,7 @@ async fn serve_conn<I, S, B>(
     builder: &auto::Builder<TokioExecutor>,
     io: I,
     service: TowerToHyperService<S>,
-    watch: &ConnWatch,
+    watch: Arc<ConnWatch>,
     limits: ConnLimits,
     shutdown: Shutdown,
 ) where
@@ -185,25 +185,53 @@ async fn serve_conn<I, S, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    // The watchdog and the shutdown signal run in a task of their own and
+    // say when to close through one oneshot: the connection task, woken
+    // several times per request, then polls one cheap receiver rather than
+    // their futures.
+    let (close_tx, close_rx) = tokio::sync::oneshot::channel();
+    let dog = tokio::spawn(async move {
+        let why = tokio::select! {
+            biased;
+            _ = shutdown.wait() => Close::Graceful,
+            // Idle past keepalive_timeout, or a request head not complete
+            // within header_read_timeout. Meanwhile the watch frees the
+            // budget slots of responses past their deadline.
+            _ = watch.watchdog(limits.keepalive_timeout, limits.header_read_timeout) => Close::Idle,
+        };
+        let _ = close_tx.send(why);
+    });
+    let _dog = AbortOnDrop(dog);
     let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
     tokio::select! {
+        biased;
         res = conn.as_mut() => {
             if let Err(e) = res {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         }
-        _ = shutdown.wait() => {
-            // Finish the request in flight, refuse new ones on this
-            // connection, then close.
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
-        }
-        // Idle past keepalive_timeout, or a request head not complete
-        // within header_read_timeout: close. Meanwhile the watch frees the
-        // budget slots of responses past their deadline.
-        _ = watch.watchdog(limits.keepalive_timeout, limits.header_read_timeout) => {
-            tracing::debug!("idle connection closed");
-        }
+        Ok(why) = close_rx => match why {
+            Close::Graceful => {
+                // Finish the request in flight, refuse new ones on this
+                // connection, then close.
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.await;
+            }
+            Close::Idle => tracing::debug!("idle connection closed"),
+        },
+    }
+}
+
+enum Close {
+    Graceful,
+    Idle,
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

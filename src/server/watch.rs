@@ -76,8 +76,11 @@ pub struct ConnWatch {
     /// Milliseconds since `born` of the last time a request started or a
     /// response head went out.
     last_busy_ms: AtomicU64,
-    /// Wakes the watchdog when an earlier deadline is registered.
+    /// Wakes the watchdog when a deadline earlier than its planned wake
+    /// is registered.
     changed: Notify,
+    /// When the watchdog plans to wake next (ms since `born`).
+    planned_wake_ms: AtomicU64,
 }
 
 impl std::fmt::Debug for ConnWatch {
@@ -100,6 +103,7 @@ impl Default for ConnWatch {
             head_started_ms: AtomicU64::new(0),
             last_busy_ms: AtomicU64::new(0),
             changed: Notify::new(),
+            planned_wake_ms: AtomicU64::new(u64::MAX),
         }
     }
 }
@@ -172,9 +176,9 @@ impl ConnWatch {
             && self.active.load(Ordering::Acquire) == 0
             && self.head_started_ms.load(Ordering::Relaxed) == 0
         {
+            // No wake-up: on HTTP/1 the watchdog looks at heads every half
+            // header timeout (one timer per connection, not per request).
             self.head_started_ms.store(now + 1, Ordering::Relaxed);
-            // The watchdog may be asleep until a keep-alive far away.
-            self.changed.notify_one();
         }
     }
 
@@ -182,7 +186,10 @@ impl ConnWatch {
     /// first.
     pub fn hold_until(self: &Arc<Self>, deadline: Instant, holdings: Holdings) -> Ticket {
         let mut s = self.lock();
-        let earliest = s.entries.iter().flatten().all(|e| e.deadline > deadline);
+        // Wake the watchdog only if it plans to sleep past this deadline
+        // (the usual case, a later deadline than the last, costs nothing).
+        let deadline_ms = deadline.saturating_duration_since(self.born).as_millis() as u64;
+        let earliest = deadline_ms < self.planned_wake_ms.load(Ordering::Acquire);
         let entry = Some(Entry {
             deadline,
             holdings: Some(holdings),
@@ -275,12 +282,21 @@ impl ConnWatch {
             if self.active.load(Ordering::Acquire) == 0 && now >= idle_end && next_deadline.is_none() {
                 return;
             }
-            // Re-check idleness at most every keepalive, deadlines exactly.
-            let wake = match next_deadline {
-                Some(d) => d.min(idle_end.max(now + Duration::from_millis(50))),
-                None => idle_end.max(now + Duration::from_millis(50)),
-            };
+            // Deadlines exactly; idleness when it would be due; HTTP/1
+            // request heads every half header timeout.
+            let mut wake = idle_end.max(now + Duration::from_millis(50));
+            if let Some(d) = next_deadline {
+                wake = wake.min(d);
+            }
+            if self.served.load(Ordering::Relaxed) && !self.h2.load(Ordering::Relaxed) {
+                wake = wake.min(now + header_timeout / 2);
+            }
+            self.planned_wake_ms.store(
+                wake.saturating_duration_since(self.born).as_millis() as u64,
+                Ordering::Release,
+            );
             tokio::select! {
+                biased;
                 _ = tokio::time::sleep_until(wake) => {}
                 _ = self.changed.notified() => {}
             }
