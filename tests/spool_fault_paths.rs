@@ -25,15 +25,6 @@ async fn batch(r: &mut PartitionReader, n: usize) -> Result<Vec<Record>, SpoolEr
         .expect("reader stalled")
 }
 
-/// Reads `count` records of a partition from its reader, in order.
-async fn read_n(r: &mut PartitionReader, count: usize) -> Vec<Record> {
-    let mut out = Vec::new();
-    while out.len() < count {
-        out.extend(batch(r, 64).await.unwrap());
-    }
-    out
-}
-
 fn offsets(v: &[Record]) -> Vec<u64> {
     v.iter().map(|r| r.offset).collect()
 }
@@ -95,11 +86,7 @@ async fn a_failed_dead_letter_of_a_corrupt_record_moves_the_reader_nowhere() {
 
 /// Flips one payload byte of a record in place.
 fn flip_payload_byte(dir: &std::path::Path, partition: u32, offset: u64) {
-    let f = frame_locations(dir)
-        .unwrap()
-        .into_iter()
-        .find(|f| f.partition == partition && f.offset == offset)
-        .expect("frame on disk");
+    let f = frame_at(dir, partition, offset);
     let mut bytes = std::fs::read(&f.segment).unwrap();
     bytes[(f.pos + f.header_len) as usize + 3] ^= 0x20;
     std::fs::write(&f.segment, bytes).unwrap();
@@ -107,11 +94,7 @@ fn flip_payload_byte(dir: &std::path::Path, partition: u32, offset: u64) {
 
 /// Adds `delta` to the length field of a record's frame.
 fn bump_length(dir: &std::path::Path, partition: u32, offset: u64, delta: u32) {
-    let f = frame_locations(dir)
-        .unwrap()
-        .into_iter()
-        .find(|f| f.partition == partition && f.offset == offset)
-        .expect("frame on disk");
+    let f = frame_at(dir, partition, offset);
     let mut bytes = std::fs::read(&f.segment).unwrap();
     let at = f.pos as usize;
     let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) + delta;

@@ -9,9 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::*;
 use sluice::spool::codec;
-use sluice::spool::{
-    FrameLocation, FsyncMode, FullCause, NoopObserver, RecoveredKind, Spool, SpoolError, SpoolOptions,
-};
+use sluice::spool::{FsyncMode, FullCause, NoopObserver, RecoveredKind, Spool, SpoolError, SpoolOptions};
 
 async fn fill(s: &Spool, partitions: u32, n: u64, len: usize) {
     for i in 0..n {
@@ -83,15 +81,6 @@ async fn zero_filled_tail_is_truncated() {
     tail_fixture(&[0u8; 3000]).await;
 }
 
-/// Finds where record `offset` of `partition` sits on disk.
-fn find_frame(dir: &std::path::Path, partition: u32, offset: u64) -> FrameLocation {
-    sluice::spool::frame_locations(dir)
-        .unwrap()
-        .into_iter()
-        .find(|f| f.partition == partition && f.offset == offset)
-        .expect("record not found")
-}
-
 async fn corrupt_middle(which: u64, active: bool) {
     let d = tempfile::tempdir().unwrap();
     let mut o = small_opts(d.path());
@@ -102,7 +91,7 @@ async fn corrupt_middle(which: u64, active: bool) {
     fill(&s, 2, 40, 80).await;
     s.close().await.unwrap();
     drop(s);
-    let at = find_frame(d.path(), 0, which);
+    let at = frame_at(d.path(), 0, which);
     let seg = at.segment.clone();
     let mut bytes = std::fs::read(&seg).unwrap();
     bytes[(at.pos + at.header_len) as usize + 5] ^= 0x40;

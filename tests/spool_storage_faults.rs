@@ -6,28 +6,14 @@ mod common;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
 use common::*;
 use sluice::spool::{
-    frame_locations, FsyncMode, FullCause, NoopObserver, PartitionReader, Record, RecoveredKind, Spool, SpoolError,
-    SpoolOptions,
+    frame_locations, FsyncMode, FullCause, NoopObserver, RecoveredKind, Spool, SpoolError, SpoolOptions,
 };
 
 async fn open(o: &SpoolOptions) -> Arc<Spool> {
     Spool::open(o.clone(), Arc::new(NoopObserver)).await.unwrap()
-}
-
-async fn read_n(r: &mut PartitionReader, count: usize) -> Vec<Record> {
-    let mut out = Vec::new();
-    while out.len() < count {
-        let b = tokio::time::timeout(Duration::from_secs(5), r.next_batch(64, 1 << 20))
-            .await
-            .expect("reader stalled")
-            .unwrap();
-        out.extend(b);
-    }
-    out
 }
 
 /// A spool with `n` records in each of two partitions, closed.

@@ -319,3 +319,26 @@ pub fn segs(dir: &Path) -> Vec<std::path::PathBuf> {
     v.sort();
     v
 }
+
+/// Reads `count` records of a partition from `r`, in order (each batch
+/// bounded by a 5 s deadline: a stalled reader fails the test).
+pub async fn read_n(r: &mut sluice::spool::PartitionReader, count: usize) -> Vec<sluice::spool::Record> {
+    let mut out = Vec::new();
+    while out.len() < count {
+        let b = tokio::time::timeout(Duration::from_secs(5), r.next_batch(64, 1 << 20))
+            .await
+            .expect("reader stalled")
+            .unwrap();
+        out.extend(b);
+    }
+    out
+}
+
+/// Where record `offset` of `partition` sits on disk.
+pub fn frame_at(dir: &Path, partition: u32, offset: u64) -> sluice::spool::FrameLocation {
+    sluice::spool::frame_locations(dir)
+        .unwrap()
+        .into_iter()
+        .find(|f| f.partition == partition && f.offset == offset)
+        .expect("record on disk")
+}
