@@ -174,16 +174,8 @@ on_limit = "spool"
     )
 }
 
-fn body(name: &str) -> String {
-    let mut s = format!("{name}-");
-    while s.len() < BODY {
-        s.push('x');
-    }
-    s
-}
-
 async fn post(c: &support::TestClient, url: &str, name: &str) -> (Answer, Option<String>) {
-    match support::try_send(c, http::Method::POST, url, &[], body(name)).await {
+    match support::try_send(c, http::Method::POST, url, &[], body_of(name, BODY)).await {
         Ok(r) if r.status == 202 => (Answer::Accepted(r.json()["id"].as_str().unwrap().to_string()), None),
         Ok(r) => {
             let err = serde_json::from_slice::<serde_json::Value>(&r.body)
@@ -357,7 +349,7 @@ async fn full_disk(variant: Variant, row: &str) {
     let accepted: HashMap<String, String> = answers
         .iter()
         .filter_map(|(n, a)| match a {
-            Answer::Accepted(id) => Some((body(n), id.clone())),
+            Answer::Accepted(id) => Some((n.clone(), id.clone())),
             _ => None,
         })
         .collect();
@@ -386,7 +378,7 @@ async fn full_disk(variant: Variant, row: &str) {
     let refused: HashSet<String> = answers
         .iter()
         .filter(|(_, a)| is_full(a))
-        .map(|(n, _)| body(n))
+        .map(|(n, _)| n.clone())
         .collect();
     let refused_delivered = seen.iter().filter(|s| refused.contains(&s.body)).count() as u64;
     let mut settled: HashMap<&str, u64> = HashMap::new();

@@ -60,6 +60,8 @@ const CAPACITY_BURST: u64 = 5;
 /// given half a second on a loaded 2-core machine:
 /// 4 + 5 + 150 × 0.6 = 99. Measured: see the raw line of each row.
 const AT_RISK_BOUND: u64 = PARTITIONS as u64 + CAPACITY_BURST + CAPACITY_PER_S * 6 / 10;
+/// Request bodies: a 16 KiB segment holds a few dozen records.
+const BODY_LEN: usize = 300;
 /// Requests sent per cycle, and how many at once.
 const PER_CYCLE: usize = 300;
 const CONCURRENCY: usize = 8;
@@ -145,12 +147,7 @@ fn names(cycle: usize) -> Vec<String> {
             } else {
                 'N'
             };
-            let mut s = format!("{kind}-c{cycle}-r{i}-");
-            // ~300-byte bodies: a 16 KiB segment holds a few dozen records.
-            while s.len() < 300 {
-                s.push((b'a' + (s.len() % 26) as u8) as char);
-            }
-            s
+            format!("{kind}-c{cycle}-r{i}")
         })
         .collect()
 }
@@ -283,6 +280,7 @@ async fn kill9_soak_loses_nothing_acknowledged() {
         let load = tokio::spawn(post_all(
             format!("http://{}/soak", p.data_addr),
             names(cycle),
+            BODY_LEN,
             CONCURRENCY,
             stop.clone(),
         ));
@@ -370,7 +368,7 @@ async fn kill9_soak_loses_nothing_acknowledged() {
         .collect();
     // Polls until the backlog is empty; if it never is, the accounting
     // below says what was stranded.
-    let drain_deadline = Instant::now() + Duration::from_secs(60);
+    let drain_deadline = Instant::now() + Duration::from_secs(60 + cycles as u64);
     let stranded = loop {
         let st = support::admin_spool(&c, p.admin_addr).await;
         let backlog = st["partitions"]
@@ -413,7 +411,7 @@ async fn kill9_soak_loses_nothing_acknowledged() {
     let mut notes: Vec<String> = Vec::new();
     if stranded > 0 {
         notes.push(format!(
-            "{stranded} records still in the backlog 60 s into the final drain"
+            "{stranded} records still in the backlog at the end of the final drain"
         ));
     }
 
@@ -501,6 +499,11 @@ async fn kill9_soak_loses_nothing_acknowledged() {
         Dead,
         Lost,
     }
+    let delivered_as: HashSet<(&str, &str)> = seen
+        .iter()
+        .filter(|s| s.status == 200)
+        .filter_map(|s| Some((s.body.as_str(), s.id.as_deref()?)))
+        .collect();
     let fate = |name: &str, id: &str| -> Fate {
         if name_kind(name) == 'R' {
             if dead_ids.contains_key(id) {
@@ -508,10 +511,7 @@ async fn kill9_soak_loses_nothing_acknowledged() {
             } else {
                 Fate::Lost
             }
-        } else if seen
-            .iter()
-            .any(|s| s.body == name && s.status == 200 && s.id.as_deref() == Some(id))
-        {
+        } else if delivered_as.contains(&(name, id)) {
             Fate::Delivered
         } else {
             Fate::Lost
@@ -555,6 +555,7 @@ async fn kill9_soak_loses_nothing_acknowledged() {
                 None => Order::Kept,
             },
             unexpected: unexpected.get(row).copied().unwrap_or(0),
+            notes: Vec::new(),
             raw: format!(
                 "kills {}, at risk per kill max {max_at_risk}, seed {seed}, {cycles} cycles",
                 kills.len()

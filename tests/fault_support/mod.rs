@@ -25,7 +25,8 @@ use tokio::net::TcpListener;
 /// A complete request as the backend saw it, with the status it answered.
 #[derive(Debug, Clone)]
 pub struct Sighting {
-    /// The request body: the load's unique request name.
+    /// The request's name: its body up to the first '.' (the load sends
+    /// `NAME.padding`; see [`body_of`]).
     pub body: String,
     /// `Sluice-Id`, `Sluice-Partition`, `Sluice-Sequence`, `Sluice-Attempt`:
     /// present on replayed requests only.
@@ -41,6 +42,22 @@ impl Sighting {
     pub fn replayed(&self) -> bool {
         self.id.is_some()
     }
+}
+
+/// The body the load sends for request `name`: `NAME.` padded with
+/// letters to `len` bytes.
+pub fn body_of(name: &str, len: usize) -> String {
+    let mut s = format!("{name}.");
+    while s.len() < len {
+        s.push((b'a' + (s.len() % 26) as u8) as char);
+    }
+    s
+}
+
+/// The request name in a body sent by the load.
+pub fn name_of(body: &[u8]) -> String {
+    let end = body.iter().position(|b| *b == b'.').unwrap_or(body.len());
+    String::from_utf8_lossy(&body[..end]).into_owned()
 }
 
 /// Chooses the answer to a request: (status, delay before answering).
@@ -90,7 +107,7 @@ impl RecordingBackend {
                                 return Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())));
                             };
                             let mut s = Sighting {
-                                body: String::from_utf8_lossy(&body).into_owned(),
+                                body: name_of(&body),
                                 id: header(&parts.headers, "sluice-id"),
                                 partition: header(&parts.headers, "sluice-partition"),
                                 sequence: header(&parts.headers, "sluice-sequence"),
@@ -324,11 +341,17 @@ impl LoadLog {
     }
 }
 
-/// POSTs the bodies `names` to `url`, `concurrency` at a time, until they
+/// POSTs a body of `body_len` bytes for each of `names` to `url`, `concurrency` at a time, until they
 /// are all sent, `stop` is set, or a request fails at the transport level
 /// (then the process is taken to be dying and that worker stops; the other
 /// workers find out on their next request).
-pub async fn post_all(url: String, names: Vec<String>, concurrency: usize, stop: Arc<AtomicBool>) -> LoadLog {
+pub async fn post_all(
+    url: String,
+    names: Vec<String>,
+    body_len: usize,
+    concurrency: usize,
+    stop: Arc<AtomicBool>,
+) -> LoadLog {
     let c = super::support::client();
     let queue = Arc::new(Mutex::new(names.into_iter().collect::<std::collections::VecDeque<_>>()));
     let mut tasks = tokio::task::JoinSet::new();
@@ -343,7 +366,7 @@ pub async fn post_all(url: String, names: Vec<String>, concurrency: usize, stop:
                 let Some(name) = queue.lock().unwrap().pop_front() else {
                     break;
                 };
-                let r = super::support::try_send(&c, http::Method::POST, &url, &[], name.clone()).await;
+                let r = super::support::try_send(&c, http::Method::POST, &url, &[], body_of(&name, body_len)).await;
                 let a = match r {
                     Ok(r) if r.status == 202 => {
                         let id = r.json()["id"].as_str().expect("202 body has an id").to_string();

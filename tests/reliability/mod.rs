@@ -207,10 +207,21 @@ fn render_row(cells: &[String]) -> String {
     format!("| {} |", cells.join(" | "))
 }
 
-/// The result rows: table lines whose first cell is a backticked id.
+/// The result rows: lines of the `faults` section (between
+/// `<!-- faults:begin -->` and `<!-- faults:end -->`) whose first cell is a
+/// backticked id.
 pub fn rows(text: &str) -> Vec<Row> {
+    let mut inside = false;
     text.lines()
         .enumerate()
+        .filter(|(_, l)| {
+            match l.trim() {
+                "<!-- faults:begin -->" => inside = true,
+                "<!-- faults:end -->" => inside = false,
+                _ => {}
+            }
+            inside
+        })
         .filter_map(|(line, l)| {
             let cells = split_row(l)?;
             let first = cells.first()?;
@@ -272,7 +283,13 @@ fn report_from(caller: &str, reports: &[(&str, Outcome)]) {
                     format!("`{caller}`"),
                 ];
                 cells.extend(got.iter().cloned());
-                let at = rows(&text).last().map_or(lines.len(), |r| r.line + 1);
+                let Some(at) = rows(&text)
+                    .last()
+                    .map(|r| r.line + 1)
+                    .or_else(|| lines.iter().position(|l| l.trim() == "<!-- faults:end -->"))
+                else {
+                    panic!("RELIABILITY.md has no <!-- faults:begin --> … <!-- faults:end --> section");
+                };
                 lines.insert(at, render_row(&cells));
                 text = lines.join("\n") + "\n";
                 changed = true;
