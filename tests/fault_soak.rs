@@ -111,6 +111,8 @@ struct Life {
     /// Names the backend had settled, at or above the persisted committed
     /// offset after this life's kill.
     at_risk: HashSet<String>,
+    /// Persisted committed offsets after this life's kill.
+    committed: Vec<u64>,
     /// Names acknowledged in this life or before and not safely finished
     /// (settled below the persisted committed offset) at its kill.
     exposed: HashSet<String>,
@@ -211,11 +213,18 @@ fn plan(cycles: usize, rng: &mut impl Rng) -> Vec<Kill> {
         .collect()
 }
 
-/// All dead letters of the running sluice: (id, reason, last_status, dead_at_ms).
-async fn dead_letters(
-    c: &support::TestClient,
-    admin: std::net::SocketAddr,
-) -> Vec<(Option<String>, String, Option<u64>, u64)> {
+/// A dead letter as `/admin/dlq` lists it.
+struct DeadLetter {
+    id: Option<String>,
+    reason: String,
+    last_status: Option<u64>,
+    dead_at_ms: u64,
+    partition: u32,
+    offset: u64,
+}
+
+/// All dead letters of the running sluice.
+async fn dead_letters(c: &support::TestClient, admin: std::net::SocketAddr) -> Vec<DeadLetter> {
     let mut out = Vec::new();
     let mut from = 0;
     loop {
@@ -223,12 +232,14 @@ async fn dead_letters(
         assert_eq!(r.status, 200, "/admin/dlq: {:?}", r.body);
         let v = r.json();
         for d in v["dead_letters"].as_array().unwrap() {
-            out.push((
-                d["id"].as_str().map(str::to_string),
-                d["reason"].as_str().unwrap().to_string(),
-                d["last_status"].as_u64(),
-                d["dead_at_ms"].as_u64().unwrap(),
-            ));
+            out.push(DeadLetter {
+                id: d["id"].as_str().map(str::to_string),
+                reason: d["reason"].as_str().unwrap().to_string(),
+                last_status: d["last_status"].as_u64(),
+                dead_at_ms: d["dead_at_ms"].as_u64().unwrap(),
+                partition: d["partition"].as_u64().unwrap() as u32,
+                offset: d["offset"].as_u64().unwrap(),
+            });
         }
         match v["next_from"].as_u64() {
             Some(n) => from = n,
@@ -354,6 +365,7 @@ async fn kill9_soak_loses_nothing_acknowledged() {
             load,
             at_risk,
             exposed,
+            committed,
         });
     }
 
@@ -395,6 +407,7 @@ async fn kill9_soak_loses_nothing_acknowledged() {
         load: LoadLog::default(),
         at_risk: HashSet::new(),
         exposed: HashSet::new(),
+        committed: Vec::new(),
     });
     let life_of_index = |i: usize| {
         lives
@@ -417,13 +430,30 @@ async fn kill9_soak_loses_nothing_acknowledged() {
 
     // Dead letters: only the designed 422s, and each at most once per kill.
     let mut dead_ids: HashMap<String, usize> = HashMap::new();
-    for (id, reason, status, at) in &dlq {
-        if *status == Some(422) && reason != "corrupt" {
-            *dead_ids.entry(id.clone().unwrap_or_default()).or_default() += 1;
+    for d in &dlq {
+        if d.last_status == Some(422) && d.reason != "corrupt" {
+            *dead_ids.entry(d.id.clone().unwrap_or_default()).or_default() += 1;
         } else {
-            *unexpected.entry(blame(life_of_wall(*at))).or_default() += 1;
+            let life = life_of_wall(d.dead_at_ms);
+            *unexpected.entry(blame(life)).or_default() += 1;
+            // Was that record delivered before, and in which lives?
+            let settled_in: Vec<usize> = seen
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.partition == Some(d.partition) && s.sequence == Some(d.offset) && settles(s))
+                .map(|(i, _)| life_of_index(i))
+                .collect();
+            let committed: Vec<String> = lives.iter().map(|l| format!("{:?}", l.committed)).collect();
             notes.push(format!(
-                "dead letter not by design: id {id:?} reason {reason} status {status:?}"
+                "dead letter not by design: partition {} offset {} reason {} status {:?} id {:?}, dead-lettered in \
+                 life {life}; the record was settled in lives {settled_in:?}; persisted committed offsets after \
+                 each kill: {}",
+                d.partition,
+                d.offset,
+                d.reason,
+                d.last_status,
+                d.id,
+                committed.join(" ")
             ));
         }
     }

@@ -18,8 +18,11 @@ use sluice::spool::codec;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
+/// A fuzz target's check function.
+type Check = fn(&[u8]);
+
 /// Targets with a fallback: name and check function.
-const TARGETS: &[(&str, fn(&[u8]))] = &[("record_decode", record_decode::check)];
+const TARGETS: &[(&str, Check)] = &[("record_decode", record_decode::check)];
 
 fn input(rng: &mut StdRng) -> Vec<u8> {
     let mut v = Vec::new();
@@ -98,7 +101,7 @@ fn input(rng: &mut StdRng) -> Vec<u8> {
 
 /// Runs `check` on generated inputs until `budget` says stop; returns
 /// (executions, failing inputs).
-fn drive(check: fn(&[u8]), seed: u64, mut more: impl FnMut(u64) -> bool) -> (u64, Vec<Vec<u8>>) {
+fn drive(check: Check, seed: u64, mut more: impl FnMut(u64) -> bool) -> (u64, Vec<Vec<u8>>) {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut runs = 0;
     let mut found = Vec::new();
