@@ -13,7 +13,7 @@
 #      (fuzz/checks/) with damaged valid frames for the same time.
 # The engine used is named in the table. Install cargo-fuzz with
 # `cargo install cargo-fuzz --locked` (crates.io); this script does not.
-# SLUICE_FUZZ_ENGINE=fallback forces the fallback.
+# SLUICE_FUZZ_ENGINE=libfuzzer-asan|libfuzzer|fallback forces one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-60}
@@ -24,6 +24,12 @@ for f in fuzz/fuzz_targets/*.rs; do targets+=("$(basename "$f" .rs)"); done
 
 engine=${SLUICE_FUZZ_ENGINE:-}
 toolchain=
+case $engine in
+  libfuzzer-asan) toolchain=nightly ;;
+  libfuzzer) toolchain=stable ;;
+  ''|fallback) ;;
+  *) echo "SLUICE_FUZZ_ENGINE: libfuzzer-asan, libfuzzer or fallback" >&2; exit 2 ;;
+esac
 if [ -z "$engine" ]; then
   if ! cargo fuzz --version >/dev/null 2>&1; then
     echo "fuzz/run.sh: cargo-fuzz is not installed (cargo install cargo-fuzz --locked): using the stable fallback" >&2
