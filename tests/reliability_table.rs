@@ -103,3 +103,98 @@ fn the_fuzz_table_is_written_by_the_script() {
         "the fuzz section names the script that wrote it"
     );
 }
+
+/// A small table in a temporary file, with rows `a` … `h`.
+fn scratch_table() -> (tempfile::TempDir, std::path::PathBuf) {
+    let d = tempfile::tempdir().unwrap();
+    let mut text = format!(
+        "# t\n\n<!-- faults:begin -->\n| {} |\n|{}\n",
+        HEADER.join(" | "),
+        "---|".repeat(9)
+    );
+    for id in ["a", "b", "c", "d", "e", "f", "g", "h"] {
+        text.push_str(&format!(
+            "| `{id}` | fault {id} | expected | `tests/x.rs` | {p} | {p} | {p} | {p} | {p} |\n",
+            p = PENDING
+        ));
+    }
+    text.push_str("<!-- faults:end -->\n\ntail\n");
+    let p = d.path().join("R.md");
+    std::fs::write(&p, text).unwrap();
+    (d, p)
+}
+
+fn outcome(n: u64) -> reliability::Outcome {
+    reliability::Outcome {
+        acknowledged: n,
+        delivered: n,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn a_differing_row_fails_the_check_and_is_rewritten_in_write_mode() {
+    let (_d, p) = scratch_table();
+    let problems = reliability::apply(&p, "tests/x.rs", &[("b", outcome(3))], false);
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(problems[0].contains("b: RELIABILITY.md says"), "{problems:?}");
+    assert!(reliability::apply(&p, "tests/x.rs", &[("b", outcome(3))], true).is_empty());
+    // Now it agrees, with other counts too (the cells are stable forms).
+    assert!(reliability::apply(&p, "tests/x.rs", &[("b", outcome(70))], false).is_empty());
+    let lost = reliability::Outcome {
+        acknowledged: 70,
+        delivered: 69,
+        lost: 1,
+        ..Default::default()
+    };
+    let problems = reliability::apply(&p, "tests/x.rs", &[("b", lost)], false);
+    assert!(problems[0].contains("69 of 70"), "{problems:?}");
+    // Another file may not report the row.
+    let problems = reliability::apply(&p, "tests/y.rs", &[("b", outcome(3))], false);
+    assert!(problems[0].contains("does not name tests/y.rs"), "{problems:?}");
+    // A missing row fails, and write mode adds a stub inside the section.
+    let problems = reliability::apply(&p, "tests/x.rs", &[("new-row", outcome(1))], false);
+    assert!(problems[0].contains("no row"), "{problems:?}");
+    assert!(reliability::apply(&p, "tests/x.rs", &[("new-row", outcome(1))], true).is_empty());
+    let text = std::fs::read_to_string(&p).unwrap();
+    let rows = rows(&text);
+    assert_eq!(rows.last().unwrap().id(), "new-row");
+    assert!(rows.last().unwrap().cells[1].starts_with("TODO"));
+    assert!(text.ends_with("<!-- faults:end -->\n\ntail\n"), "{text}");
+}
+
+#[test]
+fn concurrent_rewrites_keep_every_row() {
+    let (_d, p) = scratch_table();
+    let ids = ["a", "b", "c", "d", "e", "f", "g", "h"];
+    std::thread::scope(|s| {
+        for (i, id) in ids.iter().enumerate() {
+            let p = p.clone();
+            s.spawn(move || {
+                for round in 0..20u64 {
+                    // Alternate between two results so every round writes.
+                    let o = if round % 2 == 0 {
+                        outcome(i as u64 + 1)
+                    } else {
+                        reliability::Outcome {
+                            acknowledged: 2,
+                            delivered: 1,
+                            lost: 1,
+                            ..Default::default()
+                        }
+                    };
+                    let problems = reliability::apply(&p, "tests/x.rs", &[(id, o)], true);
+                    assert!(problems.is_empty(), "{problems:?}");
+                }
+            });
+        }
+    });
+    let text = std::fs::read_to_string(&p).unwrap();
+    let rows = rows(&text);
+    assert_eq!(rows.iter().map(|r| r.id()).collect::<Vec<_>>(), ids);
+    for r in &rows {
+        // The last round (19) of every writer wrote "1 of 2".
+        assert_eq!(r.cells[RESULT_AT + 1], "1 of 2", "row {}: {:?}", r.id(), r.cells);
+    }
+    assert!(text.ends_with("<!-- faults:end -->\n\ntail\n"));
+}

@@ -32,7 +32,7 @@
 use std::fmt::Write as _;
 use std::io::{Read, Seek, Write};
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Columns of a result row: id, fault, expected behaviour, test, then the
 /// result cells written by [`report`].
@@ -231,12 +231,11 @@ pub fn rows(text: &str) -> Vec<Row> {
 }
 
 /// Locks RELIABILITY.md (shared or exclusive) for the life of the file.
-fn open_locked(exclusive: bool) -> std::fs::File {
-    let path = table_path();
+fn open_locked(path: &Path, exclusive: bool) -> std::fs::File {
     let f = std::fs::OpenOptions::new()
         .read(true)
         .write(exclusive)
-        .open(&path)
+        .open(path)
         .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
     let op = if exclusive { libc::LOCK_EX } else { libc::LOCK_SH };
     // SAFETY: flock on a descriptor we own; released when `f` closes.
@@ -264,8 +263,20 @@ fn report_from(caller: &str, reports: &[(&str, Outcome)]) {
     for (id, o) in reports {
         eprintln!("reliability {id}: {}", o.raw_line());
     }
-    let write = write_mode();
-    let mut f = open_locked(write);
+    let problems = apply(&table_path(), caller, reports, write_mode());
+    assert!(
+        problems.is_empty(),
+        "RELIABILITY.md disagrees with this run (SLUICE_WRITE_RELIABILITY=1 rewrites the rows once the \
+         new result is the right one):\n  {}",
+        problems.join("\n  ")
+    );
+}
+
+/// Checks the rows of the table at `path` against `reports` from the test
+/// file `caller`, or with `write` rewrites those that differ (adding stubs
+/// for missing ones); returns what differs (or can't be written).
+pub fn apply(path: &Path, caller: &str, reports: &[(&str, Outcome)], write: bool) -> Vec<String> {
+    let mut f = open_locked(path, write);
     let mut text = String::new();
     f.read_to_string(&mut text).unwrap();
     let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
@@ -342,12 +353,7 @@ fn report_from(caller: &str, reports: &[(&str, Outcome)]) {
         f.sync_data().unwrap();
     }
     drop(f);
-    assert!(
-        problems.is_empty(),
-        "RELIABILITY.md disagrees with this run (SLUICE_WRITE_RELIABILITY=1 rewrites the rows once the \
-         new result is the right one):\n  {}",
-        problems.join("\n  ")
-    );
+    problems
 }
 
 /// The text between `<!-- NAME:begin -->` and `<!-- NAME:end -->`.
