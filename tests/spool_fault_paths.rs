@@ -2,6 +2,7 @@
 //! the Fs seam or by editing files on disk, and fails on the code before
 //! the fix it names.
 mod common;
+mod reliability;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -23,6 +24,19 @@ async fn batch(r: &mut PartitionReader, n: usize) -> Result<Vec<Record>, SpoolEr
     tokio::time::timeout(Duration::from_secs(5), r.next_batch(n, 1 << 20))
         .await
         .expect("reader stalled")
+}
+
+/// As the reliability table counts it: appends that returned Ok, read
+/// back intact (or acked by the test), dead-lettered by the test's damage.
+fn outcome(acknowledged: u64, delivered: u64, dead: u64) -> reliability::Outcome {
+    reliability::Outcome {
+        acknowledged,
+        delivered,
+        dead_lettered: dead,
+        lost: acknowledged.saturating_sub(delivered + dead),
+        raw: format!("acknowledged={acknowledged} delivered={delivered} dead={dead}"),
+        ..Default::default()
+    }
 }
 
 fn offsets(v: &[Record]) -> Vec<u64> {
@@ -56,6 +70,7 @@ async fn a_read_error_moves_the_reader_nowhere() {
     let got = read_n(&mut r, 40).await;
     assert_eq!(offsets(&got), (0..40).collect::<Vec<_>>());
     s.close().await.unwrap();
+    reliability::report("fs-read-error-position", outcome(40, got.len() as u64, 0));
 }
 
 #[tokio::test]
@@ -105,7 +120,7 @@ fn bump_length(dir: &std::path::Path, partition: u32, offset: u64, delta: u32) {
 /// Defect 2: a length field 4 bytes too long in another partition's frame
 /// must not cost this partition its intact neighbour; the damaged record
 /// is dead-lettered with the bytes it still has.
-async fn wrong_length(active: bool) {
+async fn wrong_length(row: &str, active: bool) {
     let d = tempfile::tempdir().unwrap();
     let mut o = small_opts(d.path());
     o.partitions = 2;
@@ -148,16 +163,17 @@ async fn wrong_length(active: bool) {
     );
     assert_eq!(obs.total(RecoveredKind::CorruptRecords), 1);
     s.close().await.unwrap();
+    reliability::report(row, outcome(60, 59, 1));
 }
 
 #[tokio::test]
 async fn a_wrong_length_in_a_sealed_segment_loses_no_neighbour() {
-    wrong_length(false).await;
+    wrong_length("fs-bad-length-sealed", false).await;
 }
 
 #[tokio::test]
 async fn a_wrong_length_in_the_active_segment_loses_no_neighbour() {
-    wrong_length(true).await;
+    wrong_length("fs-bad-length-active", true).await;
 }
 
 /// Reads the committed offsets a `COMMITS` file holds.
@@ -211,6 +227,15 @@ async fn retention_deletes_only_what_the_commit_on_disk_covers() {
         );
     }
     s.close().await.unwrap();
+    // Acked below the persisted commit, on disk (to be read again) above it.
+    reliability::report(
+        "fs-retention-persisted",
+        outcome(
+            40,
+            on_disk + (on_disk..40).filter(|o| present.contains(o)).count() as u64,
+            0,
+        ),
+    );
 }
 
 /// Defect 3, the load half: a spool whose segments were deleted ahead of
@@ -321,6 +346,12 @@ async fn a_frame_inside_a_body_is_never_a_record() {
     assert_eq!(got[1].payload, payload(0, 2, 100), "offset 2 is the real record");
     assert!(got.iter().all(|r| !r.payload.windows(6).any(|w| w == b"/admin")));
     s.close().await.unwrap();
+    let mut o = outcome(3, 2, 1);
+    o.unexpected = got
+        .iter()
+        .filter(|r| r.payload.windows(6).any(|w| w == b"/admin"))
+        .count() as u64;
+    reliability::report("fs-forged-frame", o);
 }
 
 /// Writes a format-1 spool by hand: a manifest of format 1 and CRC32C
@@ -416,6 +447,7 @@ async fn interval_mode_rewrites_what_a_failed_fsync_may_have_dropped() {
     }
     assert!(s.dlq_list(0, 10).await.unwrap().is_empty());
     s.close().await.unwrap();
+    reliability::report("fs-eio-fsync-interval", outcome(5, got.len() as u64, 0));
 }
 
 /// Defect 6: on a device filled to the last block, commits still get
@@ -460,6 +492,8 @@ async fn a_full_device_still_commits_and_recovers() {
         .await
         .expect("space came back without an operator");
     s.close().await.unwrap();
+    // n acked (and so committed), one more appended once space came back.
+    reliability::report("fs-enospc-commits", outcome(n + 1, n + 1, 0));
 }
 
 fn tree_size(dir: &std::path::Path) -> u64 {
@@ -502,6 +536,7 @@ async fn a_dlq_commit_error_does_not_block_the_data_log() {
     assert!(segs(d.path()).len() < before, "the data log reclaimed anyway");
     faults.clear_rules();
     s.close().await.unwrap();
+    reliability::report("fs-dlq-commit-error", outcome(20, 20, 0));
 }
 
 /// The dead-letter log is bounded by bytes and by age; drops are counted.
@@ -552,6 +587,9 @@ async fn the_dead_letter_log_keeps_to_its_size_and_age() {
     assert!(s.dlq_list(0, 100).await.unwrap().is_empty());
     assert_eq!(drops.total("retention"), kept.len() as u64);
     s.close().await.unwrap();
+    let mut o = outcome(40, 0, 40);
+    o.notes.push("oldest dropped past the bounds, counted".into());
+    reliability::report("fs-dlq-bounds", o);
 }
 
 /// Defect 10: records acked out of order above the committed offset
@@ -606,5 +644,16 @@ async fn no_space_for_a_new_segment_is_full() {
     );
     assert!(e.is_retryable());
     faults.clear_rules();
+    // What was acknowledged before the failed roll reads back; the roll
+    // happens once space is there.
+    let acked = s.next_offset(0);
+    s.append(0, payload(0, acked, 200))
+        .await
+        .expect("the roll goes through once space frees");
+    let got = read_n(&mut s.reader(0), acked as usize + 1).await;
+    for r in &got {
+        assert_eq!(r.payload, payload(0, r.offset, 200));
+    }
     s.close().await.unwrap();
+    reliability::report("fs-enospc-segment-create", outcome(acked + 1, got.len() as u64, 0));
 }

@@ -1,4 +1,5 @@
 mod common;
+mod reliability;
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -33,7 +34,20 @@ async fn read_all(s: &Spool, p: u32) -> Vec<(u64, Bytes)> {
     out
 }
 
-async fn tail_fixture(garbage: &[u8]) {
+/// Outcome of a fixture that appended `acknowledged` records, read back
+/// `delivered` intact and found `dead` dead-lettered (destroyed by the test).
+fn outcome(acknowledged: u64, delivered: u64, dead: u64) -> reliability::Outcome {
+    reliability::Outcome {
+        acknowledged,
+        delivered,
+        dead_lettered: dead,
+        lost: acknowledged - delivered - dead,
+        raw: format!("acknowledged={acknowledged} delivered={delivered} dead={dead}"),
+        ..Default::default()
+    }
+}
+
+async fn tail_fixture(row: &str, garbage: &[u8]) {
     let d = tempfile::tempdir().unwrap();
     let o = small_opts(d.path());
     let s = Spool::open(o.clone(), Arc::new(NoopObserver)).await.unwrap();
@@ -66,6 +80,8 @@ async fn tail_fixture(garbage: &[u8]) {
         s.read_at(0, 30).await.unwrap().unwrap().payload,
         Bytes::from_static(b"after")
     );
+    // Every record before the torn or zeroed tail, and the one after.
+    reliability::report(row, outcome(61, 61, 0));
 }
 
 #[tokio::test]
@@ -73,15 +89,15 @@ async fn torn_tail_is_truncated() {
     let mut f = Vec::new();
     codec::FrameFormat::Keyed([9; 16]).encode(&mut f, 0, 30, 0, 0, &[7u8; 200]);
     f.truncate(f.len() - 57);
-    tail_fixture(&f).await;
+    tail_fixture("fs-torn-tail", &f).await;
 }
 
 #[tokio::test]
 async fn zero_filled_tail_is_truncated() {
-    tail_fixture(&[0u8; 3000]).await;
+    tail_fixture("fs-zero-filled-tail", &[0u8; 3000]).await;
 }
 
-async fn corrupt_middle(which: u64, active: bool) {
+async fn corrupt_middle(row: Option<&str>, which: u64, active: bool) {
     let d = tempfile::tempdir().unwrap();
     let mut o = small_opts(d.path());
     if active {
@@ -127,21 +143,26 @@ async fn corrupt_middle(which: u64, active: bool) {
     assert_eq!(s.committed(0), 40);
     // The other partition is untouched.
     assert_eq!(read_all(&s, 1).await.len(), 40);
+    // The damaged record's dead letter keeps the bytes it has.
+    assert!(!dl[0].payload.is_empty());
+    if let Some(row) = row {
+        reliability::report(row, outcome(80, 79, 1));
+    }
 }
 
 #[tokio::test]
 async fn corrupt_record_in_sealed_segment_is_skipped_and_dead_lettered() {
-    corrupt_middle(17, false).await;
+    corrupt_middle(Some("fs-bitflip-sealed"), 17, false).await;
 }
 
 #[tokio::test]
 async fn corrupt_record_in_active_segment_is_skipped_and_dead_lettered() {
-    corrupt_middle(17, true).await;
+    corrupt_middle(Some("fs-bitflip-active"), 17, true).await;
 }
 
 #[tokio::test]
 async fn corrupt_first_record_is_skipped() {
-    corrupt_middle(0, false).await;
+    corrupt_middle(None, 0, false).await;
 }
 
 #[tokio::test]
@@ -204,6 +225,8 @@ async fn enospc_fails_the_batch_cuts_the_file_and_the_spool_stays_usable() {
     let all = read_all(&s, 0).await;
     assert_eq!(all.len(), 6);
     assert_eq!(all[5].1, payload(0, 5, 100));
+    // Partition 0's appends that returned Ok: five before, one after.
+    reliability::report("fs-short-write", outcome(6, all.len() as u64, 0));
 }
 
 #[tokio::test]
@@ -228,4 +251,5 @@ async fn fsync_error_refuses_appends_then_reopens() {
     for (i, (off, pl)) in all.iter().enumerate() {
         assert_eq!((*off, pl), (i as u64, &payload(0, i as u64, 100)));
     }
+    reliability::report("fs-eio-fsync", outcome(6, all.len() as u64, 0));
 }

@@ -3,6 +3,7 @@
 //! pages, a damaged or missing commit file or manifest, ENOSPC at each
 //! kind of write, EIO on read and on fsync.
 mod common;
+mod reliability;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -14,6 +15,24 @@ use sluice::spool::{
 
 async fn open(o: &SpoolOptions) -> Arc<Spool> {
     Spool::open(o.clone(), Arc::new(NoopObserver)).await.unwrap()
+}
+
+/// Every acknowledged append read back (or dead-lettered by the test's
+/// own damage), as the reliability table counts it.
+fn outcome(acknowledged: u64, delivered: u64, dead: u64, duplicated: u64) -> reliability::Outcome {
+    reliability::Outcome {
+        acknowledged,
+        delivered,
+        dead_lettered: dead,
+        lost: acknowledged.saturating_sub(delivered + dead),
+        duplicated,
+        duplicate_bound: (duplicated > 0).then(|| reliability::Bound {
+            max: duplicated,
+            why: "acked records still on disk".into(),
+        }),
+        raw: format!("acknowledged={acknowledged} delivered={delivered} dead={dead} duplicated={duplicated}"),
+        ..Default::default()
+    }
 }
 
 /// A spool with `n` records in each of two partitions, closed.
@@ -74,6 +93,7 @@ async fn a_zeroed_page_in_a_sealed_segment_costs_only_its_records() {
     let s = open(&o).await;
     all_there_but(&s, 40, &[(victim.partition, victim.offset)]).await;
     s.close().await.unwrap();
+    reliability::report("fs-zero-filled-sealed", outcome(80, 79, 1, 0));
 }
 
 #[tokio::test]
@@ -112,6 +132,12 @@ async fn a_corrupt_commit_file_redelivers_and_loses_nothing() {
     assert_eq!(got.last().unwrap().offset, 29);
     assert_eq!(obs.total(RecoveredKind::CorruptRecords), 0);
     s.close().await.unwrap();
+    // Offsets below first0 were acked and reclaimed (delivered before);
+    // first0..10 were acked and come again: redelivery, not loss.
+    reliability::report(
+        "fs-offsets-corrupt",
+        outcome(30, first0 + got.len() as u64, 0, 10 - first0),
+    );
 }
 
 #[tokio::test]
@@ -123,6 +149,7 @@ async fn a_missing_commit_file_redelivers_and_loses_nothing() {
     let s = open(&o).await;
     all_there_but(&s, 20, &[]).await;
     s.close().await.unwrap();
+    reliability::report("fs-offsets-missing", outcome(40, 40, 0, 0));
 }
 
 #[tokio::test]
@@ -157,6 +184,7 @@ async fn a_damaged_or_missing_manifest_is_refused_and_nothing_is_touched() {
     let s = open(&o).await;
     all_there_but(&s, 20, &[]).await;
     s.close().await.unwrap();
+    reliability::report("fs-manifest-damaged", outcome(40, 40, 0, 0));
 }
 
 /// ENOSPC on each kind of write the spool makes: the append that needed it
@@ -171,6 +199,7 @@ async fn enospc_at_every_kind_of_write() {
         ("index at seal", ".idx", FsOp::Write),
         ("commit file", "COMMITS", FsOp::Write),
     ];
+    let (mut total_acked, mut total_delivered) = (0u64, 0u64);
     for (what, path, op) in cases {
         let d = tempfile::tempdir().unwrap();
         let (mut o, faults) = fault_opts(d.path());
@@ -221,9 +250,12 @@ async fn enospc_at_every_kind_of_write() {
         s.close().await.unwrap();
         drop(s);
         let s = open(&o).await;
+        let mut delivered = 0u64;
         for p in 0..2u32 {
             let from = s.committed(p);
             let got = read_n(&mut s.reader(p), (acked[p as usize] - from) as usize).await;
+            // Committed ones were acked (taken as delivered) before.
+            delivered += from + got.len() as u64;
             for r in &got {
                 assert_eq!(r.payload, payload(p, r.offset, 120), "{what}");
             }
@@ -231,7 +263,10 @@ async fn enospc_at_every_kind_of_write() {
         }
         assert!(s.dlq_list(0, 10).await.unwrap().is_empty(), "{what}");
         s.close().await.unwrap();
+        total_acked += acked.iter().sum::<u64>();
+        total_delivered += delivered;
     }
+    reliability::report("fs-enospc-every-write", outcome(total_acked, total_delivered, 0, 0));
 }
 
 #[tokio::test]
@@ -253,6 +288,7 @@ async fn eio_on_read_is_an_error_then_the_same_records() {
         (0..20).collect::<Vec<_>>()
     );
     s.close().await.unwrap();
+    reliability::report("fs-eio-read", outcome(20, got.len() as u64, 0, 0));
 }
 
 /// EIO from fdatasync at a segment roll with `fsync = "never"`: the
@@ -283,4 +319,5 @@ async fn eio_on_fsync_at_a_roll_with_fsync_never() {
     }
     assert!(faults.fsyncs.load(Ordering::Relaxed) > 1, "the reopen fsynced again");
     s.close().await.unwrap();
+    reliability::report("fs-eio-fsync-never", outcome(acked, got.len() as u64, 0, 0));
 }
