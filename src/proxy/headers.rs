@@ -38,20 +38,39 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 /// handshake keeps `Connection: upgrade` and `Upgrade` so it can reach the
 /// other side.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // One look at the names first: most messages carry none of these but
+    // Connection, and comparing the few names a message has costs far
+    // less than a hash lookup (and a name parse) per candidate.
+    let (mut connection, mut fixed, mut proxy) = (false, false, false);
+    for name in headers.keys() {
+        if *name == header::CONNECTION {
+            connection = true;
+        } else if HOP_BY_HOP[1..].contains(name) {
+            fixed = true;
+        } else if name.as_str().starts_with("proxy-") {
+            proxy = true;
+        }
+    }
+    if !(connection || fixed || proxy) {
+        return;
+    }
     let upgrade = if keep_upgrade {
         headers.get(header::UPGRADE).cloned()
     } else {
         None
     };
     // The headers Connection names go too. The usual single Connection
-    // value is walked in place (a cheap clone of the value, removal by
-    // name without building a HeaderName); several values are rare.
+    // value is walked in place (a cheap clone of the value; a name is
+    // removed only if the message has it); several values are rare.
     let mut values = headers.get_all(header::CONNECTION).iter();
     match (values.next().cloned(), values.next().is_some()) {
         (Some(only), false) => {
             if let Ok(list) = only.to_str() {
-                for token in list.split(',') {
-                    headers.remove(token.trim());
+                for token in list.split(',').map(str::trim) {
+                    let present = headers.keys().find(|k| k.as_str().eq_ignore_ascii_case(token)).cloned();
+                    if let Some(name) = present {
+                        headers.remove(&name);
+                    }
                 }
             }
         }
@@ -69,11 +88,15 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         }
         (None, _) => {}
     }
-    for name in HOP_BY_HOP.iter() {
-        headers.remove(name);
+    if connection {
+        headers.remove(header::CONNECTION);
     }
-    let has_proxy = headers.keys().any(|k| k.as_str().starts_with("proxy-"));
-    if has_proxy {
+    if fixed {
+        for name in HOP_BY_HOP[1..].iter() {
+            headers.remove(name);
+        }
+    }
+    if proxy {
         let proxy: Vec<HeaderName> = headers
             .keys()
             .filter(|k| k.as_str().starts_with("proxy-"))

@@ -71,8 +71,10 @@ pub fn prepare_for_backend(parts: &mut http::request::Parts, conn: &ConnInfo, up
     };
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
     // Sluice-* headers are ours to set on replay; a client can't forge them.
-    for name in ["sluice-id", "sluice-attempt", "sluice-partition", "sluice-sequence"] {
-        parts.headers.remove(name);
+    if parts.headers.keys().any(|k| k.as_str().starts_with("sluice-")) {
+        for name in ["sluice-id", "sluice-attempt", "sluice-partition", "sluice-sequence"] {
+            parts.headers.remove(name);
+        }
     }
     headers::append_forwarded_for(&mut parts.headers, &conn.peer_header);
     parts
@@ -80,7 +82,11 @@ pub fn prepare_for_backend(parts: &mut http::request::Parts, conn: &ConnInfo, up
         .insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(conn.scheme));
     if let Some(h) = host {
         parts.headers.insert(X_FORWARDED_HOST.clone(), h.clone());
-        parts.headers.insert(HOST, h);
+        // h2 carries the authority in the URI: the backend (HTTP/1.1)
+        // needs it as Host. An h1 Host is already in place.
+        if !parts.headers.contains_key(HOST) {
+            parts.headers.insert(HOST, h);
+        }
     }
     // Origin-form for the backend: the path and query only.
     if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
