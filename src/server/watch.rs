@@ -149,8 +149,9 @@ pub struct Active(Arc<ConnWatch>);
 impl Drop for Active {
     fn drop(&mut self) {
         self.0.active.fetch_sub(1, Ordering::AcqRel);
-        self.0.last_busy_ms.store(self.0.now_ms(), Ordering::Relaxed);
-        self.0.touch();
+        let now = self.0.now_ms();
+        self.0.last_busy_ms.store(now, Ordering::Relaxed);
+        self.0.last_io_ms.store(now, Ordering::Relaxed);
     }
 }
 
@@ -349,16 +350,21 @@ fn stalled_write(send_timeout: Duration) -> std::io::Error {
 }
 
 impl<I: Write> WatchedIo<I> {
+    /// `counts`: whether completing it is activity (a write is; a flush
+    /// only follows one, and its clock read is saved).
     fn watch_write<T>(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
+        counts: bool,
         op: impl FnOnce(Pin<&mut I>, &mut Context<'_>) -> Poll<std::io::Result<T>>,
     ) -> Poll<std::io::Result<T>> {
         let this = self.project();
         match op(this.inner, cx) {
             Poll::Ready(r) => {
                 *this.stalled = None;
-                this.watch.touch();
+                if counts {
+                    this.watch.touch();
+                }
                 Poll::Ready(r)
             }
             Poll::Pending => {
@@ -377,11 +383,11 @@ impl<I: Write> WatchedIo<I> {
 
 impl<I: Write> Write for WatchedIo<I> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        self.watch_write(cx, |io, cx| io.poll_write(cx, buf))
+        self.watch_write(cx, true, |io, cx| io.poll_write(cx, buf))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        self.watch_write(cx, |io, cx| io.poll_flush(cx))
+        self.watch_write(cx, false, |io, cx| io.poll_flush(cx))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -397,7 +403,7 @@ impl<I: Write> Write for WatchedIo<I> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        self.watch_write(cx, |io, cx| io.poll_write_vectored(cx, bufs))
+        self.watch_write(cx, true, |io, cx| io.poll_write_vectored(cx, bufs))
     }
 }
 
