@@ -13,7 +13,6 @@
 
 use std::fs::OpenOptions;
 use std::io::Write;
-use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
@@ -36,8 +35,10 @@ pub struct AccessRecord {
     pub decision: &'static str,
     pub status: u16,
     pub method: http::Method,
-    pub path: String,
-    pub client: IpAddr,
+    /// The request target; its path is logged.
+    pub uri: http::Uri,
+    /// The client's address, rendered once per connection.
+    pub client: http::HeaderValue,
     pub duration_us: u64,
 }
 
@@ -141,6 +142,7 @@ struct Writer {
 impl Writer {
     fn run(mut self, rx: Receiver<Msg>) {
         let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
+        let mut clock = SecondCache::default();
         loop {
             let first = match rx.recv_timeout(FLUSH_EVERY) {
                 Ok(m) => Some(m),
@@ -155,7 +157,7 @@ impl Writer {
             // Take everything waiting: one write for the lot.
             for m in first.into_iter().chain(std::iter::from_fn(|| rx.try_recv().ok())) {
                 match m {
-                    Msg::Line(rec) => format_line(&mut buf, &rec, settings.format),
+                    Msg::Line(rec) => format_line(&mut buf, &rec, settings.format, &mut clock),
                     Msg::Flush(done) => flushed.push(done),
                 }
                 if buf.len() >= 256 * 1024 {
@@ -200,6 +202,49 @@ impl Writer {
     }
 }
 
+/// The date and time to the second, rendered once per second: lines in
+/// the same second share it.
+#[derive(Default)]
+struct SecondCache {
+    second: u64,
+    text: Vec<u8>,
+}
+
+impl SecondCache {
+    /// `YYYY-MM-DDTHH:MM:SS.mmmZ`.
+    fn write(&mut self, out: &mut Vec<u8>, ms: u64) {
+        let second = ms / 1000;
+        if self.text.is_empty() || second != self.second {
+            self.text.clear();
+            timestamp(&mut self.text, second * 1000);
+            self.text.truncate(self.text.len() - 5); // ".000Z"
+            self.second = second;
+        }
+        out.extend_from_slice(&self.text);
+        let millis = ms % 1000;
+        out.extend_from_slice(&[
+            b'.',
+            b'0' + (millis / 100) as u8,
+            b'0' + (millis / 10 % 10) as u8,
+            b'0' + (millis % 10) as u8,
+            b'Z',
+        ]);
+    }
+}
+
+/// Milliseconds with three decimals, from microseconds, without floats.
+fn duration_ms(out: &mut Vec<u8>, us: u64) {
+    let mut n = itoa::Buffer::new();
+    out.extend_from_slice(n.format(us / 1000).as_bytes());
+    let frac = us % 1000;
+    out.extend_from_slice(&[
+        b'.',
+        b'0' + (frac / 100) as u8,
+        b'0' + (frac / 10 % 10) as u8,
+        b'0' + (frac % 10) as u8,
+    ]);
+}
+
 /// RFC 3339 UTC with milliseconds, from Unix milliseconds.
 fn timestamp(out: &mut Vec<u8>, ms: u64) {
     let secs = ms / 1000;
@@ -224,40 +269,45 @@ fn timestamp(out: &mut Vec<u8>, ms: u64) {
     );
 }
 
-fn format_line(out: &mut Vec<u8>, r: &AccessRecord, format: LogFormat) {
-    let duration_ms = r.duration_us as f64 / 1000.0;
+fn format_line(out: &mut Vec<u8>, r: &AccessRecord, format: LogFormat, clock: &mut SecondCache) {
+    let mut n = itoa::Buffer::new();
     match format {
         LogFormat::Text => {
-            timestamp(out, r.at_ms);
-            let _ = writeln!(
-                out,
-                "  INFO sluice::access: request route={} decision={} status={} method={} path={} client={} duration_ms={duration_ms:.3}",
-                r.route,
-                r.decision,
-                r.status,
-                r.method,
-                r.path,
-                r.client
-            );
+            clock.write(out, r.at_ms);
+            out.extend_from_slice(b"  INFO sluice::access: request route=");
+            out.extend_from_slice(r.route.as_bytes());
+            out.extend_from_slice(b" decision=");
+            out.extend_from_slice(r.decision.as_bytes());
+            out.extend_from_slice(b" status=");
+            out.extend_from_slice(n.format(r.status).as_bytes());
+            out.extend_from_slice(b" method=");
+            out.extend_from_slice(r.method.as_str().as_bytes());
+            out.extend_from_slice(b" path=");
+            out.extend_from_slice(r.uri.path().as_bytes());
+            out.extend_from_slice(b" client=");
+            out.extend_from_slice(r.client.as_bytes());
+            out.extend_from_slice(b" duration_ms=");
+            duration_ms(out, r.duration_us);
+            out.push(b'\n');
         }
         LogFormat::Json => {
             out.extend_from_slice(b"{\"timestamp\":\"");
-            timestamp(out, r.at_ms);
+            clock.write(out, r.at_ms);
             out.extend_from_slice(b"\",\"level\":\"INFO\",\"message\":\"request\",\"route\":");
             json_str(out, &r.route);
-            let _ = write!(
-                out,
-                ",\"decision\":\"{}\",\"status\":{},\"method\":",
-                r.decision, r.status
-            );
+            out.extend_from_slice(b",\"decision\":\"");
+            out.extend_from_slice(r.decision.as_bytes());
+            out.extend_from_slice(b"\",\"status\":");
+            out.extend_from_slice(n.format(r.status).as_bytes());
+            out.extend_from_slice(b",\"method\":");
             json_str(out, r.method.as_str());
             out.extend_from_slice(b",\"path\":");
-            json_str(out, &r.path);
-            let _ = writeln!(
-                out,
-                ",\"client\":\"{}\",\"duration_ms\":{duration_ms:.3},\"target\":\"sluice::access\"}}",
-                r.client
-            );
+            json_str(out, r.uri.path());
+            out.extend_from_slice(b",\"client\":\"");
+            out.extend_from_slice(r.client.as_bytes());
+            out.extend_from_slice(b"\",\"duration_ms\":");
+            duration_ms(out, r.duration_us);
+            out.extend_from_slice(b",\"target\":\"sluice::access\"}\n");
         }
     }
 }
@@ -292,8 +342,8 @@ mod tests {
             decision: "forwarded",
             status: 200,
             method: http::Method::GET,
-            path: path.into(),
-            client: "127.0.0.1".parse().unwrap(),
+            uri: path.parse().unwrap(),
+            client: http::HeaderValue::from_static("127.0.0.1"),
             duration_us: 1234,
         }
     }
@@ -311,22 +361,50 @@ mod tests {
     #[test]
     fn json_lines_parse_and_escape_what_clients_send() {
         let mut out = Vec::new();
-        format_line(&mut out, &rec("/a\"b\\c\u{1}"), LogFormat::Json);
+        format_line(
+            &mut out,
+            &rec("/a/%22b?q=1"),
+            LogFormat::Json,
+            &mut SecondCache::default(),
+        );
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
-        assert_eq!(v["path"], "/a\"b\\c\u{1}");
+        assert_eq!(v["path"], "/a/%22b");
         assert_eq!(v["route"], "api");
         assert_eq!(v["status"], 200);
         assert_eq!(v["duration_ms"], 1.234);
         assert_eq!(v["target"], "sluice::access");
+        // Whatever a path may hold comes out as a valid JSON string.
+        let mut out = Vec::new();
+        json_str(&mut out, "/a\"b\\c\u{1}é");
+        let back: String = serde_json::from_slice(&out).unwrap();
+        assert_eq!(back, "/a\"b\\c\u{1}é");
     }
 
     #[test]
     fn text_lines_carry_every_field_and_no_colour() {
         let mut out = Vec::new();
-        format_line(&mut out, &rec("/x"), LogFormat::Text);
+        format_line(&mut out, &rec("/x"), LogFormat::Text, &mut SecondCache::default());
         let line = String::from_utf8(out).unwrap();
         assert!(line.starts_with("2025-11-30T15:20:00.123Z  INFO sluice::access: request route=api decision=forwarded status=200 method=GET path=/x client=127.0.0.1 duration_ms=1.234"), "{line}");
         assert!(!line.contains('\u{1b}'));
+    }
+
+    #[test]
+    fn the_cached_second_turns_over_and_durations_keep_three_decimals() {
+        let mut c = SecondCache::default();
+        let mut out = Vec::new();
+        c.write(&mut out, 1_764_516_000_999);
+        out.push(b' ');
+        c.write(&mut out, 1_764_516_001_005);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "2025-11-30T15:20:00.999Z 2025-11-30T15:20:01.005Z"
+        );
+        for (us, text) in [(5, "0.005"), (1_234, "1.234"), (60_000_000, "60000.000")] {
+            let mut out = Vec::new();
+            duration_ms(&mut out, us);
+            assert_eq!(String::from_utf8(out).unwrap(), text);
+        }
     }
 
     #[test]

@@ -55,7 +55,9 @@ pub struct ObserveService<S> {
 /// will be written.
 struct LogFacts {
     method: Method,
-    path: String,
+    // The target as it came (its path is logged): a clone shares the
+    // buffer, where copying the path would allocate.
+    uri: http::Uri,
     conn: Arc<ConnInfo>,
 }
 
@@ -74,7 +76,7 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let log = self.shared.access_log.enabled().then(|| LogFacts {
             method: req.method().clone(),
-            path: req.uri().path().to_owned(),
+            uri: req.uri().clone(),
             conn: self.conn.clone(),
         });
         ResponseFuture {
@@ -135,8 +137,8 @@ where
                 decision,
                 status: response.status().as_u16(),
                 method: log.method,
-                path: log.path,
-                client: log.conn.peer.ip(),
+                uri: log.uri,
+                client: log.conn.peer_header.clone(),
                 duration_us: elapsed.as_micros() as u64,
             });
         }
