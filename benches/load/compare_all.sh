@@ -48,7 +48,7 @@ if [[ $QUICK == 1 ]]; then
   BURST_N=500; S4_ROUNDS=1; S4_DUR=2s; DRAIN_MAX=40
   OUT=${QUICK_OUT:-/tmp/sluice-compare-quick}
 else
-  ROUNDS=5; DUR=4s; CG_RUNS=3; CG_LO=20000; CG_HI=40000; CG_RUNS_LOG=1
+  ROUNDS=7; DUR=4s; CG_RUNS=3; CG_LO=20000; CG_HI=40000; CG_RUNS_LOG=1
   BURST_N=2000; S4_ROUNDS=3; S4_DUR=4s; DRAIN_MAX=120
   OUT=$ROOT/benches/results
 fi
@@ -232,7 +232,7 @@ scenario_time() { echo "$1 $(( $(date +%s) - $2 ))" >>"$RES/durations"; }
 
 # --- scenario 1: pass-through --------------------------------------------------
 scenario1() {
-  local t0 w log port admin sys r i n order
+  local t0 w log port admin sys r i n order p
   t0=$(date +%s)
   declare -gA PORT=()
   S1_PIDS=()
@@ -266,13 +266,16 @@ scenario1() {
   for p in "${PORT[@]}"; do wait_port "$p"; done
   for w in 1 2; do for log in on off; do wait_url "http://127.0.0.1:$(cat "$WORK/sluice-$log-$w.admin")/readyz"; done; done
 
-  local systems=(direct nginx_on nginx_off haproxy_on haproxy_off sluice_on sluice_off)
+  # The runs compared (sluice and nginx with the same logging, sluice with
+  # and without its log) sit next to each other; every other round runs
+  # the list backwards (ABBA), so a steady drift cancels out of the ratios.
+  local systems=(haproxy_on nginx_on sluice_on sluice_off nginx_off haproxy_off direct)
   n=${#systems[@]}
   for r in $(seq "$ROUNDS"); do
     order=(1 2); ((r % 2)) || order=(2 1)
     for w in "${order[@]}"; do
       for i in $(seq 0 $((n - 1))); do
-        sys=${systems[$(( (i + (r - 1) * 3 + w) % n ))]}
+        if ((r % 2)); then sys=${systems[$i]}; else sys=${systems[$((n - 1 - i))]}; fi
         echo "scenario 1: round $r/$ROUNDS, $w worker(s), $sys" >&2
         timeout 120 wrk "-t$w" "-c$CONNS" "-d$DUR" --latency "http://127.0.0.1:${PORT[$sys.$w]}/" \
           >"$RES/s1/w$w.$sys.r$r.txt"
@@ -574,7 +577,8 @@ done
   echo "python=$(python3 --version)"
   echo "rustc=$(rustc --version)"
   dirty=""; [[ -z $(git status --porcelain -- src Cargo.toml Cargo.lock) ]] || dirty=" (with uncommitted changes in src/)"
-  echo "sluice=$(git rev-parse --short HEAD)$dirty $(git log -1 --format=%s | cut -c1-80)"
+  src=$(git log -1 --format=%h -- src Cargo.toml Cargo.lock)
+  echo "sluice=$(git rev-parse --short HEAD)$dirty; src/ as of $src: $(git log -1 --format=%s "$src" | cut -c1-100)"
   echo "quick=$QUICK"
   echo "scenarios=$SCENARIOS"
   echo "rounds=$ROUNDS"; echo "dur=$DUR"; echo "conns=$CONNS"

@@ -14,6 +14,7 @@ import sys
 from collections import Counter, defaultdict
 
 RES, OUT, BENCH = sys.argv[1:4]
+os.makedirs(OUT, exist_ok=True)
 BEGIN = "<!-- compare_all:begin (written by benches/load/compare_all.sh; edits here are lost on the next run) -->"
 END = "<!-- compare_all:end -->"
 BEGIN_RE = re.compile(r"<!-- compare_all:begin[^>]*-->")
@@ -126,15 +127,18 @@ def scenario1():
         f"`access_log` (combined format, to a file), HAProxy `option httplog` to `log stdout` "
         f"(redirected to a file), sluice's default access log (text, stderr redirected to a file). "
         f"Logging off: `access_log off`, no `log` line, `[log] access = false`. "
-        f"{rounds} rounds; in each the 14 runs (7 targets × 1 and 2 workers) go in a rotated order, "
-        f"so drift hits every system alike. req/s, p50 and p99 are medians over the rounds; the "
-        f"ratios are medians of the per-round ratios to nginx with the same logging."
+        f"{rounds} rounds of 14 runs (7 targets × 1 and 2 workers), the runs compared next to each "
+        f"other (HAProxy on, nginx on, sluice on, sluice off, nginx off, HAProxy off, direct) and every "
+        f"other round in reverse, so drift hits every system alike. req/s, p50 and p99 are medians "
+        f"over the rounds; the ratios are medians of the per-round ratios to nginx with the same "
+        f"logging (in brackets: the ratio of the best rounds, which a slowdown from outside the run "
+        f"affects less)."
     )
     md.append("")
     for w in (1, 2):
         md.append(f"**{w} worker{'s' if w > 1 else ''}** (wrk `-t{w}`)")
         md.append("")
-        md.append("| target | req/s | per round | p50 | p99 | req/s ÷ nginx | p99 ÷ nginx |")
+        md.append("| target | req/s | per round | p50 | p99 | req/s ÷ nginx (best ÷ best) | p99 ÷ nginx |")
         md.append("|---|---|---|---|---|---|---|")
         for sys_, label in S1_SYSTEMS:
             rr = runs.get((w, sys_))
@@ -150,7 +154,8 @@ def scenario1():
             if sys_ == "direct" or sys_.startswith("nginx"):
                 tr, pr = "–", "–"
             else:
-                tr = fmt_x(ratio_med(runs, w, sys_, ref, "rps")[0])
+                best = max(v["rps"] for v in vals) / max(v["rps"] for v in runs[(w, ref)].values())
+                tr = f"{fmt_x(ratio_med(runs, w, sys_, ref, 'rps')[0])} ({fmt_x(best)})"
                 pr = fmt_x(ratio_med(runs, w, sys_, ref, "p99")[0])
             name = f"**{label}**" if sys_.startswith("sluice") else label
             md.append(
@@ -686,9 +691,10 @@ def plot_burst(data, stats, cap):
         "set key bottom right",
     ]
     for kind, title in (("any", "any answer (2xx, 503, ...)"), ("ok", "a 2xx answer")):
+        drawn = [s for s in ("nginx", "haproxy", "direct", "sluice") if s in data]  # direct over HAProxy
         parts = [f"'{PLOTDIR}/s2.{s}.cdf.{kind}' using 1:2 with steps lw 2 {'dt 2 ' if s == 'direct' else ''}"
                  f"lc rgb '{COLORS[s]}' title '{s}'"
-                 for s in data if os.path.getsize(os.path.join(PLOTDIR, f"s2.{s}.cdf.{kind}"))]
+                 for s in drawn if os.path.getsize(os.path.join(PLOTDIR, f"s2.{s}.cdf.{kind}"))]
         g.append(f"set title '{title}'")
         g.append("plot " + ", ".join(parts) if parts else "plot 1/0 notitle")
     g.append("unset multiplot")
@@ -762,7 +768,7 @@ def commands():
     c = ["<details><summary>The commands, as run</summary>", ""]
     c.append("```")
     if "1" in SCEN:
-        c.append("# 1. for round in 1..%s, for W in 1 2 (alternating), for each target in rotated order:" % meta["rounds"])
+        c.append("# 1. for round in 1..%s, for W in 1 2 (alternating), for each target (reversed every other round):" % meta["rounds"])
         c.append(f"wrk -tW -c{meta['conns']} -d{meta['dur']} --latency http://127.0.0.1:PORT/")
         c.append("#    proxies: nginx -p DIR -c nginx.conf; haproxy -db -f haproxy.cfg >log; sluice run -c sluice.toml 2>log")
         c.append(f"# 1b. for run in 1..{meta['cg_runs']} (logging on: 1..{meta['cg_runs_log']}), N in {meta['cg_lo']} {meta['cg_hi']}:")
