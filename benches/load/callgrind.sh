@@ -61,14 +61,25 @@ for line in open(sys.argv[1], errors="replace"):
         if line.startswith("cfn="): cfn = names.get(m.group(1), "")
     elif line.startswith("calls=") and alloc_fns.match(cfn):
         allocs += int(line.split()[0][6:])
-print(total, allocs)
+print(total, allocs, sys.argv[1])
 PY
+}
+
+# As measure, less quanta's clock calibration: it runs once at start-up
+# for as long as its wall-clock criteria take, which under valgrind varies
+# by millions of instructions between runs and would not cancel in a pair
+# (compare/cg_count.py says how much it was).
+measure_steady() { # $1 N
+  local out total allocs excluded
+  read -r total allocs out < <(measure "$1")
+  read -r _ excluded < <(python3 benches/load/compare/cg_count.py "$out" quanta::Calibration::calibrate)
+  echo "$(( total - excluded )) $allocs"
 }
 
 results=()
 for r in $(seq "$RUNS"); do
-  read -r ilo alo < <(measure "$LO")
-  read -r ihi ahi < <(measure "$HI")
+  read -r ilo alo < <(measure_steady "$LO")
+  read -r ihi ahi < <(measure_steady "$HI")
   results+=("$(( (ihi - ilo) / (HI - LO) )) $(python3 -c "print(f'{($ahi - $alo) / ($HI - $LO):.2f}')")")
   echo "run $r: ${results[-1]} (instructions, allocator calls per request)"
 done
