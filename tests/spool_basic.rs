@@ -403,3 +403,23 @@ async fn interval_mode_fsyncs_under_continuous_load() {
     }
     assert!(obs.fsyncs.load(Ordering::Relaxed) > 0);
 }
+
+/// Two replays of the same dead letters at once re-enqueue each only once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_dlq_replays_re_enqueue_once() {
+    let d = tempfile::tempdir().unwrap();
+    let o = small_opts(d.path());
+    let s = open(&o).await;
+    for i in 0..5 {
+        let off = s.append(0, payload(0, i, 50)).await.unwrap();
+        let rec = s.read_at(0, off).await.unwrap().unwrap();
+        s.dead_letter(&rec, "rejected", Some(400)).await.unwrap();
+        s.ack(0, off).unwrap();
+    }
+    let (a, b) = tokio::join!(s.dlq_replay(&DlqSelection::All), s.dlq_replay(&DlqSelection::All));
+    let replayed = a.unwrap().len() + b.unwrap().len();
+    assert_eq!(replayed, 5, "each dead letter re-enqueued once");
+    assert_eq!(s.next_offset(0), 10);
+    assert!(s.dlq_list(0, 10).await.unwrap().is_empty());
+    s.close().await.unwrap();
+}

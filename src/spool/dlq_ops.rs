@@ -88,7 +88,11 @@ impl Spool {
     /// Re-enqueues dead letters at the tail of their partitions (new
     /// offsets), then purges them. Returns `(dlq_offset, partition, new
     /// offset)` for each one replayed.
+    /// One replay at a time, selecting under the lock, so two callers never
+    /// both re-enqueue a letter (`drain::dlq` has its own lock for the
+    /// request-level replay the admin API and CLI use).
     pub async fn dlq_replay(&self, which: &DlqSelection) -> Result<Vec<(u64, u32, u64)>, SpoolError> {
+        let _one_at_a_time = self.inner.dlq_replaying.lock().await;
         let letters = match which {
             DlqSelection::All => self.dlq_list(0, usize::MAX).await?,
             DlqSelection::Offsets(v) => {

@@ -253,6 +253,8 @@ struct Inner {
     housekeeper: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// The flock on `LOCK`, held until close (or drop).
     lock: Mutex<Option<Box<dyn Send + Sync>>>,
+    /// One `dlq_replay` at a time: two would both re-enqueue a letter.
+    dlq_replaying: tokio::sync::Mutex<()>,
 }
 
 /// An open spool. Cheap to share behind the `Arc` that `open` returns.
@@ -510,6 +512,7 @@ impl Spool {
             closed: AtomicBool::new(false),
             housekeeper: Mutex::new(None),
             lock: Mutex::new(Some(lock)),
+            dlq_replaying: tokio::sync::Mutex::new(()),
         })
     }
 
