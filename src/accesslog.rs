@@ -151,6 +151,11 @@ impl Writer {
         loop {
             std::thread::sleep(FLUSH_EVERY);
             let settings = self.settings.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            // Open (or reopen) the file before writing anything, so the
+            // first lines go where the config says.
+            if self.reopen.swap(false, Ordering::AcqRel) {
+                self.open(&settings);
+            }
             let mut flushed = Vec::new();
             let mut gone = false;
             // Take everything waiting: one write for the lot.
@@ -170,9 +175,6 @@ impl Writer {
                 if buf.len() >= 256 * 1024 {
                     self.write(&mut buf);
                 }
-            }
-            if self.reopen.swap(false, Ordering::AcqRel) {
-                self.open(&settings);
             }
             self.write(&mut buf);
             for done in flushed {

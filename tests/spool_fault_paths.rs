@@ -657,3 +657,37 @@ async fn no_space_for_a_new_segment_is_full() {
     s.close().await.unwrap();
     reliability::report("fs-enospc-segment-create", outcome(acked + 1, got.len() as u64, 0));
 }
+
+/// A corrupt frame that straddles the reader's 256 KiB window (its length
+/// field intact, so the window is refilled to check it) is dead-lettered
+/// like any other, not a panic that stalls the partition.
+#[tokio::test]
+async fn a_corrupt_frame_across_the_read_window_is_dead_lettered() {
+    let d = tempfile::tempdir().unwrap();
+    let mut o = small_opts(d.path());
+    o.partitions = 1;
+    o.segment_bytes = 1 << 20;
+    o.max_record = 16 << 10;
+    let s = open_with(&o, Arc::new(NoopObserver)).await;
+    for i in 0..30 {
+        s.append(0, payload(0, i, 10_000)).await.unwrap();
+    }
+    s.close().await.unwrap();
+    drop(s);
+    let window = 256 * 1024;
+    let f = frame_locations(d.path())
+        .unwrap()
+        .into_iter()
+        .find(|f| f.pos < window && f.pos + f.len > window)
+        .expect("a frame across the window edge");
+    let mut bytes = std::fs::read(&f.segment).unwrap();
+    bytes[(f.pos + f.len) as usize - 10] ^= 0x01;
+    std::fs::write(&f.segment, bytes).unwrap();
+    let s = open_with(&o, Arc::new(NoopObserver)).await;
+    let got = read_n(&mut s.reader(0), 29).await;
+    assert_eq!(offsets(&got), (0..30).filter(|o| *o != f.offset).collect::<Vec<_>>());
+    let dead = s.dlq_list(0, 10).await.unwrap();
+    assert_eq!((dead.len(), dead[0].offset), (1, f.offset));
+    assert!(!dead[0].payload.is_empty(), "the damaged record keeps its bytes");
+    s.close().await.unwrap();
+}

@@ -263,6 +263,10 @@ impl ConnWatch {
     pub async fn watchdog(&self, keepalive: Duration, header_timeout: Duration) {
         let at = |ms: u64| self.born + Duration::from_millis(ms);
         loop {
+            // Until a new plan is stored, any registration wakes us: one
+            // made while we look would otherwise see the old plan and stay
+            // silent, and its deadline could be slept past.
+            self.planned_wake_ms.store(0, Ordering::Release);
             let now = Instant::now();
             let next_deadline = self.expire(now);
             let head_started = self.head_started_ms.load(Ordering::Relaxed);
@@ -280,17 +284,23 @@ impl ConnWatch {
                     .max(self.last_busy_ms.load(Ordering::Relaxed));
                 at(last) + keepalive
             };
-            if self.active.load(Ordering::Acquire) == 0 && now >= idle_end && next_deadline.is_none() {
+            let closable = self.active.load(Ordering::Acquire) == 0 && next_deadline.is_none();
+            if closable && now >= idle_end {
                 return;
             }
-            // Deadlines exactly; idleness when it would be due; HTTP/1
-            // request heads every half header timeout.
-            let mut wake = idle_end.max(now + Duration::from_millis(50));
+            // Deadlines exactly; idleness when it would be due (while the
+            // connection can't be closed anyway, a keep-alive from now);
+            // HTTP/1 request heads every half header timeout.
+            let mut wake = if closable {
+                idle_end.max(now + Duration::from_millis(50))
+            } else {
+                now + keepalive
+            };
             if let Some(d) = next_deadline {
                 wake = wake.min(d);
             }
             if self.served.load(Ordering::Relaxed) && !self.h2.load(Ordering::Relaxed) {
-                wake = wake.min(now + header_timeout / 2);
+                wake = wake.min(now + (header_timeout / 2).max(Duration::from_millis(50)));
             }
             self.planned_wake_ms.store(
                 wake.saturating_duration_since(self.born).as_millis() as u64,

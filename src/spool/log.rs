@@ -530,18 +530,24 @@ pub(crate) fn load(
                 .segs
                 .values()
                 .find_map(|s| s.parts.get(&(p as u32)).map(|span| span.first));
-            let floor = first_on_disk.unwrap_or(next);
+            // With no record of the partition on disk, nothing says its
+            // missing offsets were reclaimed (retention follows persisted
+            // commits): published but never on disk, they are lost, and the
+            // reader dead-letters them rather than this counting them done.
+            let floor = first_on_disk.unwrap_or(committed);
             if committed < floor && !unclear.contains(&(p as u32)) {
                 report.committed_gap += floor - committed;
                 tracing::warn!(dir = %dir.display(), partition = p, from = committed, to = floor,
                     "offsets before the oldest segment on disk counted as committed");
                 committed = floor;
             }
-            PartState {
-                next,
-                committed,
-                acked: c.acked.into_iter().filter(|o| *o > committed && *o < next).collect(),
+            let mut acked: BTreeSet<u64> = c.acked.into_iter().filter(|o| *o >= committed && *o < next).collect();
+            // An acked run that now starts at the committed offset (raised
+            // above) is committed too.
+            while acked.remove(&committed) {
+                committed += 1;
             }
+            PartState { next, committed, acked }
         })
         .collect();
     Ok((st, report))

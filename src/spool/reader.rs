@@ -222,6 +222,9 @@ impl LogReader {
                         }
                     }
                 }
+                // The header as it stands, before a refill below moves the
+                // window (it names a damaged frame's offset).
+                let head = format.header(&cur.buf[at..at + avail]);
                 let decoded = match format.decode(&cur.buf[at..at + avail]) {
                     Decoded::Incomplete { need } if (need as u64) <= seg_len - cur.pos => {
                         let avail = fill(cur, seg_len, need).map_err(|e| SpoolError::io("read", path(), e))?;
@@ -256,7 +259,6 @@ impl LogReader {
                     _ => {
                         tracing::warn!(path = %path().display(), pos = cur.pos, "corrupt frame; resyncing");
                         let start = cur.pos;
-                        let head = format.header(&cur.buf[at..at + avail]);
                         let resume = resync(cur, seg_len, partitions, self.partition, self.next)
                             .map_err(|e| SpoolError::io("read", path(), e))?;
                         if let Some(h) = head.filter(|h| h.partition == self.partition && h.offset == self.next) {
