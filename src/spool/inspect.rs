@@ -10,7 +10,8 @@ use tokio::sync::Notify;
 use super::log::{self, LoadReport, LogState};
 use super::reserve::Reserve;
 use super::{
-    file_len, formats, new_shared, read_manifest, status, LogEnv, DLQ_DIR, LOG_DIR, MANIFEST_FILE, RESERVE_FILE,
+    open::{file_len, formats, new_shared, read_manifest, LogEnv},
+    status, DLQ_DIR, LOG_DIR, MANIFEST_FILE, RESERVE_FILE,
 };
 use super::{Clock, Fs, RealFs, SpoolError, SpoolStatus, SystemClock};
 
