@@ -47,8 +47,8 @@ fn write_config(dir: &Path, upstream: &str, log: &str) -> std::path::PathBuf {
     cfg
 }
 
-#[tokio::test]
-async fn access_lines_reach_the_file_and_follow_logrotate() {
+/// A backend, and a config logging JSON access lines to DIR/access.log.
+async fn json_to_file() -> (Backend, tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
     let backend = Backend::ok().await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("access.log");
@@ -57,6 +57,12 @@ async fn access_lines_reach_the_file_and_follow_logrotate() {
         &backend.url(),
         &format!("format = \"json\"\naccess_file = \"{}\"\n", file.display()),
     );
+    (backend, dir, file, cfg)
+}
+
+#[tokio::test]
+async fn access_lines_reach_the_file_and_follow_logrotate() {
+    let (_backend, dir, file, cfg) = json_to_file().await;
     let sluice = SluiceProcess::spawn(&["run", "--config", cfg.to_str().unwrap()]);
     for i in 0..3 {
         assert_eq!(get_path(sluice.data_addr, &format!("/one/{i}")).await, 200);
@@ -137,14 +143,7 @@ async fn access_switches_on_reload_and_lines_are_flushed_at_shutdown() {
 
 #[tokio::test]
 async fn rust_log_warn_turns_access_lines_off() {
-    let backend = Backend::ok().await;
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("access.log");
-    let cfg = write_config(
-        dir.path(),
-        &backend.url(),
-        &format!("format = \"json\"\naccess_file = \"{}\"\n", file.display()),
-    );
+    let (_backend, _dir, file, cfg) = json_to_file().await;
     let cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"));
     let mut sluice = SluiceProcess::spawn_command_env(
         cmd,

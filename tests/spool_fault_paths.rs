@@ -50,9 +50,7 @@ fn offsets(v: &[Record]) -> Vec<u64> {
 async fn a_read_error_moves_the_reader_nowhere() {
     let d = tempfile::tempdir().unwrap();
     let (mut o, faults) = fault_opts(d.path());
-    o.partitions = 1;
-    o.segment_bytes = 1024;
-    o.max_record = 256;
+    one_partition_small_segments(&mut o);
     let s = open_with(&o, Arc::new(NoopObserver)).await;
     for i in 0..40 {
         s.append(0, payload(0, i, 100)).await.unwrap();
@@ -194,9 +192,7 @@ fn persisted_commits(path: &std::path::Path) -> Vec<u64> {
 async fn retention_deletes_only_what_the_commit_on_disk_covers() {
     let d = tempfile::tempdir().unwrap();
     let (mut o, faults) = fault_opts(d.path());
-    o.partitions = 1;
-    o.segment_bytes = 1024;
-    o.max_record = 256;
+    one_partition_small_segments(&mut o);
     o.commit_interval = Duration::from_secs(3600);
     let s = open_with(&o, Arc::new(NoopObserver)).await;
     for i in 0..40 {
@@ -464,7 +460,7 @@ async fn a_full_device_still_commits_and_recovers() {
     *faults.root.lock().unwrap() = Some(d.path().to_owned());
     faults
         .device_bytes
-        .store(tree_size(d.path()) + 160 * 1024, Ordering::Relaxed);
+        .store(tree_bytes(d.path()) + 160 * 1024, Ordering::Relaxed);
     let mut n = 0;
     let full = loop {
         match s.append(0, payload(0, n, 1000)).await {
@@ -496,30 +492,13 @@ async fn a_full_device_still_commits_and_recovers() {
     reliability::report("fs-enospc-commits", outcome(n + 1, n + 1, 0));
 }
 
-fn tree_size(dir: &std::path::Path) -> u64 {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap())
-        .map(|e| {
-            let m = e.metadata().unwrap();
-            if m.is_dir() {
-                tree_size(&e.path())
-            } else {
-                m.len().div_ceil(4096) * 4096
-            }
-        })
-        .sum()
-}
-
 /// One log's commit error does not stop the other from committing and
 /// reclaiming.
 #[tokio::test]
 async fn a_dlq_commit_error_does_not_block_the_data_log() {
     let d = tempfile::tempdir().unwrap();
     let (mut o, faults) = fault_opts(d.path());
-    o.partitions = 1;
-    o.segment_bytes = 1024;
-    o.max_record = 256;
+    one_partition_small_segments(&mut o);
     let s = open_with(&o, Arc::new(NoopObserver)).await;
     for i in 0..20 {
         s.append(0, payload(0, i, 100)).await.unwrap();
@@ -619,9 +598,7 @@ async fn acks_above_the_committed_offset_are_not_redelivered_after_restart() {
 async fn no_space_for_a_new_segment_is_full() {
     let d = tempfile::tempdir().unwrap();
     let (mut o, faults) = fault_opts(d.path());
-    o.partitions = 1;
-    o.segment_bytes = 1024;
-    o.max_record = 256;
+    one_partition_small_segments(&mut o);
     let s = open_with(&o, Arc::new(NoopObserver)).await;
     faults.add(FsOp::Create, ".seg", ENOSPC, 0);
     let mut err = None;

@@ -64,7 +64,8 @@ fn blocks(len: u64) -> u64 {
     len.div_ceil(BLOCK) * BLOCK
 }
 
-fn tree_bytes(dir: &Path) -> u64 {
+/// Bytes the files under `dir` take on a device of 4 KiB blocks.
+pub fn tree_bytes(dir: &Path) -> u64 {
     let Ok(rd) = std::fs::read_dir(dir) else { return 0 };
     rd.filter_map(Result::ok)
         .map(|e| match e.metadata() {
@@ -341,4 +342,12 @@ pub fn frame_at(dir: &Path, partition: u32, offset: u64) -> sluice::spool::Frame
         .into_iter()
         .find(|f| f.partition == partition && f.offset == offset)
         .expect("record on disk")
+}
+
+/// One partition and segments of 1 KiB (records up to 256 bytes), so a
+/// few dozen appends span many segments.
+pub fn one_partition_small_segments(o: &mut SpoolOptions) {
+    o.partitions = 1;
+    o.segment_bytes = 1024;
+    o.max_record = 256;
 }
