@@ -127,6 +127,7 @@ pub struct Slot {
 impl Slot {
     /// A slot holding only an in-flight count (for tests of whatever
     /// frees slots).
+    #[cfg(test)]
     pub fn counting(gauge: InFlightGauge) -> Slot {
         Slot {
             _permit: None,

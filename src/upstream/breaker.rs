@@ -118,9 +118,10 @@ impl Breaker {
         }
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if matches!(*st, State::Closed) {
-            if role == Role::Live {
-                self.note_live();
-            }
+            // Live traffic is only noted while the breaker is not closed:
+            // that is when replay asks whether any came (and it is refused
+            // or probing, so it keeps asking), and it spares a clock read
+            // per request in the usual, closed, case.
             return Admit::Pass;
         }
         // Not closed: the probe is live traffic's, unless there is none.
