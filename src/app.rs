@@ -398,11 +398,14 @@ pub async fn start(config: Config, overrides: Overrides) -> Result<Running, AppE
 /// Runs until SIGTERM or SIGINT; SIGHUP reloads the config.
 pub async fn run(config: Config, overrides: Overrides) -> Result<(), AppError> {
     use tokio::signal::unix::{signal, SignalKind};
-    let running = start(config, overrides).await?;
+    // Handlers before the listeners: once "listening" is logged, a SIGHUP
+    // or SIGUSR1 must reload or reopen, never take the default action
+    // (which ends the process).
     let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
     let mut hup = signal(SignalKind::hangup()).expect("installing a SIGHUP handler");
     let mut usr1 = signal(SignalKind::user_defined1()).expect("installing a SIGUSR1 handler");
+    let running = start(config, overrides).await?;
     loop {
         tokio::select! {
             _ = term.recv() => { tracing::info!("SIGTERM received"); break; }

@@ -18,8 +18,11 @@ pub struct Reloader {
     shared: Arc<Shared>,
     metrics: Arc<Metrics>,
     overrides: Overrides,
-    /// Serialises reloads so two can't interleave their read and swap.
-    lock: Mutex<()>,
+    /// Serialises reloads so two can't interleave their read and swap,
+    /// and holds the version of the file the running config came from
+    /// (taken just before each read), so the watcher never reloads a
+    /// change that SIGHUP or `/admin/reload` already took.
+    loaded: Mutex<Option<FileVersion>>,
 }
 
 impl Reloader {
@@ -28,12 +31,40 @@ impl Reloader {
             shared,
             metrics,
             overrides,
-            lock: Mutex::new(()),
+            loaded: Mutex::new(None),
         }
     }
 
+    /// Notes the version of the file the starting config was read from,
+    /// the watcher's first point of comparison.
+    fn note_loaded(&self, path: &std::path::Path) {
+        *self.loaded.lock().unwrap_or_else(|p| p.into_inner()) = file_version(path);
+    }
+
     pub fn reload(&self) -> Result<ReloadOutcome, ConfigError> {
-        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+        self.reload_locked(&mut loaded)
+    }
+
+    /// Reloads only if the file differs from the version last loaded (good
+    /// or bad: a refused file is not retried until it changes again).
+    /// Returns whether it reloaded.
+    fn reload_if_changed(&self, path: &std::path::Path) -> bool {
+        let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+        let now = file_version(path);
+        if now.is_none() || now == *loaded {
+            return false;
+        }
+        tracing::info!(path = %path.display(), "config file changed: reloading");
+        // Logged and counted like any reload, good or bad.
+        let _ = self.reload_locked(&mut loaded);
+        true
+    }
+
+    fn reload_locked(&self, loaded: &mut Option<FileVersion>) -> Result<ReloadOutcome, ConfigError> {
+        if let Some(path) = &self.shared.runtime.load().config.source_path {
+            *loaded = file_version(path);
+        }
         let result = self.try_reload();
         let label = if result.is_ok() { "ok" } else { "error" };
         self.metrics.config_reloads.with_label_values(&[label]).inc();
@@ -85,37 +116,25 @@ fn file_version(path: &std::path::Path) -> Option<FileVersion> {
 /// new file is refused by the reload like any other; the watcher then
 /// waits for the next change. The file's current version is taken when
 /// this is called, not when the returned future first runs, so a change
-/// made right after startup is not mistaken for the starting point.
+/// made right after startup is not mistaken for the starting point; and
+/// the comparison is with the version any reload last read, so one change
+/// is loaded once however it was noticed.
 pub fn watch_file(
     reloader: Arc<Reloader>,
     path: std::path::PathBuf,
     every: std::time::Duration,
     shutdown: crate::shutdown::Shutdown,
 ) -> impl std::future::Future<Output = ()> {
-    let seen = file_version(&path);
-    watch_from(reloader, path, every, shutdown, seen)
-}
-
-async fn watch_from(
-    reloader: Arc<Reloader>,
-    path: std::path::PathBuf,
-    every: std::time::Duration,
-    shutdown: crate::shutdown::Shutdown,
-    mut seen: Option<FileVersion>,
-) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shutdown.wait() => return,
-        }
-        let now = file_version(&path);
-        if now.is_some() && now != seen {
-            tracing::info!(path = %path.display(), "config file changed: reloading");
-            // Logged and counted by the reloader, good or bad.
-            let _ = reloader.reload();
-            seen = now;
+    reloader.note_loaded(&path);
+    async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.wait() => return,
+            }
+            reloader.reload_if_changed(&path);
         }
     }
 }

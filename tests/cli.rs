@@ -235,6 +235,71 @@ async fn sighup_reloads_a_changed_file() {
     assert_eq!(r.header("ratelimit-policy"), "\"api\";q=20;w=1", "the new rate applies");
 }
 
+/// One change is loaded once: the file watcher compares with what any
+/// reload last read, so a change SIGHUP already took is not reloaded
+/// again on the watcher's next tick. (The watcher may take the change
+/// before the signal is handled; it must not take it after.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_taken_by_sighup_is_not_reloaded_again_by_the_watcher() {
+    let backend = Backend::ok().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = |rate: &str| {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nconfig_poll_interval = \"20ms\"\n\n\
+             [upstream]\nurl = \"{}\"\n\n[spool]\ndir = \"{}\"\n\n\
+             [[route]]\nname = \"api\"\nmatch = {{ path_prefix = \"/\" }}\nrate = \"{rate}\"\n",
+            backend.url(),
+            dir.path().join("spool").display()
+        )
+    };
+    let path = write_file(dir.path(), "sluice.toml", &config("10/s"));
+    let proc = SluiceProcess::spawn(&["run", "-c", path.to_str().unwrap()]);
+    let c = client();
+    let lines = proc.stderr_lines.clone();
+    // Watcher reloads logged after the signal's reload.
+    let watcher_reloads_after_sighup = move || {
+        let lines = lines.lock().unwrap();
+        let Some(hup) = lines.iter().position(|l| l.contains("SIGHUP received")) else {
+            return None;
+        };
+        let after = &lines[hup..];
+        after.iter().any(|l| l.contains("config reloaded")).then(|| {
+            after
+                .iter()
+                .filter(|l| l.contains("config file changed: reloading"))
+                .count()
+        })
+    };
+    std::fs::write(&path, config("20/s")).unwrap();
+    proc.signal(libc::SIGHUP);
+    let check = watcher_reloads_after_sighup.clone();
+    eventually(Duration::from_secs(5), "the SIGHUP reload", || {
+        let n = check();
+        async move { n }
+    })
+    .await;
+    // Fifteen watcher ticks: none may reload the change again.
+    let window = tokio::time::Instant::now() + Duration::from_millis(300);
+    while tokio::time::Instant::now() < window {
+        assert_eq!(
+            watcher_reloads_after_sighup(),
+            Some(0),
+            "the same change was reloaded twice"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A later change is still the watcher's to take.
+    std::fs::write(&path, config("30/s")).unwrap();
+    let check = watcher_reloads_after_sighup.clone();
+    eventually(Duration::from_secs(5), "the watcher's reload", || {
+        let n = check();
+        async move { (n == Some(1)).then_some(()) }
+    })
+    .await;
+    let r = get(&c, &format!("http://{}/", proc.data_addr)).await;
+    assert_eq!(r.header("ratelimit-policy"), "\"api\";q=30;w=1");
+}
+
 #[test]
 fn check_warns_when_the_spool_cannot_fit_its_quota() {
     let d = tempfile::tempdir().unwrap();
