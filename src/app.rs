@@ -47,6 +47,8 @@ pub enum AppError {
     Spool(#[from] crate::spool::SpoolError),
     #[error("spool status journal: {0}")]
     Outcomes(#[from] crate::drain::outcomes::OutcomeError),
+    #[error("{0}")]
+    Cluster(#[from] crate::cluster::ClusterError),
 }
 
 /// Raises the soft limit on open files to the hard one, as nginx's
@@ -243,8 +245,17 @@ pub async fn start(config: Config, overrides: Overrides) -> Result<Running, AppE
     let admin_gate = Arc::new(ConnGate::new(ADMIN_MAX_CONNECTIONS, None, None));
     let grace = config.server.shutdown_grace;
     let scheme = if tls.is_some() { "https" } else { "http" };
-    let runtime = Runtime::build(Arc::new(config), &metrics, None);
-    let shared = Arc::new(Shared::new(runtime, upstream_client, metrics.clone(), spooler.clone()));
+    // Stopped after replay, which draws on the global budget to the end.
+    let cluster_shutdown = Shutdown::new();
+    let cluster = crate::cluster::Cluster::start(&config.cluster, &metrics, cluster_shutdown.clone()).await?;
+    let runtime = Runtime::build(Arc::new(config), &metrics, None, cluster.as_ref());
+    let shared = Arc::new(Shared::new(
+        runtime,
+        upstream_client,
+        metrics.clone(),
+        spooler.clone(),
+        cluster,
+    ));
     let drainer = crate::drain::replay::Drainer::new(spooler.clone(), shared.clone(), &metrics);
     let drain_shutdown = Shutdown::new();
     let mut drain_tasks = drainer.start(drain_shutdown.clone());
@@ -371,6 +382,7 @@ pub async fn start(config: Config, overrides: Overrides) -> Result<Running, AppE
             // next start (at least once).
             drain_shutdown.trigger();
             while drain_tasks.join_next().await.is_some() {}
+            cluster_shutdown.trigger();
             if let Err(e) = spool.close().await {
                 tracing::error!(error = %e, "closing the spool failed; recovery will repair it at the next start");
             }

@@ -25,7 +25,10 @@
 //!   breaker, adaptive replay limit, timeout, assembled into two stacks:
 //!   - live: breaker → budget (live share) → upstream metrics → timeout → client
 //!   - replay: breaker → adaptive → budget (replay share) → metrics → timeout → client
-//! - [`admission`]  route table, governor buckets with a bounded keyed store, the pure decision
+//! - [`admission`]  route table, governor buckets with a bounded keyed store, the pure decision;
+//!   a `scope = "global"` route asks its [`cluster`] bucket instead
+//! - [`cluster`]    limits shared by replicas through Redis: the store (GCRA and heartbeat
+//!   scripts), fleet-wide buckets (keyed calls or leased batches), store up/down and fallback
 //! - [`spool`]      the durable, partitioned, append-only log (no HTTP): group-commit writer,
 //!   partition readers, dead-letter log, offline inspection
 //! - [`drain`]      spooled requests: record format, ids, intake and status (spooler), replay
@@ -50,6 +53,7 @@ pub mod admin;
 pub mod admission;
 pub mod app;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod crash;
 pub mod demo;

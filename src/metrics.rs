@@ -408,3 +408,88 @@ impl Metrics {
         self.dlq_records.set(st.dlq.records as i64);
     }
 }
+
+/// The `[cluster]` series, registered only when a cluster store is
+/// configured (a lone sidecar has no store to be down).
+#[derive(Clone)]
+pub struct ClusterMetrics {
+    pub store_up: IntGauge,
+    pub replicas: IntGauge,
+    pub store_duration: HistogramVec,
+    pub store_errors: IntCounterVec,
+    pub lease_refills: IntCounterVec,
+    pub fallbacks: prometheus::IntCounter,
+    pub fallback_decisions: prometheus::IntCounter,
+}
+
+/// The `op` label of the store series.
+pub const CLUSTER_OPS: [&str; 3] = ["gcra", "lease", "heartbeat"];
+
+impl ClusterMetrics {
+    pub fn register(metrics: &Metrics) -> ClusterMetrics {
+        let reg = |m: Box<dyn prometheus::core::Collector>| {
+            // Registered once per process; a second registration (tests
+            // starting two apps on one registry) is harmless.
+            let _ = metrics.registry.register(m);
+        };
+        let store_buckets = vec![0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0];
+        let m = ClusterMetrics {
+            store_up: IntGauge::new(
+                "sluice_cluster_store_up",
+                "1 while the cluster store (Redis) answers; 0 while global limits run on their fallback.",
+            )
+            .expect("valid"),
+            replicas: IntGauge::new(
+                "sluice_cluster_replicas",
+                "Replicas seen alive through the cluster store's heartbeats (the fallback divisor).",
+            )
+            .expect("valid"),
+            store_duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "sluice_cluster_store_duration_seconds",
+                    "Round trips to the cluster store by operation.",
+                )
+                .buckets(store_buckets),
+                &["op"],
+            )
+            .expect("valid"),
+            store_errors: IntCounterVec::new(
+                Opts::new(
+                    "sluice_cluster_store_errors_total",
+                    "Cluster store calls that failed or timed out, by operation.",
+                ),
+                &["op"],
+            )
+            .expect("valid"),
+            lease_refills: IntCounterVec::new(
+                Opts::new(
+                    "sluice_cluster_lease_refills_total",
+                    "Batches of tokens leased from a global limit, by limit (route name or \"upstream\").",
+                ),
+                &["limit"],
+            )
+            .expect("valid"),
+            fallbacks: prometheus::IntCounter::new(
+                "sluice_cluster_fallbacks_total",
+                "Times the cluster store was found unreachable and global limits fell back.",
+            )
+            .expect("valid"),
+            fallback_decisions: prometheus::IntCounter::new(
+                "sluice_cluster_fallback_decisions_total",
+                "Global-limit decisions made by cluster.on_store_error because the store was unreachable.",
+            )
+            .expect("valid"),
+        };
+        reg(Box::new(m.store_up.clone()));
+        reg(Box::new(m.replicas.clone()));
+        reg(Box::new(m.store_duration.clone()));
+        reg(Box::new(m.store_errors.clone()));
+        reg(Box::new(m.lease_refills.clone()));
+        reg(Box::new(m.fallbacks.clone()));
+        reg(Box::new(m.fallback_decisions.clone()));
+        for op in CLUSTER_OPS {
+            m.store_errors.with_label_values(&[op]);
+        }
+        m
+    }
+}

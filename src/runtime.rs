@@ -4,6 +4,7 @@
 
 use crate::accesslog::AccessLog;
 use crate::admission::RouteTable;
+use crate::cluster::Cluster;
 use crate::config::{Config, UNMATCHED_ROUTE};
 use crate::drain::spooler::Spooler;
 use crate::metrics::{Metrics, RouteMetrics, Source};
@@ -48,8 +49,13 @@ pub struct Runtime {
 impl Runtime {
     /// Builds the runtime for `config`, keeping bucket state from
     /// `previous` where a route's limits are unchanged.
-    pub fn build(config: Arc<Config>, metrics: &Metrics, previous: Option<&Runtime>) -> Runtime {
-        let table = RouteTable::build(&config.routes, previous.map(|p| &p.table));
+    pub fn build(
+        config: Arc<Config>,
+        metrics: &Metrics,
+        previous: Option<&Runtime>,
+        cluster: Option<&Arc<Cluster>>,
+    ) -> Runtime {
+        let table = RouteTable::build_in(&config.routes, previous.map(|p| &p.table), cluster);
         let stats = config
             .routes
             .iter()
@@ -72,16 +78,24 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub spooler: Arc<Spooler>,
     pub access_log: AccessLog,
+    /// The store of global limits, if `[cluster]` has one.
+    pub cluster: Option<Arc<Cluster>>,
 }
 
 impl Shared {
-    pub fn new(runtime: Runtime, client: UpstreamClient, metrics: Arc<Metrics>, spooler: Arc<Spooler>) -> Shared {
+    pub fn new(
+        runtime: Runtime,
+        client: UpstreamClient,
+        metrics: Arc<Metrics>,
+        spooler: Arc<Spooler>,
+        cluster: Option<Arc<Cluster>>,
+    ) -> Shared {
         let cfg = runtime.config.clone();
         let upstream = UpstreamParts {
             client,
             // One budget for the life of the process: a reload resizes it
             // in place, so requests in flight stay counted.
-            budget: Arc::new(Budget::new(BudgetSpec::from(&cfg.upstream))),
+            budget: Arc::new(Budget::new_in(BudgetSpec::from(&cfg.upstream), cluster.clone())),
             breaker: Arc::new(Breaker::new(cfg.breaker, metrics.breaker_open.clone())),
             adaptive: Arc::new(AdaptiveLimit::new(
                 AdaptiveConfig::for_max(cfg.upstream.max_concurrency),
@@ -99,6 +113,7 @@ impl Shared {
             metrics,
             spooler,
             access_log,
+            cluster,
         }
     }
 
@@ -112,6 +127,9 @@ impl Shared {
             .reconfigure(AdaptiveConfig::for_max(cfg.upstream.max_concurrency));
         self.upstream.adaptive.set_enabled(cfg.upstream.adaptive);
         self.access_log.configure(&cfg.log);
+        if let Some(c) = &self.cluster {
+            c.reconfigure(&cfg.cluster);
+        }
         self.runtime.store(Arc::new(runtime));
     }
 }

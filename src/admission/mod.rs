@@ -3,12 +3,15 @@
 //! bodies, sockets or disks — so the proxy acts on it and tests call it
 //! with a fake clock.
 
+mod global;
 mod keyed;
 mod limiter;
 
+pub use global::{divided, GlobalLimit};
 pub use limiter::{LimitSpec, RouteLimiter, Verdict};
 
-use crate::config::{KeySource, OnLimit, RouteConfig};
+use crate::cluster::Cluster;
+use crate::config::{KeySource, OnLimit, RouteConfig, Scope};
 use governor::clock::{Clock, DefaultClock};
 use http::{HeaderMap, Method};
 use std::net::IpAddr;
@@ -32,6 +35,8 @@ pub enum Decision {
 pub struct Route<C: Clock = DefaultClock> {
     pub config: RouteConfig,
     pub limiter: Arc<RouteLimiter<C>>,
+    /// `scope = "global"`: the fleet's bucket, asked instead of `limiter`.
+    pub global: Option<Arc<GlobalLimit>>,
 }
 
 impl<C: Clock> Route<C> {
@@ -42,7 +47,13 @@ impl<C: Clock> Route<C> {
     /// Asks the bucket of `key` for a token. `wait_left` is how much of the
     /// route's `max_wait` this request has not yet spent.
     pub fn admit(&self, key: &str, method: &Method, wait_left: Duration) -> Decision {
-        match self.limiter.check(key) {
+        self.decide(self.limiter.check(key), method, wait_left)
+    }
+
+    /// What a bucket's verdict means for a request of `method` with
+    /// `wait_left` of its `max_wait` unspent.
+    pub fn decide(&self, verdict: Verdict, method: &Method, wait_left: Duration) -> Decision {
+        match verdict {
             Verdict::Allowed { remaining } => Decision::Forward { remaining },
             Verdict::Limited { wait } => {
                 if !wait_left.is_zero() && wait <= wait_left {
@@ -87,6 +98,31 @@ impl RouteTable<DefaultClock> {
     pub fn build(configs: &[RouteConfig], previous: Option<&RouteTable>) -> Self {
         Self::build_with(configs, previous, DefaultClock::default)
     }
+
+    /// As [`build`](Self::build), giving each `scope = "global"` route its
+    /// fleet-wide bucket in `cluster` (kept from `previous` when its
+    /// limits are unchanged, with its leased tokens).
+    pub fn build_in(configs: &[RouteConfig], previous: Option<&RouteTable>, cluster: Option<&Arc<Cluster>>) -> Self {
+        let mut table = Self::build(configs, previous);
+        let Some(cluster) = cluster else {
+            return table;
+        };
+        for route in &mut table.routes {
+            if route.config.scope != Scope::Global {
+                continue;
+            }
+            let spec = route.limiter.spec().clone();
+            let reused = previous
+                .and_then(|p| p.routes.iter().find(|r| r.config.name == route.config.name))
+                .and_then(|r| r.global.clone())
+                .filter(|g| *g.spec() == spec);
+            let global = reused.unwrap_or_else(|| Arc::new(GlobalLimit::new(cluster.clone(), &route.config, spec)));
+            if let Some(r) = Arc::get_mut(route) {
+                r.global = Some(global);
+            }
+        }
+        table
+    }
 }
 
 impl<C: Clock> RouteTable<C> {
@@ -108,6 +144,7 @@ impl<C: Clock> RouteTable<C> {
                 Arc::new(Route {
                     config: cfg.clone(),
                     limiter,
+                    global: None,
                 })
             })
             .collect();
@@ -177,7 +214,7 @@ fn matches(cfg: &RouteConfig, req: &RequestFacts<'_>) -> bool {
 
 /// The bucket key of a request under `source`. A missing header is the
 /// empty key (SPEC §2); a non-UTF-8 value is used lossily.
-pub fn key_for<'a>(source: &KeySource, req: &'a RequestFacts<'_>, ip_buf: &'a mut String) -> &'a str {
+pub fn key_for<'a>(source: &KeySource, req: &RequestFacts<'a>, ip_buf: &'a mut String) -> &'a str {
     match source {
         KeySource::Global => "",
         KeySource::ClientIp => {

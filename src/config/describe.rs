@@ -19,9 +19,34 @@ impl Config {
             .unwrap_or_else(|| "unset".into());
         let _ = writeln!(
             s,
-            "upstream budget: capacity {cap}, max_concurrency {}, adaptive {}",
-            self.upstream.max_concurrency, self.upstream.adaptive
+            "upstream budget: capacity {cap}{fleet}, max_concurrency {}, adaptive {}",
+            self.upstream.max_concurrency,
+            self.upstream.adaptive,
+            fleet = if self.upstream.scope == super::Scope::Global {
+                " for the whole fleet"
+            } else {
+                ""
+            },
         );
+        if let Some(url) = &self.cluster.redis_url {
+            // Redacted: `check` output ends up in CI logs and tickets.
+            let _ = writeln!(
+                s,
+                "cluster: {url} namespace {:?} timeout {} replicas {} on_store_error {:?}{}",
+                self.cluster.namespace,
+                humantime::format_duration(self.cluster.timeout),
+                self.cluster
+                    .replicas
+                    .map(|n| n.to_string())
+                    .unwrap_or_else(|| "as seen alive".into()),
+                self.cluster.on_store_error,
+                if self.cluster.password.is_some() {
+                    " (password set)"
+                } else {
+                    ""
+                },
+            );
+        }
         let _ = writeln!(
             s,
             "spool {} ({} partitions, fsync {:?}, max {} bytes)",
@@ -51,7 +76,7 @@ impl Config {
             }
             let _ = writeln!(
                 s,
-                "  {i}. {name:<12} match {m:<40} rate {rate} burst {burst} key {key} on_limit {on:?}{wait}",
+                "  {i}. {name:<12} match {m:<40} rate {rate} burst {burst} key {key} on_limit {on:?}{wait}{scope}",
                 name = r.name,
                 m = m.join(" "),
                 rate = r.rate,
@@ -63,6 +88,7 @@ impl Config {
                 } else {
                     format!(" max_wait {}", humantime::format_duration(r.max_wait))
                 },
+                scope = if r.scope == super::Scope::Global { " scope global" } else { "" },
             );
         }
         s

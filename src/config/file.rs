@@ -23,7 +23,36 @@ pub struct FileConfig {
     #[serde(default)]
     pub log: LogFile,
     #[serde(default)]
+    pub cluster: ClusterFile,
+    #[serde(default)]
     pub route: Vec<RouteFile>,
+}
+
+/// `[cluster]`: limits shared by every replica through Redis.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterFile {
+    pub redis_url: Option<String>,
+    pub password_file: Option<String>,
+    pub namespace: Option<String>,
+    pub timeout: Option<String>,
+    pub replicas: Option<u32>,
+    pub on_store_error: Option<OnStoreErrorFile>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnStoreErrorFile {
+    Local,
+    Reject,
+    Allow,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScopeFile {
+    Local,
+    Global,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -123,6 +152,7 @@ pub struct UpstreamFile {
     /// Extra CA certificates (PEM) to trust for an https upstream, on top
     /// of the bundled web PKI roots.
     pub ca_file: Option<String>,
+    pub scope: Option<ScopeFile>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -180,6 +210,7 @@ pub struct RouteFile {
     pub partition_key: Option<String>,
     pub ordered: Option<bool>,
     pub spool_methods: Option<Vec<String>>,
+    pub scope: Option<ScopeFile>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -16,8 +16,9 @@ mod validate;
 
 pub use error::ConfigError;
 pub use types::{
-    AdminConfig, Config, DrainConfig, EscapedSlashes, FsyncPolicy, KeySource, LogConfig, LogFormat, OnLimit, Ordering,
-    PathPolicy, RouteConfig, RouteMatch, ServerConfig, SpoolConfig, TlsConfig, UpstreamConfig,
+    AdminConfig, ClusterConfig, Config, DrainConfig, EscapedSlashes, FsyncPolicy, KeySource, LogConfig, LogFormat,
+    OnLimit, OnStoreError, Ordering, PathPolicy, RedisUrl, RouteConfig, RouteMatch, Scope, Secret, ServerConfig,
+    SpoolConfig, TlsConfig, UpstreamConfig,
 };
 pub use units::Rate;
 pub use validate::parse_upstream_flag;

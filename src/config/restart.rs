@@ -17,6 +17,20 @@ struct RestartOnly {
 
 /// In the order `restart_only_changes` reports them.
 static RESTART_ONLY: &[RestartOnly] = &[
+    // The store connection and its keys are made once, at start.
+    RestartOnly {
+        key: "cluster.redis_url",
+        differs: |a, b| a.cluster.redis_url != b.cluster.redis_url || a.cluster.password != b.cluster.password,
+        keep: |new, run| {
+            new.cluster.redis_url = run.cluster.redis_url.clone();
+            new.cluster.password = run.cluster.password.clone();
+        },
+    },
+    RestartOnly {
+        key: "cluster.namespace",
+        differs: |a, b| a.cluster.namespace != b.cluster.namespace,
+        keep: |new, run| new.cluster.namespace = run.cluster.namespace.clone(),
+    },
     RestartOnly {
         key: "server.listen",
         differs: |a, b| a.server.listen != b.server.listen,

@@ -21,7 +21,125 @@ pub struct Config {
     pub drain: DrainConfig,
     pub breaker: crate::upstream::breaker::BreakerConfig,
     pub log: LogConfig,
+    pub cluster: ClusterConfig,
     pub routes: Vec<RouteConfig>,
+}
+
+/// Where a limit's state lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Scope {
+    /// In this process: each replica has its own.
+    #[default]
+    Local,
+    /// In the cluster store: one limit for every replica together.
+    Global,
+}
+
+/// What a global limit does while the cluster store can't be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnStoreError {
+    /// Local buckets at the limit ÷ the replicas last seen alive.
+    Local,
+    /// As if over the limit.
+    Reject,
+    /// As if under it.
+    Allow,
+}
+
+/// A secret read from a file or the environment: compared and cloned like
+/// any value, never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Secret {
+        Secret(s.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"<redacted>\"")
+    }
+}
+
+/// A `redis://` or `rediss://` URL as written. It may carry a password, so
+/// it prints only as [`RedisUrl::redacted`].
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisUrl(String);
+
+impl RedisUrl {
+    pub fn new(s: impl Into<String>) -> RedisUrl {
+        RedisUrl(s.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL with any password in its userinfo replaced by `***`.
+    pub fn redacted(&self) -> String {
+        let s = &self.0;
+        let Some(scheme_end) = s.find("://").map(|i| i + 3) else {
+            return "<unparsable redis URL>".into();
+        };
+        let rest = &s[scheme_end..];
+        let authority_end = rest.find('/').unwrap_or(rest.len());
+        let Some(at) = rest[..authority_end].rfind('@') else {
+            return s.clone();
+        };
+        let userinfo = &rest[..at];
+        let user = match userinfo.find(':') {
+            Some(colon) => format!("{}:***", &userinfo[..colon]),
+            None => userinfo.to_string(),
+        };
+        format!("{}{}{}", &s[..scheme_end], user, &rest[at..])
+    }
+}
+
+impl std::fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.redacted())
+    }
+}
+
+impl std::fmt::Display for RedisUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+/// `[cluster]`. Without `redis_url` there is no cluster and every limit is
+/// local.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterConfig {
+    pub redis_url: Option<RedisUrl>,
+    /// From `password_file`, else `SLUICE_REDIS_PASSWORD`; overrides one
+    /// in the URL.
+    pub password: Option<Secret>,
+    pub namespace: String,
+    /// Longest a request waits on the store before the fallback decides.
+    pub timeout: Duration,
+    /// Fallback divisor; `None`: the replicas last seen alive.
+    pub replicas: Option<u32>,
+    pub on_store_error: OnStoreError,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            redis_url: None,
+            password: None,
+            namespace: "sluice".into(),
+            timeout: Duration::from_millis(50),
+            replicas: None,
+            on_store_error: OnStoreError::Local,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,6 +223,8 @@ pub struct UpstreamConfig {
     pub adaptive: bool,
     pub pool_max_idle: usize,
     pub ca_file: Option<PathBuf>,
+    /// `Global`: `capacity` is one number for the whole fleet.
+    pub scope: Scope,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -193,4 +313,5 @@ pub struct RouteConfig {
     pub partition_key: Option<KeySource>,
     pub ordered: bool,
     pub spool_methods: Vec<Method>,
+    pub scope: Scope,
 }

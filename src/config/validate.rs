@@ -176,6 +176,7 @@ pub(super) fn validate(src: &Source<'_>, f: FileConfig, upstream_given: bool) ->
         adaptive: u.adaptive.unwrap_or(capacity.is_none()),
         pool_max_idle: u.pool_max_idle.unwrap_or(256),
         ca_file: u.ca_file.as_ref().map(PathBuf::from),
+        scope: scope(u.scope),
     };
     if upstream.timeout.is_zero() {
         return Err(src.invalid("upstream.timeout", "must be above zero"));
@@ -264,6 +265,25 @@ pub(super) fn validate(src: &Source<'_>, f: FileConfig, upstream_given: bool) ->
         return Err(src.invalid("breaker.cooldown", "must be above zero"));
     }
 
+    let cluster = validate_cluster(src, &f.cluster)?;
+    let no_store = |key: &str| {
+        src.invalid(
+            key,
+            "\"global\" needs cluster.redis_url: a global limit lives in the cluster store",
+        )
+    };
+    if upstream.scope == Scope::Global {
+        if cluster.redis_url.is_none() {
+            return Err(no_store("upstream.scope"));
+        }
+        if upstream.capacity.is_none() {
+            return Err(src.invalid(
+                "upstream.scope",
+                "\"global\" needs upstream.capacity: the fleet-wide rate the backend can take",
+            ));
+        }
+    }
+
     // [[route]]
     let mut routes = Vec::with_capacity(f.route.len());
     for (i, r) in f.route.iter().enumerate() {
@@ -275,6 +295,9 @@ pub(super) fn validate(src: &Source<'_>, f: FileConfig, upstream_given: bool) ->
                 &format!("route[{i}].max_wait"),
                 "must be below server.request_timeout, or the wait leaves no time for the backend",
             ));
+        }
+        if r.scope == Scope::Global && cluster.redis_url.is_none() {
+            return Err(no_store(&format!("route[{i}].scope")));
         }
         if routes[..i].iter().any(|o| o.name == r.name) {
             return Err(src.invalid(
@@ -302,8 +325,91 @@ pub(super) fn validate(src: &Source<'_>, f: FileConfig, upstream_given: bool) ->
             },
             access_file: f.log.access_file.as_ref().map(PathBuf::from),
         },
+        cluster,
         routes,
     })
+}
+
+fn scope(s: Option<ScopeFile>) -> Scope {
+    match s {
+        Some(ScopeFile::Global) => Scope::Global,
+        Some(ScopeFile::Local) | None => Scope::Local,
+    }
+}
+
+/// The variable a Redis password may come from when there's no
+/// `cluster.password_file`.
+pub const REDIS_PASSWORD_ENV: &str = "SLUICE_REDIS_PASSWORD";
+
+fn validate_cluster(src: &Source<'_>, c: &ClusterFile) -> Result<ClusterConfig, ConfigError> {
+    let mut out = ClusterConfig::default();
+    if let Some(url) = &c.redis_url {
+        let url = RedisUrl::new(url.trim());
+        let text = url.expose();
+        if !(text.starts_with("redis://") || text.starts_with("rediss://")) {
+            return Err(src.invalid(
+                "cluster.redis_url",
+                format!("{url} must start with redis:// or rediss://"),
+            ));
+        }
+        if let Err(e) = redis::IntoConnectionInfo::into_connection_info(text) {
+            // The driver's message can quote the URL; name the key and the
+            // redacted URL instead.
+            let why = e.to_string().replace(text, &url.redacted());
+            return Err(src.invalid("cluster.redis_url", format!("{url} is not a usable Redis URL: {why}")));
+        }
+        out.redis_url = Some(url);
+    }
+    out.password = match &c.password_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| src.invalid("cluster.password_file", format!("can't read {path:?}: {e}")))?;
+            let pw = text.trim_end_matches(['\r', '\n']);
+            if pw.is_empty() {
+                return Err(src.invalid("cluster.password_file", format!("{path:?} is empty")));
+            }
+            Some(Secret::new(pw))
+        }
+        None => std::env::var(REDIS_PASSWORD_ENV)
+            .ok()
+            .filter(|p| !p.is_empty())
+            .map(Secret::new),
+    };
+    if let Some(ns) = &c.namespace {
+        if ns.is_empty()
+            || ns.len() > 64
+            || !ns
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '_' | '-' | '.' | ':' | '{' | '}'))
+        {
+            return Err(src.invalid(
+                "cluster.namespace",
+                "must be 1-64 characters of [A-Za-z0-9_.:{}-] (it prefixes every Redis key)",
+            ));
+        }
+        out.namespace = ns.clone();
+    }
+    if let Some(t) = &c.timeout {
+        out.timeout = parse_duration(t).map_err(|m| src.invalid("cluster.timeout", m))?;
+        if out.timeout.is_zero() || out.timeout > Duration::from_secs(10) {
+            return Err(src.invalid(
+                "cluster.timeout",
+                "must be above zero and at most 10s: every request that asks the store may wait this long",
+            ));
+        }
+    }
+    if let Some(n) = c.replicas {
+        if n == 0 {
+            return Err(src.invalid("cluster.replicas", "must be at least 1"));
+        }
+        out.replicas = Some(n);
+    }
+    out.on_store_error = match c.on_store_error.unwrap_or(OnStoreErrorFile::Local) {
+        OnStoreErrorFile::Local => OnStoreError::Local,
+        OnStoreErrorFile::Reject => OnStoreError::Reject,
+        OnStoreErrorFile::Allow => OnStoreError::Allow,
+    };
+    Ok(out)
 }
 
 fn check_upstream_uri(uri: &Uri) -> Result<(), String> {
@@ -459,5 +565,6 @@ fn validate_route(src: &Source<'_>, i: usize, r: &RouteFile) -> Result<RouteConf
         partition_key,
         ordered: r.ordered.unwrap_or(false),
         spool_methods,
+        scope: scope(r.scope),
     })
 }

@@ -4,7 +4,10 @@
 //! sees more than capacity + burst in a second nor more than
 //! max_concurrency at once.
 
-use crate::config::{Rate, UpstreamConfig};
+use crate::admission::divided;
+use crate::cluster::bucket::{Share as FleetShare, SharedBucket, Take};
+use crate::cluster::{Cluster, HEARTBEAT_EVERY};
+use crate::config::{OnStoreError, Rate, Scope, UpstreamConfig};
 use arc_swap::ArcSwap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -17,6 +20,8 @@ pub struct BudgetSpec {
     pub capacity: Option<Rate>,
     pub capacity_burst: u32,
     pub max_concurrency: u32,
+    /// `Global`: `capacity` is the fleet's, drawn through the cluster.
+    pub scope: Scope,
 }
 
 impl From<&UpstreamConfig> for BudgetSpec {
@@ -25,8 +30,18 @@ impl From<&UpstreamConfig> for BudgetSpec {
             capacity: u.capacity,
             capacity_burst: u.capacity_burst,
             max_concurrency: u.max_concurrency,
+            scope: u.scope,
         }
     }
+}
+
+/// Why a slot and token aren't to be had right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotNow {
+    /// Try again after this long.
+    Busy(Duration),
+    /// Only the cluster store can say: ask it ([`Budget::acquire`]).
+    AskStore,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -120,27 +135,144 @@ impl Gcra {
 struct Shape {
     spec: BudgetSpec,
     rate: Option<Gcra>,
+    /// `upstream.scope = "global"`: the fleet's bucket, asked instead of
+    /// `rate`.
+    fleet: Option<Arc<SharedBucket>>,
+    /// The fleet bucket's `local` fallback, for the divisor it was built at.
+    fallback: std::sync::Mutex<Option<(u32, Arc<Gcra>)>>,
     /// Tokens and slots replay must leave untouched for live requests.
     replay_token_reserve: u32,
     replay_slot_reserve: usize,
 }
 
+/// What the rate part says without waiting.
+enum RateNow {
+    Took,
+    Wait(Duration),
+    AskStore,
+}
+
 impl Shape {
-    fn new(spec: BudgetSpec, previous: Option<&Shape>) -> Shape {
+    fn new(spec: BudgetSpec, previous: Option<&Shape>, cluster: Option<&Arc<Cluster>>) -> Shape {
         let rate = spec.capacity.map(|c| match previous.and_then(|p| p.rate.as_ref()) {
             Some(old) => old.successor(c, spec.capacity_burst),
             None => Gcra::new(c, spec.capacity_burst),
         });
+        let fleet = match (spec.scope, spec.capacity, cluster) {
+            (Scope::Global, Some(capacity), Some(cluster)) => Some(
+                previous
+                    .filter(|p| p.spec.capacity == spec.capacity && p.spec.capacity_burst == spec.capacity_burst)
+                    .and_then(|p| p.fleet.clone())
+                    .unwrap_or_else(|| {
+                        Arc::new(SharedBucket::new(
+                            cluster.clone(),
+                            "upstream",
+                            format!("{}:upstream", cluster.namespace()),
+                            capacity,
+                            spec.capacity_burst,
+                        ))
+                    }),
+            ),
+            _ => None,
+        };
         Shape {
             rate,
+            fleet,
+            fallback: std::sync::Mutex::new(None),
             replay_token_reserve: spec.capacity_burst / 2,
             replay_slot_reserve: spec.max_concurrency as usize / 8,
             spec,
         }
     }
+
+    fn reserve(&self, share: FleetShare) -> u32 {
+        match share {
+            FleetShare::Live => 0,
+            FleetShare::Replay { .. } => self.replay_token_reserve,
+        }
+    }
+
+    fn replay_share(&self) -> FleetShare {
+        FleetShare::Replay {
+            reserve: self.replay_token_reserve,
+        }
+    }
+
+    /// A token now, if this replica can tell without the store.
+    fn rate_now(&self, share: FleetShare) -> RateNow {
+        let Some(fleet) = &self.fleet else {
+            return match &self.rate {
+                None => RateNow::Took,
+                Some(g) => match g.try_take(self.reserve(share)) {
+                    Ok(()) => RateNow::Took,
+                    Err(wait) => RateNow::Wait(wait),
+                },
+            };
+        };
+        if !fleet.cluster().is_up() {
+            return self.fallback(fleet, share);
+        }
+        match fleet.try_take_leased(share) {
+            Some(Take::Granted { .. }) => RateNow::Took,
+            Some(Take::Limited { wait }) => RateNow::Wait(wait),
+            None => RateNow::AskStore,
+        }
+    }
+
+    /// A token, asking the store if need be (at most `cluster.timeout`).
+    async fn take_rate(&self, share: FleetShare) -> Result<(), Duration> {
+        match self.rate_now(share) {
+            RateNow::Took => Ok(()),
+            RateNow::Wait(wait) => Err(wait),
+            RateNow::AskStore => {
+                let Some(fleet) = &self.fleet else { return Ok(()) };
+                let asked = tokio::time::timeout(fleet.cluster().timeout(), fleet.take_leased(share)).await;
+                match asked {
+                    Ok(Ok(Take::Granted { .. })) => Ok(()),
+                    Ok(Ok(Take::Limited { wait })) => Err(wait),
+                    _ => match self.fallback(fleet, share) {
+                        RateNow::Took => Ok(()),
+                        RateNow::Wait(wait) => Err(wait),
+                        RateNow::AskStore => Err(HEARTBEAT_EVERY),
+                    },
+                }
+            }
+        }
+    }
+
+    /// The store can't be asked: `cluster.on_store_error` decides.
+    fn fallback(&self, fleet: &SharedBucket, share: FleetShare) -> RateNow {
+        let cluster = fleet.cluster();
+        cluster.note_fallback_decision();
+        match cluster.on_store_error() {
+            OnStoreError::Allow => RateNow::Took,
+            OnStoreError::Reject => RateNow::Wait(HEARTBEAT_EVERY),
+            OnStoreError::Local => {
+                let n = cluster.divisor();
+                let local = {
+                    let mut slot = self.fallback.lock().unwrap_or_else(|p| p.into_inner());
+                    match &*slot {
+                        Some((d, g)) if *d == n => g.clone(),
+                        _ => {
+                            let capacity = self.spec.capacity.expect("a fleet budget has a capacity");
+                            let g = Arc::new(Gcra::new(divided(capacity, n), self.spec.capacity_burst.div_ceil(n)));
+                            *slot = Some((n, g.clone()));
+                            g
+                        }
+                    }
+                };
+                // The reserve shrinks with the burst it is part of.
+                match local.try_take(self.reserve(share).div_ceil(n)) {
+                    Ok(()) => RateNow::Took,
+                    Err(wait) => RateNow::Wait(wait),
+                }
+            }
+        }
+    }
 }
 
 pub struct Budget {
+    cluster: Option<Arc<Cluster>>,
     shape: ArcSwap<Shape>,
     slots: Arc<Semaphore>,
     debt: Arc<AtomicUsize>,
@@ -150,10 +282,16 @@ pub struct Budget {
 
 impl Budget {
     pub fn new(spec: BudgetSpec) -> Budget {
+        Self::new_in(spec, None)
+    }
+
+    /// A budget whose `scope = "global"` capacity is drawn from `cluster`.
+    pub fn new_in(spec: BudgetSpec, cluster: Option<Arc<Cluster>>) -> Budget {
         Budget {
             slots: Arc::new(Semaphore::new(spec.max_concurrency as usize)),
             debt: Arc::new(AtomicUsize::new(0)),
-            shape: ArcSwap::from_pointee(Shape::new(spec, None)),
+            shape: ArcSwap::from_pointee(Shape::new(spec, None, cluster.as_ref())),
+            cluster,
             resizing: std::sync::Mutex::new(()),
         }
     }
@@ -186,7 +324,8 @@ impl Budget {
             let forgotten = self.slots.forget_permits(shrink);
             self.debt.fetch_add(shrink - forgotten, Ordering::AcqRel);
         }
-        self.shape.store(Arc::new(Shape::new(spec, Some(&old))));
+        self.shape
+            .store(Arc::new(Shape::new(spec, Some(&old), self.cluster.as_ref())));
     }
 
     /// Requests in flight through this budget.
@@ -215,17 +354,15 @@ impl Budget {
                 }
             },
         };
-        let shape = self.shape.load();
-        if let Some(rate) = &shape.rate {
-            loop {
-                match rate.try_take(0) {
-                    Ok(()) => break,
-                    Err(wait) => {
-                        if Instant::now() + wait > deadline {
-                            return Err(BudgetError::Exhausted { retry_after: wait });
-                        }
-                        tokio::time::sleep(wait).await;
+        let shape = self.shape.load_full();
+        loop {
+            match shape.take_rate(FleetShare::Live).await {
+                Ok(()) => break,
+                Err(wait) => {
+                    if Instant::now() + wait > deadline {
+                        return Err(BudgetError::Exhausted { retry_after: wait });
                     }
+                    tokio::time::sleep(wait).await;
                 }
             }
         }
@@ -247,24 +384,35 @@ impl Budget {
 
     /// For a live request: takes a slot and a token if both are free right
     /// now; otherwise says how long until one might be.
-    pub fn try_acquire_live(&self) -> Result<BudgetPermit, Duration> {
+    pub fn try_acquire_live(&self) -> Result<BudgetPermit, NotNow> {
         let slot = self
             .slots
             .clone()
             .try_acquire_owned()
-            .map_err(|_| Duration::from_secs(1))?;
+            .map_err(|_| NotNow::Busy(Duration::from_secs(1)))?;
         let permit = self.permit(slot);
-        if let Some(rate) = &self.shape.load().rate {
-            rate.try_take(0)?;
+        match self.shape.load().rate_now(FleetShare::Live) {
+            RateNow::Took => Ok(permit),
+            RateNow::Wait(wait) => Err(NotNow::Busy(wait)),
+            RateNow::AskStore => Err(NotNow::AskStore),
         }
-        Ok(permit)
     }
 
     /// For replay: takes a slot and a token only if live traffic would
     /// still find its reserve of both; otherwise says how long to wait
     /// before asking again.
-    pub fn try_acquire_replay(&self) -> Result<BudgetPermit, Duration> {
+    pub fn try_acquire_replay(&self) -> Result<BudgetPermit, NotNow> {
         let shape = self.shape.load();
+        let permit = self.replay_slot(&shape).map_err(NotNow::Busy)?;
+        match shape.rate_now(shape.replay_share()) {
+            RateNow::Took => Ok(permit),
+            RateNow::Wait(wait) => Err(NotNow::Busy(wait)),
+            RateNow::AskStore => Err(NotNow::AskStore),
+        }
+    }
+
+    /// A slot for replay, if live traffic would still find its reserve.
+    fn replay_slot(&self, shape: &Shape) -> Result<BudgetPermit, Duration> {
         if self.slots.available_permits() <= shape.replay_slot_reserve {
             return Err(Duration::from_millis(5));
         }
@@ -273,21 +421,28 @@ impl Budget {
             .clone()
             .try_acquire_owned()
             .map_err(|_| Duration::from_millis(5))?;
-        let permit = self.permit(slot);
-        if let Some(rate) = &shape.rate {
-            rate.try_take(shape.replay_token_reserve)?;
-        }
-        Ok(permit)
+        Ok(self.permit(slot))
     }
 
-    /// Waits (sleeping, not spinning) until [`try_acquire_replay`]
-    /// succeeds.
+    /// Waits (sleeping, not spinning) until replay may send one, asking
+    /// the cluster store when only it can say.
     pub async fn acquire_replay(self: Arc<Self>) -> BudgetPermit {
         loop {
-            match self.try_acquire_replay() {
+            let wait = match self.try_acquire_replay() {
                 Ok(p) => return p,
-                Err(wait) => tokio::time::sleep(wait.max(Duration::from_millis(1))).await,
-            }
+                Err(NotNow::Busy(wait)) => wait,
+                Err(NotNow::AskStore) => {
+                    let shape = self.shape.load_full();
+                    match self.replay_slot(&shape) {
+                        Ok(permit) => match shape.take_rate(shape.replay_share()).await {
+                            Ok(()) => return permit,
+                            Err(wait) => wait,
+                        },
+                        Err(wait) => wait,
+                    }
+                }
+            };
+            tokio::time::sleep(wait.max(Duration::from_millis(1))).await;
         }
     }
 }
@@ -303,6 +458,7 @@ mod tests {
             capacity: None,
             capacity_burst: 1,
             max_concurrency: 2,
+            scope: Scope::Local,
         });
         let now = Instant::now();
         let p1 = b.acquire_ref(now).await.unwrap();
@@ -320,6 +476,7 @@ mod tests {
             capacity: Some(parse_rate("10/s").unwrap()),
             capacity_burst: 4,
             max_concurrency: 100,
+            scope: Scope::Local,
         });
         // Replay may take the bucket down to half its burst, no further.
         let mut held = Vec::new();
@@ -329,7 +486,7 @@ mod tests {
             .try_acquire_replay()
             .err()
             .expect("reserve of 2 tokens is left for live");
-        assert_eq!(wait, Duration::from_millis(100));
+        assert_eq!(wait, NotNow::Busy(Duration::from_millis(100)));
         // Live can still take the reserve.
         held.push(b.try_acquire().unwrap());
         held.push(b.try_acquire().unwrap());
@@ -345,6 +502,7 @@ mod tests {
             capacity: None,
             capacity_burst: 1,
             max_concurrency: 16,
+            scope: Scope::Local,
         });
         let mut held = Vec::new();
         while let Ok(p) = b.try_acquire_replay() {
@@ -360,6 +518,7 @@ mod tests {
             capacity: Some(parse_rate(cap).unwrap()),
             capacity_burst: burst,
             max_concurrency: conc,
+            scope: Scope::Local,
         };
         let b = Budget::new(spec(4, "10/s", 4));
         let held: Vec<_> = (0..4).map(|_| b.try_acquire().unwrap()).collect();
@@ -392,6 +551,7 @@ mod tests {
             capacity: Some(parse_rate("10/s").unwrap()),
             capacity_burst: 3,
             max_concurrency: 100,
+            scope: Scope::Local,
         });
         let mut held = Vec::new();
         for _ in 0..3 {

@@ -109,6 +109,33 @@ enum Verdict {
     Spool,
     Refuse(ProxyError),
     Wait(Duration),
+    /// A global route whose answer only the cluster store has.
+    Ask,
+}
+
+/// The route's key for a request and how much of its `max_wait` is left.
+fn key_and_wait<'a>(req: &'a Request<RequestBody>, m: &Matched, route: &Route, buf: &'a mut String) -> (&'a str, Duration) {
+    let facts = RequestFacts {
+        method: req.method(),
+        host: None,
+        path: req.uri().path(),
+        headers: req.headers(),
+        client_ip: m.client_ip,
+    };
+    let key = key_for(&route.config.key, &facts, buf);
+    let wait_left = (m.start + route.config.max_wait).saturating_duration_since(Instant::now());
+    (key, wait_left)
+}
+
+fn verdict_of(decision: Decision, route: &Route, m: &Matched) -> Verdict {
+    match decision {
+        Decision::Forward { remaining } => Verdict::Go {
+            remaining: Some(remaining),
+        },
+        Decision::Spool => Verdict::Spool,
+        Decision::Reject { retry_after } => Verdict::Refuse(rate_limited(route, m.stats(), retry_after)),
+        Decision::Wait { wait } => Verdict::Wait(wait),
+    }
 }
 
 fn decide(req: &Request<RequestBody>, m: &Matched) -> Verdict {
@@ -118,23 +145,55 @@ fn decide(req: &Request<RequestBody>, m: &Matched) -> Verdict {
     if m.behind_backlog {
         return Verdict::Spool;
     }
-    let facts = RequestFacts {
-        method: req.method(),
-        host: None,
-        path: req.uri().path(),
-        headers: req.headers(),
-        client_ip: m.client_ip,
+    let mut key_buf = String::new();
+    let (key, wait_left) = key_and_wait(req, m, route, &mut key_buf);
+    let decision = match &route.global {
+        None => route.admit(key, req.method(), wait_left),
+        Some(global) => match global.try_check(key) {
+            Some(v) => route.decide(v, req.method(), wait_left),
+            None => return Verdict::Ask,
+        },
+    };
+    verdict_of(decision, route, m)
+}
+
+/// [`decide`], asking the cluster store when only it can tell.
+async fn decide_asking(req: &Request<RequestBody>, m: &Matched) -> Verdict {
+    match decide(req, m) {
+        Verdict::Ask => {}
+        v => return v,
+    }
+    let Some(route) = m.route() else {
+        return Verdict::Go { remaining: None };
+    };
+    let Some(global) = &route.global else {
+        return Verdict::Refuse(ProxyError::Internal);
     };
     let mut key_buf = String::new();
-    let key = key_for(&route.config.key, &facts, &mut key_buf);
+    let (key, _) = key_and_wait(req, m, route, &mut key_buf);
+    let v = global.check(key).await;
+    // The time spent asking counts against `max_wait`.
     let wait_left = (m.start + route.config.max_wait).saturating_duration_since(Instant::now());
-    match route.admit(key, req.method(), wait_left) {
-        Decision::Forward { remaining } => Verdict::Go {
-            remaining: Some(remaining),
-        },
-        Decision::Spool => Verdict::Spool,
-        Decision::Reject { retry_after } => Verdict::Refuse(rate_limited(route, m.stats(), retry_after)),
-        Decision::Wait { wait } => Verdict::Wait(wait),
+    verdict_of(route.decide(v, req.method(), wait_left), route, m)
+}
+
+impl<S> BucketService<S>
+where
+    S: Service<Request<RequestBody>, Response = Answer, Error = ProxyError> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    fn slow_path(
+        &mut self,
+        req: Request<RequestBody>,
+        first_wait: Option<Duration>,
+    ) -> ReadyOr<Either<S::Future>, Result<Answer, ProxyError>> {
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        ReadyOr::Inner {
+            inner: Either::Waiting {
+                waiting: Box::pin(wait_for_token(inner, req, first_wait)),
+            },
+        }
     }
 }
 
@@ -181,34 +240,32 @@ where
                 }
             }
             Verdict::Refuse(e) => ReadyOr::ready(Err(e)),
-            Verdict::Wait(wait) => {
-                let clone = self.inner.clone();
-                let inner = std::mem::replace(&mut self.inner, clone);
-                ReadyOr::Inner {
-                    inner: Either::Waiting {
-                        waiting: Box::pin(wait_for_token(inner, req, wait)),
-                    },
-                }
-            }
+            Verdict::Wait(wait) => self.slow_path(req, Some(wait)),
+            Verdict::Ask => self.slow_path(req, None),
         }
     }
 }
 
-/// Sleeps until the bucket says yes or the route's `max_wait` runs out.
+/// Sleeps until the bucket says yes or the route's `max_wait` runs out,
+/// asking the cluster store where only it can say (`first_wait` `None`:
+/// ask at once).
 async fn wait_for_token<S>(
     mut inner: S,
     mut req: Request<RequestBody>,
-    mut wait: Duration,
+    first_wait: Option<Duration>,
 ) -> Result<Answer, ProxyError>
 where
     S: Service<Request<RequestBody>, Response = Answer, Error = ProxyError>,
 {
+    let mut wait = first_wait.unwrap_or_default();
     loop {
-        tokio::time::sleep(wait).await;
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
         let Some(m) = req.extensions().get::<Matched>() else {
             return Err(ProxyError::Internal);
         };
-        match decide(&req, m) {
+        match decide_asking(&req, m).await {
             Verdict::Go { remaining } => {
                 let headed = remaining.and_then(|r| m.route_index.map(|i| (m.runtime.clone(), i, r)));
                 let answer = inner.call(req).await;
@@ -220,6 +277,7 @@ where
             }
             Verdict::Refuse(e) => return Err(e),
             Verdict::Wait(w) => wait = w,
+            Verdict::Ask => return Err(ProxyError::Internal),
         }
     }
 }

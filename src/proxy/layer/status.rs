@@ -156,6 +156,6 @@ mod tests {
             &Default::default(),
         )
         .unwrap();
-        crate::runtime::Runtime::build(Arc::new(config), &metrics, None).unmatched
+        crate::runtime::Runtime::build(Arc::new(config), &metrics, None, None).unmatched
     }
 }

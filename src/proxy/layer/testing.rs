@@ -43,9 +43,9 @@ pub async fn fixture(routes_toml: &str) -> Fixture {
     );
     let spooler = Arc::new(crate::drain::spooler::Spooler::new(spool, outcomes));
     let client = crate::upstream::client::build(&config.upstream).unwrap();
-    let runtime = Runtime::build(Arc::new(config), &metrics, None);
+    let runtime = Runtime::build(Arc::new(config), &metrics, None, None);
     Fixture {
-        shared: Arc::new(Shared::new(runtime, client, metrics, spooler)),
+        shared: Arc::new(Shared::new(runtime, client, metrics, spooler, None)),
         _dir: dir,
     }
 }

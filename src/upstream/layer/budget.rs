@@ -7,7 +7,7 @@
 //! allows, and replay takes only what live traffic leaves.
 
 use crate::upstream::body::Holder;
-use crate::upstream::budget::{Budget, BudgetError, BudgetPermit};
+use crate::upstream::budget::{Budget, BudgetError, BudgetPermit, NotNow};
 use crate::upstream::error::{Failed, UpstreamError};
 use crate::upstream::Outbound;
 use http::Response;
@@ -90,18 +90,23 @@ where
                     permit: Some(permit),
                 }
             }
-            Err(retry_after) => retry_after,
+            Err(NotNow::Busy(retry_after)) => Some(retry_after),
+            // Only the cluster store can say; asking it is bounded by
+            // `cluster.timeout`, so even a request with no time to wait
+            // may ask.
+            Err(NotNow::AskStore) => None,
         };
-        let acquire: Acquire = match (self.share, out.wait_until) {
-            (Share::Live, Some(deadline)) if deadline > Instant::now() => {
+        let acquire: Acquire = match (self.share, out.wait_until, retry_after) {
+            (Share::Live, Some(deadline), _) if deadline > Instant::now() => {
                 Box::pin(self.budget.clone().acquire(deadline))
             }
-            (Share::Live, _) => {
+            (Share::Live, _, None) => Box::pin(self.budget.clone().acquire(Instant::now())),
+            (Share::Live, _, Some(retry_after)) => {
                 return ResponseFuture::Refused {
                     failure: Some(Failed::unsent(UpstreamError::Busy { retry_after }, out.request)),
                 }
             }
-            (Share::Replay, _) => {
+            (Share::Replay, _, _) => {
                 let budget = self.budget.clone();
                 Box::pin(async move { Ok(budget.acquire_replay().await) })
             }

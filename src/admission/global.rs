@@ -1,0 +1,114 @@
+//! A `scope = "global"` route's limit: its bucket lives in the cluster
+//! store, shared by every replica, with the same rate, burst and key as a
+//! local one. While the store can't be reached it decides by
+//! `cluster.on_store_error`; `local` is this replica's own bucket at the
+//! route's rate and burst ÷ the replicas last seen alive.
+
+use super::keyed::key_hash;
+use super::limiter::{LimitSpec, RouteLimiter, Verdict};
+use crate::cluster::bucket::{Share, SharedBucket, Take};
+use crate::cluster::{Cluster, HEARTBEAT_EVERY};
+use crate::config::{KeySource, OnStoreError, Rate, RouteConfig};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub struct GlobalLimit {
+    bucket: SharedBucket,
+    keyed: bool,
+    spec: LimitSpec,
+    /// The `local` fallback, built for the divisor it was last needed at.
+    fallback: Mutex<Option<(u32, Arc<RouteLimiter>)>>,
+}
+
+impl GlobalLimit {
+    pub fn new(cluster: Arc<Cluster>, route: &RouteConfig, spec: LimitSpec) -> GlobalLimit {
+        let key = format!("{}:{}", cluster.namespace(), route.name);
+        GlobalLimit {
+            bucket: SharedBucket::new(cluster, &route.name, key, route.rate, route.burst),
+            keyed: route.key != KeySource::Global,
+            spec,
+            fallback: Mutex::new(None),
+        }
+    }
+
+    pub fn spec(&self) -> &LimitSpec {
+        &self.spec
+    }
+
+    /// A decision this replica can make without waiting: a leased token,
+    /// a refusal the store just gave, or the fallback while the store is
+    /// down. `None`: ask the store ([`check`](Self::check)).
+    pub fn try_check(&self, key: &str) -> Option<Verdict> {
+        if !self.bucket.cluster().is_up() {
+            return Some(self.fallback(key));
+        }
+        if self.keyed {
+            return None;
+        }
+        self.bucket.try_take_leased(Share::Live).map(as_verdict)
+    }
+
+    /// Asks the store, waiting at most `cluster.timeout`; past it, or on
+    /// any store error, the fallback decides.
+    pub async fn check(&self, key: &str) -> Verdict {
+        let cluster = self.bucket.cluster();
+        let asked = tokio::time::timeout(cluster.timeout(), async {
+            if self.keyed {
+                self.bucket.take_keyed(key_hash(key.as_bytes())).await
+            } else {
+                self.bucket.take_leased(Share::Live).await
+            }
+        })
+        .await;
+        match asked {
+            Ok(Ok(take)) => as_verdict(take),
+            _ => self.fallback(key),
+        }
+    }
+
+    fn fallback(&self, key: &str) -> Verdict {
+        let cluster = self.bucket.cluster();
+        cluster.note_fallback_decision();
+        match cluster.on_store_error() {
+            OnStoreError::Allow => Verdict::Allowed {
+                remaining: self.spec.burst.saturating_sub(1),
+            },
+            OnStoreError::Reject => Verdict::Limited { wait: HEARTBEAT_EVERY },
+            OnStoreError::Local => self.local(cluster.divisor()).check(key),
+        }
+    }
+
+    fn local(&self, divisor: u32) -> Arc<RouteLimiter> {
+        let mut slot = self.fallback.lock().unwrap_or_else(|p| p.into_inner());
+        match &*slot {
+            Some((d, limiter)) if *d == divisor => limiter.clone(),
+            _ => {
+                let spec = LimitSpec {
+                    rate: divided(self.spec.rate, divisor),
+                    burst: self.spec.burst.div_ceil(divisor).max(1),
+                    ..self.spec.clone()
+                };
+                let limiter = Arc::new(RouteLimiter::with_clock(spec, Default::default()));
+                *slot = Some((divisor, limiter.clone()));
+                limiter
+            }
+        }
+    }
+}
+
+/// `rate` ÷ `n`: the same count over n times the period.
+pub fn divided(rate: Rate, n: u32) -> Rate {
+    Rate {
+        count: rate.count,
+        per: rate.per.saturating_mul(n.max(1)),
+    }
+}
+
+fn as_verdict(t: Take) -> Verdict {
+    match t {
+        Take::Granted { remaining } => Verdict::Allowed { remaining },
+        Take::Limited { wait } => Verdict::Limited {
+            wait: wait.max(Duration::from_millis(1)),
+        },
+    }
+}

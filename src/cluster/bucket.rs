@@ -1,0 +1,284 @@
+//! A token bucket the whole fleet shares, kept in the cluster store.
+//!
+//! Two ways to spend it:
+//! - **keyed** (a route keyed by client or header): one GCRA call per
+//!   decision — the buckets are many and each is touched rarely, so
+//!   there is nothing to batch. Concurrent calls share one pipelined
+//!   connection.
+//! - **leased** (an unkeyed route, `upstream.capacity`): the bucket is one
+//!   hot key, so a replica takes a small batch of tokens in one call and
+//!   spends them locally. The request that asks takes the first token; the
+//!   rest are good for as long as the batch represents at the fleet's
+//!   rate, then dropped (never spent late).
+//!
+//! What a lease costs in accuracy: a batch of `size` tokens leased at t
+//! is good until t + ttl, where ttl is the time the rest of the batch is
+//! worth at one replica's share of the rate ((size - 1) × replicas ×
+//! interval); tokens never spent by then are dropped, never spent late.
+//! Spending up to ttl late could let the fleet exceed rate × window +
+//! burst by what the rate makes in a ttl, so the leased bucket's burst is
+//! lowered by exactly that: (size - 1) × replicas tokens. The other cost
+//! is undershoot: a replica whose own demand is below its share of the
+//! rate can let a batch lapse, at most (size - 1) tokens per refill. A
+//! batch is 2% of a second's tokens (at least 1, at most a quarter of the
+//! burst), so below 50/s leases are single tokens and exact.
+
+use super::store::{GcraParams, Grant};
+use super::{Cluster, ClusterError, Op};
+use crate::config::Rate;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// What the bucket said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Take {
+    /// A token; `remaining` are free in the fleet's bucket (as of the last
+    /// store call, for the RateLimit header).
+    Granted { remaining: u32 },
+    /// No token for `wait`.
+    Limited { wait: Duration },
+}
+
+/// A batch of leased tokens on this replica.
+#[derive(Debug)]
+struct Stock {
+    tokens: u32,
+    good_until: Instant,
+    /// Free in the fleet's bucket when the batch was leased.
+    free_then: u32,
+    /// The store said no until then: don't ask again before it.
+    limited_until: Option<Instant>,
+}
+
+impl Stock {
+    fn empty() -> Stock {
+        Stock {
+            tokens: 0,
+            good_until: Instant::now(),
+            free_then: 0,
+            limited_until: None,
+        }
+    }
+
+    /// A decision without the store, if this replica can make one.
+    fn take_local(&mut self, now: Instant) -> Option<Take> {
+        if self.tokens > 0 && now < self.good_until {
+            self.tokens -= 1;
+            return Some(Take::Granted {
+                remaining: self.free_then + self.tokens,
+            });
+        }
+        match self.limited_until {
+            Some(until) if now < until => Some(Take::Limited { wait: until - now }),
+            _ => None,
+        }
+    }
+}
+
+/// The batch shape of a leased bucket.
+#[derive(Debug, Clone, Copy)]
+struct Lease {
+    size: u32,
+}
+
+impl Lease {
+    /// How long a batch is good for and the bucket shape that pays for
+    /// it, with `replicas` sharing the rate.
+    fn terms(self, exact: GcraParams, replicas: u32) -> (Duration, GcraParams) {
+        let late_us = exact.interval_us * u64::from(self.size - 1) * u64::from(replicas.max(1));
+        let ttl = Duration::from_micros(late_us).max(Duration::from_millis(1));
+        let params = GcraParams {
+            interval_us: exact.interval_us,
+            tolerance_us: exact.tolerance_us.saturating_sub(late_us),
+        };
+        (ttl, params)
+    }
+}
+
+pub struct SharedBucket {
+    cluster: Arc<Cluster>,
+    /// The whole key (leased) or the prefix before the key's hash (keyed).
+    key: String,
+    exact: GcraParams,
+    lease: Lease,
+    /// Indexed by [`Share`]: live leases leave no reserve, replay's leave
+    /// one, so they are separate batches.
+    stocks: [Mutex<Stock>; 2],
+    /// One lease call at a time per share: a burst of requests that find
+    /// the stock empty waits for one refill rather than sending many.
+    refilling: [tokio::sync::Mutex<()>; 2],
+    refills: prometheus::IntCounter,
+}
+
+/// Whose tokens: live ones, or replay's, which leave a reserve free.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Share {
+    Live,
+    Replay { reserve: u32 },
+}
+
+impl Share {
+    fn index(self) -> usize {
+        match self {
+            Share::Live => 0,
+            Share::Replay { .. } => 1,
+        }
+    }
+
+    fn reserve(self) -> u32 {
+        match self {
+            Share::Live => 0,
+            Share::Replay { reserve } => reserve,
+        }
+    }
+}
+
+impl SharedBucket {
+    /// The bucket of a route (`key` is `<namespace>:<route>`) or of the
+    /// upstream budget; `limit` is its metric label.
+    pub fn new(cluster: Arc<Cluster>, limit: &str, key: String, rate: Rate, burst: u32) -> SharedBucket {
+        let interval_us = (rate.interval().as_micros() as u64).max(1);
+        let burst = burst.max(1);
+        let exact = GcraParams {
+            interval_us,
+            tolerance_us: interval_us * u64::from(burst - 1),
+        };
+        let size = ((rate.per_second() * 0.02).ceil() as u32).clamp(1, (burst / 4).max(1));
+        let lease = Lease { size };
+        let refills = cluster.metrics().lease_refills.with_label_values(&[limit]);
+        SharedBucket {
+            cluster,
+            key,
+            exact,
+            lease,
+            stocks: [Mutex::new(Stock::empty()), Mutex::new(Stock::empty())],
+            refilling: [tokio::sync::Mutex::new(()), tokio::sync::Mutex::new(())],
+            refills,
+        }
+    }
+
+    pub fn cluster(&self) -> &Arc<Cluster> {
+        &self.cluster
+    }
+
+    /// Tokens per lease (for tests and docs).
+    pub fn lease_size(&self) -> u32 {
+        self.lease.size
+    }
+
+    /// One decision for the bucket of `key_hash` (a keyed route).
+    pub async fn take_keyed(&self, key_hash: u128) -> Result<Take, ClusterError> {
+        let key = format!("{}:{key_hash:032x}", self.key);
+        let grant = self
+            .cluster
+            .call(Op::Gcra, self.cluster.store().take(&key, self.exact, 1, 0))
+            .await?;
+        Ok(as_take(grant))
+    }
+
+    /// A leased token if this replica holds one (or knows the store just
+    /// said no); `None` when only the store can tell.
+    pub fn try_take_leased(&self, share: Share) -> Option<Take> {
+        let mut stock = self.stocks[share.index()].lock().unwrap_or_else(|p| p.into_inner());
+        stock.take_local(Instant::now())
+    }
+
+    /// A leased token, refilling the batch from the store when it is spent.
+    /// The caller bounds the whole wait with `cluster.timeout`.
+    pub async fn take_leased(&self, share: Share) -> Result<Take, ClusterError> {
+        if let Some(t) = self.try_take_leased(share) {
+            return Ok(t);
+        }
+        if !self.cluster.is_up() {
+            return Err(ClusterError::Down);
+        }
+        let _one = self.refilling[share.index()].lock().await;
+        // Someone else may have refilled while we queued.
+        if let Some(t) = self.try_take_leased(share) {
+            return Ok(t);
+        }
+        let (ttl, params) = self.lease.terms(self.exact, self.cluster.divisor());
+        let grant = self
+            .cluster
+            .call(
+                Op::Lease,
+                self.cluster
+                    .store()
+                    .take(&self.key, params, self.lease.size, share.reserve()),
+            )
+            .await?;
+        self.refills.inc();
+        let now = Instant::now();
+        let mut stock = self.stocks[share.index()].lock().unwrap_or_else(|p| p.into_inner());
+        if grant.granted == 0 {
+            stock.limited_until = Some(now + grant.wait);
+            return Ok(Take::Limited { wait: grant.wait });
+        }
+        // The first token is this request's; the rest are the stock.
+        *stock = Stock {
+            tokens: grant.granted - 1,
+            good_until: now + ttl,
+            free_then: grant.free,
+            limited_until: None,
+        };
+        Ok(Take::Granted {
+            remaining: grant.free + stock.tokens,
+        })
+    }
+}
+
+fn as_take(g: Grant) -> Take {
+    if g.granted > 0 {
+        Take::Granted { remaining: g.free }
+    } else {
+        Take::Limited { wait: g.wait }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lease_is_paid_for_out_of_the_burst() {
+        let exact = GcraParams {
+            interval_us: 10_000,
+            tolerance_us: 19 * 10_000,
+        };
+        let (ttl, p) = Lease { size: 2 }.terms(exact, 3);
+        assert_eq!(ttl, Duration::from_millis(30), "one spare token at a third of 100/s");
+        assert_eq!(p.tolerance_us, 16 * 10_000, "burst 20 less the 3 tokens a ttl is worth");
+        let (ttl, p) = Lease { size: 1 }.terms(exact, 3);
+        assert_eq!(ttl, Duration::from_millis(1));
+        assert_eq!(p, exact, "single-token leases are exact");
+    }
+
+    #[test]
+    fn a_stock_spends_its_tokens_then_expires_and_remembers_a_refusal() {
+        let now = Instant::now();
+        let mut s = Stock {
+            tokens: 2,
+            good_until: now + Duration::from_millis(10),
+            free_then: 5,
+            limited_until: None,
+        };
+        assert_eq!(s.take_local(now), Some(Take::Granted { remaining: 6 }));
+        assert_eq!(s.take_local(now), Some(Take::Granted { remaining: 5 }));
+        assert_eq!(s.take_local(now), None, "spent: ask the store");
+        s.tokens = 3;
+        assert_eq!(
+            s.take_local(now + Duration::from_millis(10)),
+            None,
+            "a batch past its ttl is never spent late"
+        );
+        s.tokens = 0;
+        s.limited_until = Some(now + Duration::from_millis(30));
+        assert_eq!(
+            s.take_local(now + Duration::from_millis(10)),
+            Some(Take::Limited {
+                wait: Duration::from_millis(20)
+            })
+        );
+        assert_eq!(s.take_local(now + Duration::from_millis(30)), None);
+    }
+}

@@ -1,0 +1,157 @@
+//! The Redis side of the cluster: one reconnecting, multiplexed connection
+//! (concurrent calls are pipelined on it) and two scripts, loaded once and
+//! then run by SHA. Every bucket decision is one script call, so it is
+//! atomic on the server whatever the replicas do at the same moment, and
+//! every replica measures time by the server's clock (`TIME`), not its own.
+
+use super::ClusterError;
+use crate::config::{RedisUrl, Secret};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use std::time::Duration;
+
+/// GCRA over a key holding the theoretical arrival time in microseconds of
+/// the server's clock. Grants up to ARGV[3] tokens at once but only while
+/// ARGV[4] tokens (the reserve) would still be free afterwards; returns
+/// {granted, free after, wait in µs until one more could be granted}.
+/// The key expires once the bucket would be full again, so idle keys
+/// vanish.
+const GCRA_LUA: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local tolerance = tonumber(ARGV[2])
+local wanted = tonumber(ARGV[3])
+local reserve = tonumber(ARGV[4])
+local tat = tonumber(redis.call('GET', KEYS[1])) or now
+if tat < now then tat = now end
+local free = math.floor((now + tolerance + interval - tat) / interval)
+local granted = math.min(wanted, free - reserve)
+if granted < 1 then
+  local wait = tat + reserve * interval - tolerance - now
+  if wait < 1 then wait = 1 end
+  if free < 0 then free = 0 end
+  return {0, free, wait}
+end
+tat = tat + granted * interval
+redis.call('SET', KEYS[1], string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000) + 1000)
+return {granted, free - granted, 0}
+";
+
+/// A replica's heartbeat: its id scored by the server's clock in a sorted
+/// set; ids not seen within ARGV[2] ms are dropped; returns how many are
+/// alive.
+const HEARTBEAT_LUA: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local window = tonumber(ARGV[2])
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+redis.call('PEXPIRE', KEYS[1], window * 2)
+return redis.call('ZCARD', KEYS[1])
+";
+
+/// A bucket's shape in the units of the script.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GcraParams {
+    /// One token per this many µs (at least 1).
+    pub interval_us: u64,
+    /// How far ahead of now the arrival time may run: (burst - 1) intervals.
+    pub tolerance_us: u64,
+}
+
+/// What the store granted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grant {
+    pub granted: u32,
+    /// Tokens still free in the fleet's bucket after this grant.
+    pub free: u32,
+    /// With nothing granted: how long until a token could be.
+    pub wait: Duration,
+}
+
+pub struct Store {
+    conn: ConnectionManager,
+    gcra: redis::Script,
+    heartbeat: redis::Script,
+}
+
+impl Store {
+    /// Prepares the connection; it is made on first use and remade after
+    /// any failure, so a store that is down at start costs nothing until
+    /// it comes up.
+    pub fn new(url: &RedisUrl, password: Option<&Secret>) -> Result<Store, ClusterError> {
+        let bad = |e: redis::RedisError| ClusterError::Url {
+            url: url.redacted(),
+            reason: e.to_string().replace(url.expose(), &url.redacted()),
+        };
+        let mut info = redis::IntoConnectionInfo::into_connection_info(url.expose()).map_err(bad)?;
+        if let Some(pw) = password {
+            let settings = info.redis_settings().clone().set_password(pw.expose());
+            info = info.set_redis_settings(settings);
+        }
+        if url.expose().starts_with("rediss://") {
+            // The driver builds its TLS config from the process default.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
+        let client = redis::Client::open(info).map_err(bad)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(1)))
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_millis(500))
+            .set_number_of_retries(2);
+        let conn = ConnectionManager::new_lazy_with_config(client, config).map_err(bad)?;
+        Ok(Store {
+            conn,
+            gcra: redis::Script::new(GCRA_LUA),
+            heartbeat: redis::Script::new(HEARTBEAT_LUA),
+        })
+    }
+
+    /// Takes up to `wanted` tokens from the bucket at `key`, leaving
+    /// `reserve` free.
+    pub async fn take(&self, key: &str, p: GcraParams, wanted: u32, reserve: u32) -> Result<Grant, ClusterError> {
+        let mut conn = self.conn.clone();
+        let (granted, free, wait_us): (i64, i64, i64) = self
+            .gcra
+            .key(key)
+            .arg(p.interval_us.max(1))
+            .arg(p.tolerance_us)
+            .arg(wanted)
+            .arg(reserve)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(ClusterError::Store)?;
+        Ok(Grant {
+            granted: granted.clamp(0, i64::from(u32::MAX)) as u32,
+            free: free.clamp(0, i64::from(u32::MAX)) as u32,
+            wait: Duration::from_micros(wait_us.max(0) as u64),
+        })
+    }
+
+    /// Says this replica is alive; returns how many are.
+    pub async fn heartbeat(&self, key: &str, id: &str, window: Duration) -> Result<u32, ClusterError> {
+        let mut conn = self.conn.clone();
+        let n: i64 = self
+            .heartbeat
+            .key(key)
+            .arg(id)
+            .arg(window.as_millis() as u64)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(ClusterError::Store)?;
+        Ok(n.clamp(0, i64::from(u32::MAX)) as u32)
+    }
+
+    /// Takes this replica out of the alive set (clean shutdown), so the
+    /// others' fallback divisor drops at once rather than after the window.
+    pub async fn leave(&self, key: &str, id: &str) -> Result<(), ClusterError> {
+        let mut conn = self.conn.clone();
+        redis::cmd("ZREM")
+            .arg(key)
+            .arg(id)
+            .query_async::<i64>(&mut conn)
+            .await
+            .map(|_| ())
+            .map_err(ClusterError::Store)
+    }
+}
