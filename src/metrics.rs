@@ -432,7 +432,9 @@ impl ClusterMetrics {
             // starting two apps on one registry) is harmless.
             let _ = metrics.registry.register(m);
         };
-        let store_buckets = vec![0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0];
+        let store_buckets = vec![
+            0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+        ];
         let m = ClusterMetrics {
             store_up: IntGauge::new(
                 "sluice_cluster_store_up",

@@ -83,7 +83,12 @@ impl Reloader {
         let mut next = Config::load(Some(&path), &self.overrides)?;
         let needs_restart = current.config.restart_only_changes(&next);
         next.keep_restart_only(&current.config);
-        let runtime = Runtime::build(Arc::new(next), &self.metrics, Some(&current), self.shared.cluster.as_ref());
+        let runtime = Runtime::build(
+            Arc::new(next),
+            &self.metrics,
+            Some(&current),
+            self.shared.cluster.as_ref(),
+        );
         self.shared.install(runtime);
         Ok(ReloadOutcome { needs_restart })
     }

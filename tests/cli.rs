@@ -259,9 +259,7 @@ async fn a_change_taken_by_sighup_is_not_reloaded_again_by_the_watcher() {
     // Watcher reloads logged after the signal's reload.
     let watcher_reloads_after_sighup = move || {
         let lines = lines.lock().unwrap();
-        let Some(hup) = lines.iter().position(|l| l.contains("SIGHUP received")) else {
-            return None;
-        };
+        let hup = lines.iter().position(|l| l.contains("SIGHUP received"))?;
         let after = &lines[hup..];
         after.iter().any(|l| l.contains("config reloaded")).then(|| {
             after

@@ -14,15 +14,22 @@ struct Redis {
     child: Option<Child>,
     port: u16,
     dir: tempfile::TempDir,
+    extra: Vec<String>,
 }
 
 impl Redis {
     async fn start() -> Redis {
+        Self::start_with(&[]).await
+    }
+
+    /// With extra redis-server arguments (config directives).
+    async fn start_with(extra: &[&str]) -> Redis {
         let dir = tempfile::tempdir().unwrap();
         let mut r = Redis {
             child: None,
             port: closed_port(),
             dir,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         r.restart().await;
         r
@@ -31,9 +38,19 @@ impl Redis {
     /// Starts (again) on the same port; returns when it answers PING.
     async fn restart(&mut self) -> Instant {
         let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .arg("--dir")
             .arg(self.dir.path())
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -82,10 +99,11 @@ async fn ping(port: u16) -> bool {
     if s.write_all(b"PING\r\n").await.is_err() {
         return false;
     }
-    let mut buf = [0u8; 16];
+    let mut buf = [0u8; 64];
+    // A server that wants a password answers NOAUTH: it is up all the same.
     matches!(
         tokio::time::timeout(Duration::from_secs(1), s.read(&mut buf)).await,
-        Ok(Ok(n)) if buf[..n].starts_with(b"+PONG")
+        Ok(Ok(n)) if buf[..n].starts_with(b"+PONG") || buf[..n].starts_with(b"-NOAUTH")
     )
 }
 
@@ -130,7 +148,11 @@ async fn a_global_route_limit_holds_across_three_replicas() {
     });
     let c = client();
     for p in &fleet {
-        assert_eq!(store_up(&c, p).await, Some(1.0), "the store is up from the first request");
+        assert_eq!(
+            store_up(&c, p).await,
+            Some(1.0),
+            "the store is up from the first request"
+        );
     }
 
     // A keyed route: one client's key has one bucket for the fleet, under
@@ -138,11 +160,21 @@ async fn a_global_route_limit_holds_across_three_replicas() {
     let mut admitted = 0;
     for i in 0..30 {
         let url = format!("http://{}/user/x", fleet[i % 3].data_addr);
-        let r = send(&c, http::Method::GET, &url, &[("x-user", "alice@example.com")], bytes::Bytes::new()).await;
+        let r = send(
+            &c,
+            http::Method::GET,
+            &url,
+            &[("x-user", "alice@example.com")],
+            bytes::Bytes::new(),
+        )
+        .await;
         match r.status.as_u16() {
             200 => {
                 admitted += 1;
-                assert!(r.header("ratelimit").starts_with("\"per-user\";r="), "RateLimit as for local routes");
+                assert!(
+                    r.header("ratelimit").starts_with("\"per-user\";r="),
+                    "RateLimit as for local routes"
+                );
             }
             429 => assert!(!r.header("retry-after").is_empty(), "429 says when to come back"),
             s => panic!("unexpected status {s}"),
@@ -183,19 +215,23 @@ async fn a_global_route_limit_holds_across_three_replicas() {
         t.await.unwrap();
     }
     let origin = Instant::now() - start.elapsed();
-    let seen = backend.seen.lock().unwrap();
-    let times: Vec<f64> = seen
+    let times: Vec<f64> = backend
+        .seen
+        .lock()
+        .unwrap()
         .iter()
         .filter(|s| s.uri == "/api")
         .map(|s| s.at.duration_since(origin).as_secs_f64())
         .collect();
-    drop(seen);
     // Each 10 s window after the first: 1,000 ± 5%.
     for w in 1..3 {
         let (from, to) = (w as f64 * 10.0, (w + 1) as f64 * 10.0);
         let n = times.iter().filter(|t| **t >= from && **t < to).count();
         eprintln!("window {from}-{to}s: {n} admitted (limit 1000)");
-        assert!((950..=1050).contains(&n), "window {from}-{to}s admitted {n}, not 1000 ± 5%");
+        assert!(
+            (950..=1050).contains(&n),
+            "window {from}-{to}s admitted {n}, not 1000 ± 5%"
+        );
     }
     for p in &fleet {
         let text = metrics_text(&c, p.admin_addr).await;
@@ -255,13 +291,25 @@ async fn three_replicas_draining_a_backlog_share_one_upstream_capacity() {
     // Over any 1 s window: at most capacity + burst = 24.
     let mut worst = 0;
     for (i, t) in at.iter().enumerate() {
-        let n = at[i..].iter().take_while(|u| u.duration_since(*t) < Duration::from_secs(1)).count();
+        let n = at[i..]
+            .iter()
+            .take_while(|u| u.duration_since(*t) < Duration::from_secs(1))
+            .count();
         worst = worst.max(n);
     }
-    eprintln!("{} delivered; busiest 1 s window: {worst} (capacity 20 + burst 4)", at.len());
-    assert!(worst <= 24, "the backend saw {worst} in one second, over 20/s + 4 for the fleet");
+    eprintln!(
+        "{} delivered; busiest 1 s window: {worst} (capacity 20 + burst 4)",
+        at.len()
+    );
+    assert!(
+        worst <= 24,
+        "the backend saw {worst} in one second, over 20/s + 4 for the fleet"
+    );
     let span = at.last().unwrap().duration_since(at[0]).as_secs_f64();
-    assert!(span >= 6.0, "180 records at 20/s for the fleet take 8 s or more, not {span:.1} s");
+    assert!(
+        span >= 6.0,
+        "180 records at 20/s for the fleet take 8 s or more, not {span:.1} s"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -320,7 +368,10 @@ async fn replicas_fall_back_while_redis_is_down_and_resume_when_it_is_back() {
     for (p, ok_on) in fallback_ok.iter_mut().enumerate() {
         let (ok, slowest) = burst_on(p, 3).await;
         *ok_on = ok;
-        assert!(slowest < Duration::from_millis(500), "replica {p} took {slowest:?} with Redis down");
+        assert!(
+            slowest < Duration::from_millis(500),
+            "replica {p} took {slowest:?} with Redis down"
+        );
     }
     for p in fleet.iter() {
         let c = c.clone();
@@ -337,7 +388,10 @@ async fn replicas_fall_back_while_redis_is_down_and_resume_when_it_is_back() {
     // On the fallback a replica has its own third of the limit.
     let (ok, _) = burst_on(1, 20).await;
     let ok = ok + fallback_ok[1];
-    assert!((9..=11).contains(&ok), "the fallback admits 30 ÷ 3 replicas, admitted {ok}");
+    assert!(
+        (9..=11).contains(&ok),
+        "the fallback admits 30 ÷ 3 replicas, admitted {ok}"
+    );
 
     // Back: within 5 s of Redis accepting connections the global limit
     // holds again (a fresh store: the full fleet burst of 30, all of it
@@ -356,12 +410,155 @@ async fn replicas_fall_back_while_redis_is_down_and_resume_when_it_is_back() {
         .await;
     }
     let resumed_in = back_at.elapsed();
-    assert!(resumed_in <= Duration::from_secs(5), "resumed {resumed_in:?} after Redis came back");
+    assert!(
+        resumed_in <= Duration::from_secs(5),
+        "resumed {resumed_in:?} after Redis came back"
+    );
     let (ok, _) = burst_on(2, 40).await;
-    assert!((30..=31).contains(&ok), "one replica spends the fleet's 30 again, admitted {ok}");
+    assert!(
+        (30..=31).contains(&ok),
+        "one replica spends the fleet's 30 again, admitted {ok}"
+    );
     let (ok, _) = burst_on(0, 5).await;
     assert_eq!(ok, 0, "and the fleet's bucket is empty for the others too");
     let text = metrics_text(&c, fleet[0].admin_addr).await;
     assert!(metric_value(&text, "sluice_cluster_fallbacks_total", &[]).unwrap() >= 1.0);
     assert!(metric_value(&text, "sluice_cluster_fallback_decisions_total", &[]).unwrap() >= 1.0);
+}
+
+/// An ACL user whose password comes from `cluster.password_file` or
+/// `SLUICE_REDIS_PASSWORD`; the password shows nowhere: not in logs,
+/// `sluice check`, `/admin/*`, nor in the URL as printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acl_user_with_a_password_from_a_file_or_the_environment_and_never_shown() {
+    const SECRET: &str = "s3cret-hunter2";
+    let redis = Redis::start_with(&[
+        "--requirepass",
+        "admin-only-pw",
+        "--user",
+        "sluice",
+        "on",
+        &format!(">{SECRET}"),
+        "~t:*",
+        "+@all",
+    ])
+    .await;
+    let backend = Backend::ok().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pw_file = write_file(dir.path(), "redis-password", &format!("{SECRET}\n"));
+    let user_url = format!("redis://sluice@127.0.0.1:{}", redis.port);
+    let route = "\n[[route]]\nname = \"api\"\nmatch = { path_prefix = \"/\" }\nrate = \"100/s\"\nscope = \"global\"\n";
+    let with_file = write_file(
+        dir.path(),
+        "file.toml",
+        &cluster_config(
+            &backend.url(),
+            &user_url,
+            &dir.path().join("spool-a"),
+            &format!("password_file = \"{}\"\n{route}", pw_file.display()),
+        ),
+    );
+    let with_env = write_file(
+        dir.path(),
+        "env.toml",
+        &cluster_config(&backend.url(), &user_url, &dir.path().join("spool-b"), route),
+    );
+    let in_url = write_file(
+        dir.path(),
+        "url.toml",
+        &cluster_config(
+            &backend.url(),
+            &format!("redis://sluice:{SECRET}@127.0.0.1:{}", redis.port),
+            &dir.path().join("spool-c"),
+            route,
+        ),
+    );
+    let a = SluiceProcess::spawn(&["run", "-c", with_file.to_str().unwrap()]);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    cmd.env("SLUICE_REDIS_PASSWORD", SECRET);
+    let b = SluiceProcess::spawn_command(cmd, &["run", "-c", with_env.to_str().unwrap()]);
+    let c3 = SluiceProcess::spawn(&["run", "-c", in_url.to_str().unwrap()]);
+    let c = client();
+    for p in [&a, &b, &c3] {
+        assert_eq!(store_up(&c, p).await, Some(1.0), "authenticated as the ACL user");
+        let r = get(&c, &format!("http://{}/", p.data_addr)).await;
+        assert_eq!(r.status, 200);
+    }
+    assert!(
+        !redis
+            .cli(&[
+                "--user",
+                "sluice",
+                "--pass",
+                SECRET,
+                "--no-auth-warning",
+                "--scan",
+                "--pattern",
+                "t:api*"
+            ])
+            .is_empty(),
+        "the route's bucket is in Redis under the namespace"
+    );
+
+    // Shown nowhere.
+    let mut shown = Vec::new();
+    for p in [&a, &b, &c3] {
+        for path in ["/admin/spool", "/admin/dlq", "/metrics"] {
+            let r = get(&c, &format!("http://{}{path}", p.admin_addr)).await;
+            shown.push(String::from_utf8_lossy(&r.body).into_owned());
+        }
+        let r = send(
+            &c,
+            http::Method::POST,
+            &format!("http://{}/admin/reload", p.admin_addr),
+            &[],
+            bytes::Bytes::new(),
+        )
+        .await;
+        shown.push(String::from_utf8_lossy(&r.body).into_owned());
+    }
+    for cfg in [&with_file, &in_url] {
+        let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["check", "-c", cfg.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        assert!(text.contains("redis://sluice"), "check shows the store: {text}");
+        shown.push(text);
+    }
+    // A wrong password: refused by Redis, logged, still never shown.
+    let wrong = write_file(dir.path(), "wrong", "not-it\n");
+    let wrong_cfg = write_file(
+        dir.path(),
+        "wrong.toml",
+        &cluster_config(
+            &backend.url(),
+            &format!("redis://sluice:{SECRET}@127.0.0.1:{}", redis.port),
+            &dir.path().join("spool-d"),
+            &format!("password_file = \"{}\"\n{route}", wrong.display()),
+        ),
+    );
+    let d = SluiceProcess::spawn(&["run", "-c", wrong_cfg.to_str().unwrap()]);
+    assert_eq!(
+        store_up(&c, &d).await,
+        Some(0.0),
+        "a wrong password leaves the store down"
+    );
+    let r = get(&c, &format!("http://{}/", d.data_addr)).await;
+    assert_eq!(r.status, 200, "served on the fallback");
+    for p in [&a, &b, &c3, &d] {
+        shown.extend(p.stderr_lines.lock().unwrap().iter().cloned());
+    }
+    assert!(
+        d.stderr_lines
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("cluster store unreachable")),
+        "the failure is logged"
+    );
+    for text in &shown {
+        assert!(!text.contains(SECRET), "the password leaked: {text}");
+    }
 }

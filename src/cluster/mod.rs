@@ -217,7 +217,10 @@ impl Cluster {
     fn mark_up(&self) {
         if !self.up.swap(true, Ordering::AcqRel) {
             self.metrics.store_up.set(1);
-            tracing::info!(replicas = self.alive.load(Ordering::Relaxed), "cluster store answers: global limits in force");
+            tracing::info!(
+                replicas = self.alive.load(Ordering::Relaxed),
+                "cluster store answers: global limits in force"
+            );
         }
     }
 

@@ -88,7 +88,11 @@ impl Config {
                 } else {
                     format!(" max_wait {}", humantime::format_duration(r.max_wait))
                 },
-                scope = if r.scope == super::Scope::Global { " scope global" } else { "" },
+                scope = if r.scope == super::Scope::Global {
+                    " scope global"
+                } else {
+                    ""
+                },
             );
         }
         s

@@ -17,20 +17,6 @@ struct RestartOnly {
 
 /// In the order `restart_only_changes` reports them.
 static RESTART_ONLY: &[RestartOnly] = &[
-    // The store connection and its keys are made once, at start.
-    RestartOnly {
-        key: "cluster.redis_url",
-        differs: |a, b| a.cluster.redis_url != b.cluster.redis_url || a.cluster.password != b.cluster.password,
-        keep: |new, run| {
-            new.cluster.redis_url = run.cluster.redis_url.clone();
-            new.cluster.password = run.cluster.password.clone();
-        },
-    },
-    RestartOnly {
-        key: "cluster.namespace",
-        differs: |a, b| a.cluster.namespace != b.cluster.namespace,
-        keep: |new, run| new.cluster.namespace = run.cluster.namespace.clone(),
-    },
     RestartOnly {
         key: "server.listen",
         differs: |a, b| a.server.listen != b.server.listen,
@@ -154,6 +140,20 @@ static RESTART_ONLY: &[RestartOnly] = &[
         key: "admin.token_file",
         differs: |a, b| a.admin.token_file != b.admin.token_file,
         keep: |new, run| new.admin.token_file = run.admin.token_file.clone(),
+    },
+    // The store connection and its keys are made once, at start.
+    RestartOnly {
+        key: "cluster.redis_url",
+        differs: |a, b| a.cluster.redis_url != b.cluster.redis_url || a.cluster.password != b.cluster.password,
+        keep: |new, run| {
+            new.cluster.redis_url = run.cluster.redis_url.clone();
+            new.cluster.password = run.cluster.password.clone();
+        },
+    },
+    RestartOnly {
+        key: "cluster.namespace",
+        differs: |a, b| a.cluster.namespace != b.cluster.namespace,
+        keep: |new, run| new.cluster.namespace = run.cluster.namespace.clone(),
     },
 ];
 

@@ -151,6 +151,33 @@ fn semantic_errors() {
     let dup = format!("{MINIMAL}[[route]]\nname = \"a\"\nrate = \"1/s\"\n[[route]]\nname = \"a\"\nrate = \"1/s\"\n");
     assert_eq!(invalid(&dup).1, "route[1].name");
     assert_eq!(invalid("[upstream]\nurl = \"ftp://x\"\n").1, "upstream.url");
+    // [cluster] and scope
+    assert_eq!(invalid(&route("scope = \"global\"")).1, "route[0].scope");
+    assert_eq!(invalid(&route("scope = \"everywhere\"")).1, "route[0].scope");
+    let cluster = |extra: &str| format!("{MINIMAL}[cluster]\nredis_url = \"redis://127.0.0.1:6379\"\n{extra}\n");
+    assert_eq!(
+        invalid(&format!("{MINIMAL}scope = \"global\"\ncapacity = \"10/s\"\n")).1,
+        "upstream.scope"
+    );
+    let (_, key, msg) = invalid(&cluster("").replace("[cluster]", "scope = \"global\"\n[cluster]"));
+    assert_eq!(key, "upstream.scope");
+    assert!(msg.contains("upstream.capacity"), "{msg}");
+    assert_eq!(invalid(&cluster("timeout = \"0s\"")).1, "cluster.timeout");
+    assert_eq!(invalid(&cluster("timeout = \"1m\"")).1, "cluster.timeout");
+    assert_eq!(invalid(&cluster("replicas = 0")).1, "cluster.replicas");
+    assert_eq!(invalid(&cluster("namespace = \"a b\"")).1, "cluster.namespace");
+    assert_eq!(
+        invalid(&cluster("on_store_error = \"panic\"")).1,
+        "cluster.on_store_error"
+    );
+    assert_eq!(
+        invalid(&cluster("password_file = \"/nonexistent/pw\"")).1,
+        "cluster.password_file"
+    );
+    let (_, key, msg) = invalid(&format!("{MINIMAL}[cluster]\nredis_url = \"http://u:hunter2@x\"\n"));
+    assert_eq!(key, "cluster.redis_url");
+    assert!(!msg.contains("hunter2"), "the password is redacted in errors: {msg}");
+    assert!(msg.contains("u:***@x"), "{msg}");
     assert_eq!(invalid("[upstream]\nurl = \"http://x/base\"\n").1, "upstream.url");
     assert_eq!(
         invalid(&format!("{MINIMAL}[spool]\nfsync = \"sometimes\"\n")).1,
@@ -160,6 +187,29 @@ fn semantic_errors() {
         invalid(&format!("{MINIMAL}[server]\nmax_body = \"big\"\n")).1,
         "server.max_body"
     );
+}
+
+#[test]
+fn cluster_defaults_and_redaction() {
+    let c = parse(&format!(
+        "{MINIMAL}scope = \"global\"\ncapacity = \"10/s\"\n[cluster]\nredis_url = \"rediss://sluice:s3cret@redis:6380/2\"\n\
+         [[route]]\nname = \"r\"\nrate = \"5/s\"\nscope = \"global\"\n"
+    ))
+    .unwrap();
+    assert_eq!(c.cluster.namespace, "sluice");
+    assert_eq!(c.cluster.timeout, Duration::from_millis(50));
+    assert_eq!(c.cluster.on_store_error, OnStoreError::Local);
+    assert_eq!(c.upstream.scope, Scope::Global);
+    assert_eq!(c.routes[0].scope, Scope::Global);
+    let url = c.cluster.redis_url.as_ref().unwrap();
+    assert_eq!(url.redacted(), "rediss://sluice:***@redis:6380/2");
+    for shown in [format!("{c:?}"), c.describe()] {
+        assert!(!shown.contains("s3cret"), "{shown}");
+    }
+    assert!(c.describe().contains("rediss://sluice:***@redis:6380/2"));
+    assert_eq!(format!("{:?}", Secret::new("pw")), "\"<redacted>\"");
+    assert_eq!(RedisUrl::new("redis://host:1").redacted(), "redis://host:1");
+    assert_eq!(RedisUrl::new("redis://user@host:1").redacted(), "redis://user@host:1");
 }
 
 #[test]
@@ -266,6 +316,12 @@ fn every_restart_only_field_is_reported_and_kept() {
         (|c| c.upstream.ca_file = Some("ca.pem".into()), "upstream.ca_file"),
         (|c| c.upstream.pool_max_idle = 7, "upstream.pool_max_idle"),
         (|c| c.admin.token_file = Some("token".into()), "admin.token_file"),
+        (
+            |c| c.cluster.redis_url = Some(RedisUrl::new("redis://10.0.0.1:6379")),
+            "cluster.redis_url",
+        ),
+        (|c| c.cluster.password = Some(Secret::new("pw")), "cluster.redis_url"),
+        (|c| c.cluster.namespace = "other".into(), "cluster.namespace"),
     ];
     let running = parse(MINIMAL).unwrap();
     for (change, key) in changes {

@@ -557,7 +557,7 @@ pub async fn reset_mid_response() -> Tally {
         let i: usize = std::str::from_utf8(&req.body).unwrap()["req-".len()..].parse().unwrap();
         match before {
             0 => Action::ResetInHead,
-            1 if i % 3 == 0 => Action::ResetInBody,
+            1 if i.is_multiple_of(3) => Action::ResetInBody,
             _ => ok(),
         }
     }))

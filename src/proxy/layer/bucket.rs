@@ -105,7 +105,9 @@ fn rate_limited(route: &Route, stats: &RouteStats, retry_after: Duration) -> Pro
 
 /// What the bucket says about a request now.
 enum Verdict {
-    Go { remaining: Option<u32> },
+    Go {
+        remaining: Option<u32>,
+    },
     Spool,
     Refuse(ProxyError),
     Wait(Duration),
@@ -114,7 +116,12 @@ enum Verdict {
 }
 
 /// The route's key for a request and how much of its `max_wait` is left.
-fn key_and_wait<'a>(req: &'a Request<RequestBody>, m: &Matched, route: &Route, buf: &'a mut String) -> (&'a str, Duration) {
+fn key_and_wait<'a>(
+    req: &'a Request<RequestBody>,
+    m: &Matched,
+    route: &Route,
+    buf: &'a mut String,
+) -> (&'a str, Duration) {
     let facts = RequestFacts {
         method: req.method(),
         host: None,

@@ -182,6 +182,7 @@ mod tests {
             capacity: None,
             capacity_burst: 1,
             max_concurrency,
+            scope: crate::config::Scope::Local,
         }))
     }
 
