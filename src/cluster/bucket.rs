@@ -1,10 +1,12 @@
 //! A token bucket the whole fleet shares, kept in the cluster store.
 //!
 //! Two ways to spend it:
-//! - **keyed** (a route keyed by client or header): one GCRA call per
-//!   decision — the buckets are many and each is touched rarely, so
-//!   there is nothing to batch. Concurrent calls share one pipelined
-//!   connection.
+//! - **keyed** (a route keyed by client or header): one GCRA decision in
+//!   Redis per request — the buckets are many and each is touched rarely,
+//!   so there is nothing to lease. Decisions that arrive while a call is
+//!   in flight go together in the next call (one script run for the
+//!   batch, [`Cluster::take_keyed`]), so Redis runs one script per batch,
+//!   not per request.
 //! - **leased** (an unkeyed route, `upstream.capacity`): the bucket is one
 //!   hot key, so a replica takes a small batch of tokens in one call and
 //!   spends them locally. The request that asks takes the first token; the
@@ -169,10 +171,7 @@ impl SharedBucket {
     /// One decision for the bucket of `key_hash` (a keyed route).
     pub async fn take_keyed(&self, key_hash: u128) -> Result<Take, ClusterError> {
         let key = format!("{}:{key_hash:032x}", self.key);
-        let grant = self
-            .cluster
-            .call(Op::Gcra, self.cluster.store().take(&key, self.exact, 1, 0))
-            .await?;
+        let grant = self.cluster.take_keyed(key, self.exact).await?;
         Ok(as_take(grant))
     }
 

@@ -24,7 +24,7 @@ use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use store::Store;
+use store::{GcraParams, Grant, Store};
 
 /// How often a replica says it is alive.
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
@@ -44,6 +44,23 @@ pub enum ClusterError {
     Timeout { op: &'static str, after: Duration },
     #[error("cluster store is down; deciding by cluster.on_store_error")]
     Down,
+    #[error("cluster store answered {got} values where {expected} were due")]
+    Reply { expected: usize, got: usize },
+    #[error("more keyed decisions waiting for the cluster store than it can take")]
+    Backlog,
+}
+
+/// Keyed decisions waiting for the store, at most: past it, a decision
+/// goes to the fallback at once rather than queue behind a slow store.
+const KEYED_QUEUE: usize = 8192;
+/// Keyed decisions sent in one call, at most.
+const KEYED_BATCH: usize = 256;
+
+/// A keyed decision waiting for the batcher.
+struct KeyedAsk {
+    key: String,
+    params: GcraParams,
+    reply: tokio::sync::oneshot::Sender<Option<Grant>>,
 }
 
 /// The store operations, for metrics and logs.
@@ -83,6 +100,9 @@ pub struct Cluster {
     up: AtomicBool,
     alive: AtomicU32,
     metrics: ClusterMetrics,
+    /// Keyed decisions go through one batcher: those that arrive while a
+    /// call is in flight go together in the next, one script run for all.
+    keyed: tokio::sync::mpsc::Sender<KeyedAsk>,
 }
 
 impl Cluster {
@@ -97,6 +117,7 @@ impl Cluster {
             return Ok(None);
         };
         let store = Store::new(url, cfg.password.as_ref())?;
+        let (keyed, asks) = tokio::sync::mpsc::channel(KEYED_QUEUE);
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         let cluster = Arc::new(Cluster {
             store,
@@ -106,6 +127,7 @@ impl Cluster {
             up: AtomicBool::new(false),
             alive: AtomicU32::new(1),
             metrics: ClusterMetrics::register(metrics),
+            keyed,
         });
         cluster.metrics.replicas.set(1);
         // The first beat decides the starting state, so a store that is up
@@ -113,6 +135,7 @@ impl Cluster {
         if let Err(e) = cluster.beat().await {
             tracing::warn!(store = %url, error = %e, "cluster store unreachable at start: global limits start on their fallback (cluster.on_store_error) and resume when it answers");
         }
+        tokio::spawn(cluster.clone().keyed_loop(asks, shutdown.clone()));
         tokio::spawn(cluster.clone().heartbeat_loop(shutdown));
         Ok(Some(cluster))
     }
@@ -163,6 +186,48 @@ impl Cluster {
     /// Counts one decision made without the store.
     pub fn note_fallback_decision(&self) {
         self.metrics.fallback_decisions.inc();
+    }
+
+    /// One token from the bucket at `key`, batched with the other keyed
+    /// decisions waiting at the moment. The caller bounds the wait.
+    pub async fn take_keyed(&self, key: String, params: GcraParams) -> Result<Grant, ClusterError> {
+        if !self.is_up() {
+            return Err(ClusterError::Down);
+        }
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.keyed
+            .try_send(KeyedAsk { key, params, reply })
+            .map_err(|_| ClusterError::Backlog)?;
+        answer.await.ok().flatten().ok_or(ClusterError::Down)
+    }
+
+    async fn keyed_loop(self: Arc<Self>, mut asks: tokio::sync::mpsc::Receiver<KeyedAsk>, shutdown: Shutdown) {
+        let mut batch = Vec::with_capacity(KEYED_BATCH);
+        loop {
+            tokio::select! {
+                n = asks.recv_many(&mut batch, KEYED_BATCH) => if n == 0 { return },
+                _ = shutdown.wait() => return,
+            }
+            // Asks whose requester gave up (its timeout passed) are dropped
+            // unasked.
+            batch.retain(|a| !a.reply.is_closed());
+            if batch.is_empty() {
+                continue;
+            }
+            let keys: Vec<(String, GcraParams)> = batch.iter_mut().map(|a| (std::mem::take(&mut a.key), a.params)).collect();
+            match self.call(Op::Gcra, self.store.take_each(&keys)).await {
+                Ok(grants) => {
+                    for (ask, grant) in batch.drain(..).zip(grants) {
+                        let _ = ask.reply.send(Some(grant));
+                    }
+                }
+                Err(_) => {
+                    for ask in batch.drain(..) {
+                        let _ = ask.reply.send(None);
+                    }
+                }
+            }
+        }
     }
 
     /// Runs one store call under `cluster.timeout`, timing it; a failure

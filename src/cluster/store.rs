@@ -37,6 +37,38 @@ redis.call('SET', KEYS[1], string.format('%.0f', tat), 'PX', math.ceil((tat - no
 return {granted, free - granted, 0}
 ";
 
+/// Many one-token GCRA decisions in one call (the keyed decisions that
+/// arrived while the previous call was in flight): KEYS are the buckets,
+/// ARGV holds (interval, tolerance) per key. Keys are taken in order, so
+/// one key twice in a batch is two decisions. Returns {granted, free,
+/// wait} per key, flattened.
+const GCRA_MANY_LUA: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local out = {}
+for i, key in ipairs(KEYS) do
+  local interval = tonumber(ARGV[2 * i - 1])
+  local tolerance = tonumber(ARGV[2 * i])
+  local tat = tonumber(redis.call('GET', key)) or now
+  if tat < now then tat = now end
+  local free = math.floor((now + tolerance + interval - tat) / interval)
+  if free < 1 then
+    local wait = tat - tolerance - now
+    if wait < 1 then wait = 1 end
+    out[3 * i - 2] = 0
+    out[3 * i - 1] = 0
+    out[3 * i] = wait
+  else
+    tat = tat + interval
+    redis.call('SET', key, string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000) + 1000)
+    out[3 * i - 2] = 1
+    out[3 * i - 1] = free - 1
+    out[3 * i] = 0
+  end
+end
+return out
+";
+
 /// A replica's heartbeat: its id scored by the server's clock in a sorted
 /// set; ids not seen within ARGV[2] ms are dropped; returns how many are
 /// alive.
@@ -72,6 +104,7 @@ pub struct Grant {
 pub struct Store {
     conn: ConnectionManager,
     gcra: redis::Script,
+    gcra_many: redis::Script,
     heartbeat: redis::Script,
 }
 
@@ -103,6 +136,7 @@ impl Store {
         Ok(Store {
             conn,
             gcra: redis::Script::new(GCRA_LUA),
+            gcra_many: redis::Script::new(GCRA_MANY_LUA),
             heartbeat: redis::Script::new(HEARTBEAT_LUA),
         })
     }
@@ -126,6 +160,30 @@ impl Store {
             free: free.clamp(0, i64::from(u32::MAX)) as u32,
             wait: Duration::from_micros(wait_us.max(0) as u64),
         })
+    }
+
+    /// One token from each bucket of `asks` (in order), in one call.
+    pub async fn take_each(&self, asks: &[(String, GcraParams)]) -> Result<Vec<Grant>, ClusterError> {
+        let mut conn = self.conn.clone();
+        let mut call = self.gcra_many.prepare_invoke();
+        for (key, p) in asks {
+            call.key(key).arg(p.interval_us.max(1)).arg(p.tolerance_us);
+        }
+        let flat: Vec<i64> = call.invoke_async(&mut conn).await.map_err(ClusterError::Store)?;
+        if flat.len() != asks.len() * 3 {
+            return Err(ClusterError::Reply {
+                expected: asks.len() * 3,
+                got: flat.len(),
+            });
+        }
+        Ok(flat
+            .chunks_exact(3)
+            .map(|g| Grant {
+                granted: g[0].clamp(0, 1) as u32,
+                free: g[1].clamp(0, i64::from(u32::MAX)) as u32,
+                wait: Duration::from_micros(g[2].max(0) as u64),
+            })
+            .collect())
     }
 
     /// Says this replica is alive; returns how many are.
