@@ -77,19 +77,24 @@ end
 LUA
 
 redis-server --port "$REDIS" --bind 127.0.0.1 --save "" --appendonly no --dir "$WORK" >"$WORK/redis.log" &
+REDIS_PID=$!
 for _ in $(seq 100); do redis-cli -p "$REDIS" ping >/dev/null 2>&1 && break; sleep 0.1; done
 nginx -p "$WORK/backend" -c "$WORK/backend/nginx.conf" &
 RUST_LOG=warn ./target/release/sluice run -c "$WORK/sluice.toml" &
+SLUICE_PID=$!
 wait_ready "http://127.0.0.1:$BACKEND/" "http://127.0.0.1:$SLUICE/local"
 
 calls() { redis-cli -p "$REDIS" info commandstats | awk -F'[=,:]' '/^cmdstat_(evalsha|eval):/ {s += $3} END {print s+0}'; }
+# CPU time (clock ticks, user + system) a process has used.
+cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 run_wrk() { # $1 label, $2 round, $3... wrk args
   local label=$1 round=$2; shift 2
-  local before after
-  before=$(calls)
+  local before after s0 s1 r0 r1
+  before=$(calls); s0=$(cpu "$SLUICE_PID"); r0=$(cpu "$REDIS_PID")
   wrk -t1 -c"$CONNS" -d"$DURATION" --latency "$@" >"$WORK/$label.$round.txt"
-  after=$(calls)
+  after=$(calls); s1=$(cpu "$SLUICE_PID"); r1=$(cpu "$REDIS_PID")
   echo $((after - before)) >"$WORK/$label.$round.calls"
+  echo "$((s1 - s0)) $((r1 - r0))" >"$WORK/$label.$round.cpu"
 }
 for r in $(seq "$ROUNDS"); do
   run_wrk local "$r" "http://127.0.0.1:$SLUICE/local"
@@ -113,18 +118,24 @@ def parse(path):
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", t).group(1))
     errs = re.search(r"Non-2xx or 3xx responses: (\d+)", t)
     calls = int(open(path.replace(".txt", ".calls")).read())
-    return rps, lat(t, 99), int(errs.group(1)) if errs else 0, calls
+    ticks = [int(x) for x in open(path.replace(".txt", ".cpu")).read().split()]
+    reqs = rps * dur_s
+    # µs of CPU per request: sluice's own, and Redis's on its behalf.
+    per = [t * 1e6 / hz / reqs for t in ticks]
+    return rps, lat(t, 99), int(errs.group(1)) if errs else 0, calls, per[0], per[1]
+import os
+hz = os.sysconf("SC_CLK_TCK")
 best = {}
 print(f"wrk -t1 -c{conns} -d{dur}, 1 sluice worker, {rounds} rounds alternated:")
 for label in ("local", "leased", "keyed"):
     runs = [parse(p) for p in sorted(glob.glob(f"{work}/{label}.*.txt"))]
     best[label] = max(runs, key=lambda r: r[0])
     for r in runs:
-        print(f"  {label:6s} {r[0]:9.0f} req/s  p99 {r[1]:6.2f} ms  Redis calls {r[3]/dur_s:8.0f}/s" + (f"  ({r[2]} non-2xx)" if r[2] else ""))
-print("\n| route | best req/s | ÷ local | Redis calls/s (that run) |")
-print("|---|---|---|---|")
+        print(f"  {label:6s} {r[0]:9.0f} req/s  p99 {r[1]:6.2f} ms  Redis calls {r[3]/dur_s:8.0f}/s  CPU/request: sluice {r[4]:5.1f} µs, Redis {r[5]:5.1f} µs" + (f"  ({r[2]} non-2xx)" if r[2] else ""))
+print("\n| route | best req/s | ÷ local | Redis calls/s | sluice CPU µs/request | Redis CPU µs/request |")
+print("|---|---|---|---|---|---|")
 for label, r in best.items():
-    print(f"| {label} | {r[0]:.0f} | {r[0]/best['local'][0]:.2f}× | {r[3]/dur_s:.0f} |")
+    print(f"| {label} | {r[0]:.0f} | {r[0]/best['local'][0]:.2f}× | {r[3]/dur_s:.0f} | {r[4]:.1f} | {r[5]:.1f} |")
 # Store round trips from the histogram (upper bounds of the buckets that
 # hold the 50th and 99th percentile).
 text = open(f"{work}/metrics.txt").read()

@@ -100,9 +100,19 @@ pub struct Cluster {
     up: AtomicBool,
     alive: AtomicU32,
     metrics: ClusterMetrics,
-    /// Keyed decisions go through one batcher: those that arrive while a
-    /// call is in flight go together in the next, one script run for all.
-    keyed: tokio::sync::mpsc::Sender<KeyedAsk>,
+    /// For the per-thread connections of keyed decisions.
+    url: crate::config::RedisUrl,
+    password: Option<crate::config::Secret>,
+    shutdown: Shutdown,
+}
+
+thread_local! {
+    /// This thread's keyed-decision batchers, by cluster. Each data-port
+    /// worker runs its own single-threaded runtime; a batcher and a Redis
+    /// connection of its own on that runtime keep a keyed decision on one
+    /// thread from request to reply, with no cross-thread wake-ups.
+    static BATCHERS: std::cell::RefCell<Vec<(usize, tokio::sync::mpsc::Sender<KeyedAsk>)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
 }
 
 impl Cluster {
@@ -117,7 +127,6 @@ impl Cluster {
             return Ok(None);
         };
         let store = Store::new(url, cfg.password.as_ref())?;
-        let (keyed, asks) = tokio::sync::mpsc::channel(KEYED_QUEUE);
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         let cluster = Arc::new(Cluster {
             store,
@@ -127,7 +136,9 @@ impl Cluster {
             up: AtomicBool::new(false),
             alive: AtomicU32::new(1),
             metrics: ClusterMetrics::register(metrics),
-            keyed,
+            url: url.clone(),
+            password: cfg.password.clone(),
+            shutdown: shutdown.clone(),
         });
         cluster.metrics.replicas.set(1);
         // The first beat decides the starting state, so a store that is up
@@ -135,7 +146,6 @@ impl Cluster {
         if let Err(e) = cluster.beat().await {
             tracing::warn!(store = %url, error = %e, "cluster store unreachable at start: global limits start on their fallback (cluster.on_store_error) and resume when it answers");
         }
-        tokio::spawn(cluster.clone().keyed_loop(asks, shutdown.clone()));
         tokio::spawn(cluster.clone().heartbeat_loop(shutdown));
         Ok(Some(cluster))
     }
@@ -189,19 +199,42 @@ impl Cluster {
     }
 
     /// One token from the bucket at `key`, batched with the other keyed
-    /// decisions waiting at the moment. The caller bounds the wait.
-    pub async fn take_keyed(&self, key: String, params: GcraParams) -> Result<Grant, ClusterError> {
+    /// decisions of this thread waiting at the moment. The caller bounds
+    /// the wait.
+    pub async fn take_keyed(self: &Arc<Self>, key: String, params: GcraParams) -> Result<Grant, ClusterError> {
         if !self.is_up() {
             return Err(ClusterError::Down);
         }
         let (reply, answer) = tokio::sync::oneshot::channel();
-        self.keyed
-            .try_send(KeyedAsk { key, params, reply })
-            .map_err(|_| ClusterError::Backlog)?;
+        self.send_keyed(KeyedAsk { key, params, reply })?;
         answer.await.ok().flatten().ok_or(ClusterError::Down)
     }
 
-    async fn keyed_loop(self: Arc<Self>, mut asks: tokio::sync::mpsc::Receiver<KeyedAsk>, shutdown: Shutdown) {
+    /// Hands `ask` to this thread's batcher, starting one (with its own
+    /// connection, on this thread's runtime) on first use.
+    fn send_keyed(self: &Arc<Self>, ask: KeyedAsk) -> Result<(), ClusterError> {
+        let me = Arc::as_ptr(self) as usize;
+        BATCHERS.with(|cell| {
+            let mut batchers = cell.borrow_mut();
+            batchers.retain(|(_, tx)| !tx.is_closed());
+            if let Some((_, tx)) = batchers.iter().find(|(id, _)| *id == me) {
+                return tx.try_send(ask).map_err(|_| ClusterError::Backlog);
+            }
+            let store = Store::new(&self.url, self.password.as_ref())?;
+            let (tx, asks) = tokio::sync::mpsc::channel(KEYED_QUEUE);
+            tokio::spawn(self.clone().keyed_loop(store, asks, self.shutdown.clone()));
+            let sent = tx.try_send(ask).map_err(|_| ClusterError::Backlog);
+            batchers.push((me, tx));
+            sent
+        })
+    }
+
+    async fn keyed_loop(
+        self: Arc<Self>,
+        store: Store,
+        mut asks: tokio::sync::mpsc::Receiver<KeyedAsk>,
+        shutdown: Shutdown,
+    ) {
         let mut batch = Vec::with_capacity(KEYED_BATCH);
         loop {
             tokio::select! {
@@ -214,8 +247,11 @@ impl Cluster {
             if batch.is_empty() {
                 continue;
             }
-            let keys: Vec<(String, GcraParams)> = batch.iter_mut().map(|a| (std::mem::take(&mut a.key), a.params)).collect();
-            match self.call(Op::Gcra, self.store.take_each(&keys)).await {
+            let keys: Vec<(String, GcraParams)> = batch
+                .iter_mut()
+                .map(|a| (std::mem::take(&mut a.key), a.params))
+                .collect();
+            match self.call(Op::Gcra, store.take_each(&keys)).await {
                 Ok(grants) => {
                     for (ask, grant) in batch.drain(..).zip(grants) {
                         let _ = ask.reply.send(Some(grant));
