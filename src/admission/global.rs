@@ -112,3 +112,78 @@ fn as_verdict(t: Take) -> Verdict {
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{ClusterConfig, RedisUrl};
+    use crate::metrics::Metrics;
+    use crate::shutdown::Shutdown;
+
+    /// A cluster whose store is a closed port: down from the start.
+    async fn down_cluster(on_store_error: OnStoreError) -> (Arc<Cluster>, ClusterConfig) {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let cfg = ClusterConfig {
+            redis_url: Some(RedisUrl::new(format!("redis://127.0.0.1:{port}"))),
+            replicas: Some(4),
+            on_store_error,
+            ..ClusterConfig::default()
+        };
+        let cluster = Cluster::start(&cfg, &Metrics::new(), Shutdown::new())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!cluster.is_up(), "nothing listens there");
+        (cluster, cfg)
+    }
+
+    fn route(burst: u32) -> (RouteConfig, LimitSpec) {
+        let cfg = crate::config::Config::parse(
+            "t.toml",
+            &format!(
+                "[upstream]\nurl = \"http://127.0.0.1:1\"\n[cluster]\nredis_url = \"redis://127.0.0.1:1\"\n\
+                 [[route]]\nname = \"r\"\nrate = \"1/m\"\nburst = {burst}\nscope = \"global\"\n"
+            ),
+            &Default::default(),
+        )
+        .unwrap();
+        let r = cfg.routes[0].clone();
+        let spec = LimitSpec {
+            rate: r.rate,
+            burst: r.burst,
+            key: r.key.clone(),
+            max_keys: r.max_keys,
+        };
+        (r, spec)
+    }
+
+    #[tokio::test]
+    async fn with_the_store_down_each_mode_decides_without_waiting() {
+        let (cluster, mut cfg) = down_cluster(OnStoreError::Local).await;
+        let (r, spec) = route(40);
+        let limit = GlobalLimit::new(cluster.clone(), &r, spec);
+        // local: this replica's quarter of the burst (cluster.replicas = 4).
+        let admitted = (0..20)
+            .filter(|_| matches!(limit.try_check(""), Some(Verdict::Allowed { .. })))
+            .count();
+        assert_eq!(admitted, 10, "40 ÷ 4 replicas");
+        cfg.on_store_error = OnStoreError::Reject;
+        cluster.reconfigure(&cfg);
+        assert!(matches!(limit.try_check(""), Some(Verdict::Limited { .. })));
+        cfg.on_store_error = OnStoreError::Allow;
+        cluster.reconfigure(&cfg);
+        assert!(matches!(limit.check("").await, Verdict::Allowed { .. }));
+        // A new divisor builds a new fallback bucket at the new share.
+        cfg.on_store_error = OnStoreError::Local;
+        cfg.replicas = Some(8);
+        cluster.reconfigure(&cfg);
+        let admitted = (0..20)
+            .filter(|_| matches!(limit.try_check(""), Some(Verdict::Allowed { .. })))
+            .count();
+        assert_eq!(admitted, 5, "40 ÷ 8 replicas");
+    }
+}

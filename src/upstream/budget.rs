@@ -567,3 +567,56 @@ mod tests {
         assert!(start.elapsed() <= Duration::from_millis(400));
     }
 }
+
+#[cfg(test)]
+mod fleet_tests {
+    use super::*;
+    use crate::config::units::parse_rate;
+    use crate::config::{ClusterConfig, RedisUrl};
+    use crate::metrics::Metrics;
+    use crate::shutdown::Shutdown;
+
+    #[tokio::test]
+    async fn a_fleet_budget_with_the_store_down_follows_on_store_error() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut cfg = ClusterConfig {
+            redis_url: Some(RedisUrl::new(format!("redis://127.0.0.1:{port}"))),
+            replicas: Some(2),
+            ..ClusterConfig::default()
+        };
+        let cluster = Cluster::start(&cfg, &Metrics::new(), Shutdown::new())
+            .await
+            .unwrap()
+            .unwrap();
+        let b = Budget::new_in(
+            BudgetSpec {
+                capacity: Some(parse_rate("1/m").unwrap()),
+                capacity_burst: 8,
+                max_concurrency: 100,
+                scope: Scope::Global,
+            },
+            Some(cluster.clone()),
+        );
+        // local: half the burst each for two replicas; replay leaves live
+        // half of that.
+        let mut held = Vec::new();
+        while let Ok(p) = b.try_acquire_replay() {
+            held.push(p);
+        }
+        assert_eq!(held.len(), 2, "replay takes 4 - a reserve of 2");
+        while let Ok(p) = b.try_acquire_live() {
+            held.push(p);
+        }
+        assert_eq!(held.len(), 4, "the fleet's 8 ÷ 2 replicas");
+        cfg.on_store_error = OnStoreError::Reject;
+        cluster.reconfigure(&cfg);
+        assert_eq!(b.try_acquire_live().err(), Some(NotNow::Busy(HEARTBEAT_EVERY)));
+        cfg.on_store_error = OnStoreError::Allow;
+        cluster.reconfigure(&cfg);
+        assert!(b.try_acquire_live().is_ok());
+    }
+}
