@@ -126,26 +126,56 @@ fn cluster_config(backend: &str, redis: &str, spool: &std::path::Path, extra: &s
     )
 }
 
+/// Three replicas on one Redis and one backend.
+struct Fleet {
+    procs: Vec<SluiceProcess>,
+    redis: Redis,
+    backend: Backend,
+    _dir: tempfile::TempDir,
+}
+
+/// `upstream` goes under `[upstream]`, `cluster_and_routes` under
+/// `[cluster]` (route tables may follow it).
+async fn fleet(upstream: &str, cluster_and_routes: &str) -> Fleet {
+    let redis = Redis::start().await;
+    let backend = Backend::ok().await;
+    let dir = tempfile::tempdir().unwrap();
+    let procs = three(dir.path(), |i| {
+        cluster_config(
+            &backend.url(),
+            &redis.url(),
+            &dir.path().join(format!("spool-{i}")),
+            cluster_and_routes,
+        )
+        .replace("[spool]", &format!("{upstream}\n[spool]"))
+    });
+    Fleet {
+        procs,
+        redis,
+        backend,
+        _dir: dir,
+    }
+}
+
 async fn store_up(c: &TestClient, p: &SluiceProcess) -> Option<f64> {
     metric_value(&metrics_text(c, p.admin_addr).await, "sluice_cluster_store_up", &[])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_global_route_limit_holds_across_three_replicas() {
-    let redis = Redis::start().await;
-    let backend = Backend::ok().await;
-    let dir = tempfile::tempdir().unwrap();
-    let fleet = three(dir.path(), |i| {
-        cluster_config(
-            &backend.url(),
-            &redis.url(),
-            &dir.path().join(format!("spool-{i}")),
-            "timeout = \"250ms\"\n\n\
-             [[route]]\nname = \"per-user\"\nmatch = { path_prefix = \"/user\" }\nrate = \"1/m\"\nburst = 10\n\
-             key = \"header:x-user\"\nscope = \"global\"\n\n\
-             [[route]]\nname = \"api\"\nmatch = { path_prefix = \"/\" }\nrate = \"100/s\"\nburst = 20\nscope = \"global\"\n",
-        )
-    });
+    let Fleet {
+        procs: fleet,
+        redis,
+        backend,
+        _dir,
+    } = fleet(
+        "",
+        "timeout = \"250ms\"\n\n\
+         [[route]]\nname = \"per-user\"\nmatch = { path_prefix = \"/user\" }\nrate = \"1/m\"\nburst = 10\n\
+         key = \"header:x-user\"\nscope = \"global\"\n\n\
+         [[route]]\nname = \"api\"\nmatch = { path_prefix = \"/\" }\nrate = \"100/s\"\nburst = 20\nscope = \"global\"\n",
+    )
+    .await;
     let c = client();
     for p in &fleet {
         assert_eq!(
@@ -242,22 +272,18 @@ async fn a_global_route_limit_holds_across_three_replicas() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_draining_a_backlog_share_one_upstream_capacity() {
-    let redis = Redis::start().await;
-    let backend = Backend::ok().await;
-    let dir = tempfile::tempdir().unwrap();
-    let fleet = three(dir.path(), |i| {
-        cluster_config(
-            &backend.url(),
-            &redis.url(),
-            &dir.path().join(format!("spool-{i}")),
-            "timeout = \"250ms\"\n\n\
-             [[route]]\nname = \"orders\"\nmatch = { path_prefix = \"/\" }\nrate = \"1/m\"\nburst = 1\non_limit = \"spool\"\n",
-        )
-        .replace(
-            "[spool]",
-            "capacity = \"20/s\"\ncapacity_burst = 4\nscope = \"global\"\n\n[spool]",
-        )
-    });
+    // Bound, not `..`: a field left out would be dropped here.
+    let Fleet {
+        procs: fleet,
+        backend,
+        redis: _redis,
+        _dir,
+    } = fleet(
+        "capacity = \"20/s\"\ncapacity_burst = 4\nscope = \"global\"\n",
+        "timeout = \"250ms\"\n\n\
+         [[route]]\nname = \"orders\"\nmatch = { path_prefix = \"/\" }\nrate = \"1/m\"\nburst = 1\non_limit = \"spool\"\n",
+    )
+    .await;
     let c = client();
     let per_replica = 60;
     let mut tasks = Vec::new();
@@ -314,19 +340,18 @@ async fn three_replicas_draining_a_backlog_share_one_upstream_capacity() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_fall_back_while_redis_is_down_and_resume_when_it_is_back() {
-    let mut redis = Redis::start().await;
-    let backend = Backend::ok().await;
-    let dir = tempfile::tempdir().unwrap();
     // 30 tokens for the fleet, refilling slowly; the fallback gives each
     // of the three replicas 10.
-    let fleet = three(dir.path(), |i| {
-        cluster_config(
-            &backend.url(),
-            &redis.url(),
-            &dir.path().join(format!("spool-{i}")),
-            "\n[[route]]\nname = \"api\"\nmatch = { path_prefix = \"/\" }\nrate = \"3/m\"\nburst = 30\nscope = \"global\"\n",
-        )
-    });
+    let Fleet {
+        procs: fleet,
+        mut redis,
+        backend: _backend,
+        _dir,
+    } = fleet(
+        "",
+        "\n[[route]]\nname = \"api\"\nmatch = { path_prefix = \"/\" }\nrate = \"3/m\"\nburst = 30\nscope = \"global\"\n",
+    )
+    .await;
     let c = client();
     let fleet = Arc::new(fleet);
     for p in fleet.iter() {

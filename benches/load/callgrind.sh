@@ -18,21 +18,7 @@ for tool in valgrind ab; do
 done
 . benches/load/common.sh
 BACKEND=$(free_port)
-mkdir -p "$WORK/backend"
-cat >"$WORK/backend/nginx.conf" <<CONF
-worker_processes 1;
-daemon off;
-pid $WORK/backend/nginx.pid;
-error_log $WORK/backend/error.log warn;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  client_body_temp_path $WORK/backend; proxy_temp_path $WORK/backend; fastcgi_temp_path $WORK/backend;
-  uwsgi_temp_path $WORK/backend; scgi_temp_path $WORK/backend;
-  server { listen 127.0.0.1:$BACKEND; keepalive_requests 1000000; location / { return 200 'ok'; } }
-}
-CONF
-nginx -p "$WORK/backend" -c "$WORK/backend/nginx.conf" &
+backend_nginx "$WORK/backend" "$BACKEND" 1
 wait_ready "http://127.0.0.1:$BACKEND/"
 
 # One callgrind run of sluice serving N requests; prints "instructions allocs".

@@ -24,20 +24,7 @@ command -v redis-server >/dev/null || { echo "needs redis-server (apt-get instal
 . benches/load/common.sh
 BACKEND=$(free_port); SLUICE=$(free_port); ADMIN=$(free_port); REDIS=$(free_port)
 
-mkdir -p "$WORK/backend"
-cat >"$WORK/backend/nginx.conf" <<CONF
-worker_processes 1;
-daemon off;
-pid $WORK/backend/nginx.pid;
-error_log $WORK/backend/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $WORK/backend; proxy_temp_path $WORK/backend; fastcgi_temp_path $WORK/backend;
-  uwsgi_temp_path $WORK/backend; scgi_temp_path $WORK/backend;
-  server { listen 127.0.0.1:$BACKEND; keepalive_requests 1000000; location / { return 200 'ok'; } }
-}
-CONF
+backend_nginx "$WORK/backend" "$BACKEND" 1
 cat >"$WORK/sluice.toml" <<CONF
 [server]
 listen = "127.0.0.1:$SLUICE"
@@ -79,7 +66,6 @@ LUA
 redis-server --port "$REDIS" --bind 127.0.0.1 --save "" --appendonly no --dir "$WORK" >"$WORK/redis.log" &
 REDIS_PID=$!
 for _ in $(seq 100); do redis-cli -p "$REDIS" ping >/dev/null 2>&1 && break; sleep 0.1; done
-nginx -p "$WORK/backend" -c "$WORK/backend/nginx.conf" &
 RUST_LOG=warn ./target/release/sluice run -c "$WORK/sluice.toml" &
 SLUICE_PID=$!
 wait_ready "http://127.0.0.1:$BACKEND/" "http://127.0.0.1:$SLUICE/local"

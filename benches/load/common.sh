@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by the load scripts in this folder: source it after `cd` to the
 # repository root. Checks the tools, builds the release binary, makes a
 # work dir that is removed (and every background job killed) on exit.
@@ -39,4 +40,25 @@ match = { path_prefix = "/" }
 rate = "100000000/s"
 on_limit = "reject"
 CONF
+}
+
+# Starts (in the background) an nginx `return 200` backend on 127.0.0.1:PORT
+# with WORKERS worker processes and no access log, its files under DIR.
+# Usage: backend_nginx DIR PORT WORKERS
+backend_nginx() {
+  mkdir -p "$1"
+  cat >"$1/nginx.conf" <<CONF
+worker_processes $3;
+daemon off;
+pid $1/nginx.pid;
+error_log $1/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $1; proxy_temp_path $1; fastcgi_temp_path $1;
+  uwsgi_temp_path $1; scgi_temp_path $1;
+  server { listen 127.0.0.1:$2; keepalive_requests 1000000; location / { return 200 'ok'; } }
+}
+CONF
+  nginx -p "$1" -c "$1/nginx.conf" &
 }
