@@ -211,6 +211,8 @@ pub struct RouteFile {
     pub ordered: Option<bool>,
     pub spool_methods: Option<Vec<String>>,
     pub scope: Option<ScopeFile>,
+    /// The longest `Prefer: wait=N` honoured; `0s` ignores it.
+    pub prefer_wait_max: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

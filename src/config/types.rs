@@ -314,4 +314,6 @@ pub struct RouteConfig {
     pub ordered: bool,
     pub spool_methods: Vec<Method>,
     pub scope: Scope,
+    /// The longest `Prefer: wait=N` honoured; zero ignores it.
+    pub prefer_wait_max: Duration,
 }

@@ -296,6 +296,12 @@ pub(super) fn validate(src: &Source<'_>, f: FileConfig, upstream_given: bool) ->
                 "must be below server.request_timeout, or the wait leaves no time for the backend",
             ));
         }
+        if r.prefer_wait_max >= server.request_timeout {
+            return Err(src.invalid(
+                &format!("route[{i}].prefer_wait_max"),
+                "must be below server.request_timeout, or the wait leaves no time for the backend",
+            ));
+        }
         if r.scope == Scope::Global && cluster.redis_url.is_none() {
             return Err(no_store(&format!("route[{i}].scope")));
         }
@@ -523,6 +529,10 @@ fn validate_route(src: &Source<'_>, i: usize, r: &RouteFile) -> Result<RouteConf
     if on_limit == OnLimit::Wait && max_wait.is_zero() {
         return Err(src.invalid(&p("max_wait"), "on_limit = \"wait\" needs a max_wait above zero"));
     }
+    let prefer_wait_max = match &r.prefer_wait_max {
+        Some(s) => parse_duration(s).map_err(|m| src.invalid(&p("prefer_wait_max"), m))?,
+        None => Duration::ZERO,
+    };
     let partition_key = match &r.partition_key {
         Some(k) => Some(parse_key_source(k).map_err(|m| src.invalid(&p("partition_key"), m))?),
         None => None,
@@ -566,5 +576,6 @@ fn validate_route(src: &Source<'_>, i: usize, r: &RouteFile) -> Result<RouteConf
         ordered: r.ordered.unwrap_or(false),
         spool_methods,
         scope: scope(r.scope),
+        prefer_wait_max,
     })
 }

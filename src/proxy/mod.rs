@@ -11,6 +11,7 @@ pub mod error;
 pub mod headers;
 pub mod layer;
 pub mod path;
+pub mod prefer;
 
 pub use error::ProxyError;
 
@@ -76,11 +77,21 @@ pub struct Matched {
     pub spool_now: bool,
     /// When the request arrived: `max_wait` and `request_timeout` count from here.
     pub start: Instant,
+    /// `Prefer: wait=N` as honoured (capped by `prefer_wait_max`).
+    pub prefer_wait: std::time::Duration,
 }
 
 impl Matched {
     pub fn route(&self) -> Option<&Arc<Route>> {
         self.route_index.map(|i| &self.runtime.table.routes()[i])
+    }
+
+    /// How long this request may wait for a token and for upstream
+    /// budget: the route's `max_wait`, or the client's honoured
+    /// `Prefer: wait` if longer.
+    pub fn max_wait(&self) -> std::time::Duration {
+        let route = self.route().map_or(std::time::Duration::ZERO, |r| r.config.max_wait);
+        route.max(self.prefer_wait)
     }
 
     pub fn stats(&self) -> &Arc<RouteStats> {
@@ -106,6 +117,8 @@ pub enum Answer {
 pub struct Reply {
     pub route: Option<Arc<RouteStats>>,
     pub result: Result<Answer, ProxyError>,
+    /// What of the client's `Prefer` was honoured (`Preference-Applied`).
+    pub applied: Option<prefer::Applied>,
 }
 
 /// The data port's stack for one connection, top to bottom in request

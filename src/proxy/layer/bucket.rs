@@ -130,7 +130,7 @@ fn key_and_wait<'a>(
         client_ip: m.client_ip,
     };
     let key = key_for(&route.config.key, &facts, buf);
-    let wait_left = (m.start + route.config.max_wait).saturating_duration_since(Instant::now());
+    let wait_left = (m.start + m.max_wait()).saturating_duration_since(Instant::now());
     (key, wait_left)
 }
 
@@ -149,7 +149,9 @@ fn decide(req: &Request<RequestBody>, m: &Matched) -> Verdict {
     let Some(route) = m.route() else {
         return Verdict::Go { remaining: None };
     };
-    if m.behind_backlog {
+    // Behind an ordered backlog, or `Prefer: respond-async`: spooled
+    // without a token.
+    if m.behind_backlog || m.spool_now {
         return Verdict::Spool;
     }
     let mut key_buf = String::new();
@@ -180,7 +182,7 @@ async fn decide_asking(req: &Request<RequestBody>, m: &Matched) -> Verdict {
     let (key, _) = key_and_wait(req, m, route, &mut key_buf);
     let v = global.check(key).await;
     // The time spent asking counts against `max_wait`.
-    let wait_left = (m.start + route.config.max_wait).saturating_duration_since(Instant::now());
+    let wait_left = (m.start + m.max_wait()).saturating_duration_since(Instant::now());
     verdict_of(route.decide(v, req.method(), wait_left), route, m)
 }
 

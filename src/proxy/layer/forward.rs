@@ -75,7 +75,7 @@ where
             };
         };
         let cfg = &m.runtime.config;
-        let max_wait = m.route().map_or(std::time::Duration::ZERO, |r| r.config.max_wait);
+        let max_wait = m.max_wait();
         let deadline = m.start + cfg.server.request_timeout;
         let timeout = cfg
             .upstream

@@ -112,7 +112,7 @@ where
         let this = self.project();
         let Ok(reply) = std::task::ready!(this.inner.poll(cx));
         let spooled = matches!(reply.result, Ok(crate::proxy::Answer::Spooled(_)));
-        let (response, decision) = if spooled {
+        let (mut response, decision) = if spooled {
             render(
                 reply.result,
                 &this.shared.runtime.load().config.server.status_path_prefix,
@@ -120,6 +120,11 @@ where
         } else {
             render(reply.result, "")
         };
+        if let Some(applied) = reply.applied {
+            response
+                .headers_mut()
+                .insert(crate::proxy::prefer::PREFERENCE_APPLIED.clone(), applied.header());
+        }
         let elapsed = this.start.elapsed();
         if let Some(route) = &reply.route {
             route.metrics.observe(decision, elapsed.as_secs_f64());
@@ -162,6 +167,7 @@ mod tests {
             std::future::ready(Ok::<_, Infallible>(Reply {
                 route: Some(stats.clone()),
                 result: Err(ProxyError::Internal),
+                applied: None,
             }))
         }));
         let resp = svc.oneshot(Request::get("/x").body(()).unwrap()).await.unwrap();

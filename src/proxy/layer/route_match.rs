@@ -5,7 +5,7 @@
 //! [`Reply`] counted under the route (or `unmatched`).
 
 use crate::admission::{key_for, RequestFacts};
-use crate::proxy::{headers, path};
+use crate::proxy::{headers, path, prefer};
 use crate::proxy::{Answer, ConnInfo, Matched, ProxyError, Reply};
 use crate::runtime::{RouteStats, Shared};
 use http::header::HOST;
@@ -132,13 +132,28 @@ where
             _ => false,
         };
         drop(host);
+        // The client's choice between waiting and a 202, on a request
+        // that may be spooled.
+        let applied = match (found, partition) {
+            (Some((_, r)), Some(_)) if req.headers().contains_key(&prefer::PREFER) => {
+                prefer::decide(prefer::parse(req.headers()), r.config.prefer_wait_max)
+            }
+            _ => None,
+        };
+        if let Some(a) = applied {
+            prefer::strip(req.headers_mut(), a);
+        }
         let matched = Matched {
             route_index,
             client_ip,
             partition,
             behind_backlog,
-            spool_now: false,
+            spool_now: applied == Some(prefer::Applied::RespondAsync),
             start,
+            prefer_wait: match applied {
+                Some(prefer::Applied::Wait(d)) => d,
+                _ => std::time::Duration::ZERO,
+            },
             runtime,
         };
         let stats = matched.stats().clone();
@@ -147,6 +162,7 @@ where
             inner: Some(self.inner.call(req)),
             refused: None,
             stats: Some(stats),
+            applied,
         }
     }
 }
@@ -170,6 +186,7 @@ pin_project! {
         inner: Option<F>,
         refused: Option<ProxyError>,
         stats: Option<Arc<RouteStats>>,
+        applied: Option<prefer::Applied>,
     }
 }
 
@@ -180,6 +197,7 @@ impl<F> ResponseFuture<F> {
             inner: None,
             refused: Some(ProxyError::BadRequest { detail }),
             stats: Some(unmatched),
+            applied: None,
         }
     }
 }
@@ -199,6 +217,7 @@ where
         Poll::Ready(Ok(Reply {
             route: this.stats.take(),
             result,
+            applied: this.applied.take(),
         }))
     }
 }

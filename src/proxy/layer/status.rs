@@ -87,6 +87,7 @@ where
             return ReadyOr::ready(Ok(Reply {
                 route: None,
                 result: Err(ProxyError::NotFound),
+                applied: None,
             }));
         };
         let spooler = self.spooler.clone();
@@ -95,7 +96,11 @@ where
                 Some(view) => Ok(Answer::Status(view)),
                 None => Err(ProxyError::NotFound),
             };
-            Ok(Reply { route: None, result })
+            Ok(Reply {
+                route: None,
+                result,
+                applied: None,
+            })
         });
         ReadyOr::Inner {
             inner: Either::Lookup { lookup },
@@ -137,6 +142,7 @@ mod tests {
                 std::future::ready(Ok::<_, Infallible>(Reply {
                     route: Some(f_stats()),
                     result: Err(ProxyError::Internal),
+                    applied: None,
                 }))
             }));
         let bogus = Request::get("/_sluice/requests/not-an-id").body(()).unwrap();
