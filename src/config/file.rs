@@ -180,12 +180,20 @@ pub enum FsyncFile {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DrainFile {
+    pub signing: Option<SigningFile>,
     pub ordering: Option<OrderingFile>,
     pub max_attempts: Option<u32>,
     pub backoff_initial: Option<String>,
     pub backoff_max: Option<String>,
     pub retry_on: Option<Vec<u16>>,
     pub max_age: Option<String>,
+}
+
+/// `[drain.signing]`: replays carry Standard Webhooks signatures.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SigningFile {
+    pub secret_file: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -263,6 +263,8 @@ pub struct DrainConfig {
     pub backoff_max: Duration,
     pub retry_on: Vec<u16>,
     pub max_age: Duration,
+    /// `[drain.signing]`: the keys replays are signed with.
+    pub signing: Option<crate::drain::signing::Signer>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -238,6 +238,22 @@ pub(super) fn validate(src: &Source<'_>, f: FileConfig, upstream_given: bool) ->
         backoff_max: dur("drain.backoff_max", &d.backoff_max, Duration::from_secs(60))?,
         retry_on: d.retry_on.clone().unwrap_or_else(|| vec![408, 429, 500, 502, 503, 504]),
         max_age: dur("drain.max_age", &d.max_age, Duration::from_secs(24 * 3600))?,
+        signing: match &d.signing {
+            None => None,
+            Some(s) => {
+                let key = "drain.signing.secret_file";
+                let path = s
+                    .secret_file
+                    .as_ref()
+                    .ok_or_else(|| src.invalid(key, "required: a file of one or two whsec_ secrets"))?;
+                let text =
+                    std::fs::read_to_string(path).map_err(|e| src.invalid(key, format!("can't read {path:?}: {e}")))?;
+                Some(
+                    crate::drain::signing::Signer::parse(&text)
+                        .map_err(|e| src.invalid(key, format!("{path:?}: {e}")))?,
+                )
+            }
+        },
     };
     if drain.max_attempts == 0 {
         return Err(src.invalid("drain.max_attempts", "must be at least 1"));

@@ -7,4 +7,5 @@ pub mod envelope;
 pub mod id;
 pub mod outcomes;
 pub mod replay;
+pub mod signing;
 pub mod spooler;

@@ -6,6 +6,7 @@
 use super::envelope::Envelope;
 use super::id::RequestId;
 use super::outcomes::{now_ms, Outcome, State};
+use super::signing::Signer;
 use super::spooler::Spooler;
 use crate::config::{DrainConfig, Ordering};
 use crate::metrics::Metrics;
@@ -337,7 +338,7 @@ impl Drainer {
     async fn attempt(&self, env: &Envelope, id: RequestId, attempt: u32, first: bool) -> Result<Attempt, BreakerOpen> {
         let cfg = self.shared.runtime.load().config.clone();
         let out = Outbound {
-            request: replay_request(env, id, attempt),
+            request: replay_request(env, id, attempt, cfg.drain.signing.as_ref()),
             retry: !first,
             wait_until: None,
             timeout: cfg.upstream.timeout,
@@ -383,7 +384,7 @@ struct BreakerOpen {
 }
 
 /// A spooled request as the backend gets it on this attempt.
-fn replay_request(env: &Envelope, id: RequestId, attempt: u32) -> Request<RequestBody> {
+fn replay_request(env: &Envelope, id: RequestId, attempt: u32, signer: Option<&Signer>) -> Request<RequestBody> {
     let mut req = Request::new(RequestBody::full(env.body.clone()));
     *req.method_mut() = env.method.clone();
     *req.version_mut() = Version::HTTP_11;
@@ -396,6 +397,14 @@ fn replay_request(env: &Envelope, id: RequestId, attempt: u32) -> Request<Reques
     headers.insert(SLUICE_ATTEMPT.clone(), HeaderValue::from(attempt));
     headers.insert(SLUICE_PARTITION.clone(), HeaderValue::from(id.partition));
     headers.insert(SLUICE_SEQUENCE.clone(), HeaderValue::from(id.offset));
+    if let Some(signer) = signer {
+        // Signed at each attempt, with that attempt's time: receivers
+        // refuse old timestamps, and a retry may come much later.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        signer.sign(headers, &id_value, now, &env.body);
+    }
     let idem = env
         .idempotency_key
         .as_deref()
@@ -465,6 +474,7 @@ mod tests {
             backoff_max: Duration::from_secs(1),
             retry_on: vec![503],
             max_age: Duration::from_secs(60),
+            signing: None,
         };
         for attempt in 1..15 {
             let cap = Duration::from_millis(100 * (1u64 << (attempt - 1).min(20))).min(Duration::from_secs(1));
