@@ -4,6 +4,7 @@
 
 pub mod dlq;
 pub mod envelope;
+pub mod eta;
 pub mod id;
 pub mod outcomes;
 pub mod replay;

@@ -250,6 +250,7 @@ impl Drainer {
             match outcome {
                 Attempt::Delivered(status) => {
                     self.counters.delivered.inc();
+                    self.spooler.rates.delivered(record.partition);
                     self.spooler.outcomes.record(Outcome {
                         id,
                         state: State::Delivered,

@@ -4,6 +4,7 @@
 
 use super::dlq::DlqLock;
 use super::envelope::Envelope;
+use super::eta::DeliveryRates;
 use super::id::RequestId;
 use super::outcomes::{KeyClaim, KeyHash, OutcomeStore, State};
 use crate::spool::{Spool, SpoolError};
@@ -61,6 +62,13 @@ pub struct StatusView {
     pub upstream_status: Option<u16>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub replayed_as: Option<String>,
+    /// While queued: records ahead of it in its partition.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub position: Option<u64>,
+    /// While queued: the estimated milliseconds until delivery (`null`:
+    /// no delivery in the last 30 s to estimate from).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eta_ms: Option<Option<u64>>,
 }
 
 fn rfc3339(ms: u64) -> String {
@@ -78,19 +86,34 @@ pub struct Spooler {
     /// Serialises DLQ replay and purge from the admin API, so concurrent
     /// replays of one dead letter enqueue it once.
     pub dlq_lock: DlqLock,
+    /// Deliveries per partition, for ETAs.
+    pub rates: DeliveryRates,
     round_robin: AtomicU32,
 }
 
 impl Spooler {
     pub fn new(spool: Arc<Spool>, outcomes: Arc<OutcomeStore>) -> Spooler {
         Spooler {
-            spool,
             outcomes,
             inflight: DashMap::new(),
             paused: watch::Sender::new(false),
             dlq_lock: DlqLock::default(),
+            rates: DeliveryRates::new(spool.partitions()),
             round_robin: AtomicU32::new(0),
+            spool,
         }
+    }
+
+    /// Records ahead of `id` in its partition (not counting it); `None`
+    /// once it is delivered or dead.
+    pub fn position(&self, id: RequestId) -> Option<u64> {
+        id.offset.checked_sub(self.spool.committed(id.partition))
+    }
+
+    /// The estimated time until `id` is delivered; `None` when it is done
+    /// or there is nothing to estimate from.
+    pub fn eta(&self, id: RequestId) -> Option<Duration> {
+        self.rates.eta(id.partition, self.position(id)?)
     }
 
     /// The partition for a request: a stable hash of its partition key, or
@@ -173,6 +196,7 @@ impl Spooler {
             }
             None => (State::Queued, 0),
         };
+        let position = self.position(id);
         Some(StatusView {
             id: id.encode(),
             state,
@@ -181,6 +205,8 @@ impl Spooler {
             delivered_at: None,
             upstream_status: None,
             replayed_as: None,
+            position,
+            eta_ms: position.map(|p| self.rates.eta(id.partition, p).map(|d| d.as_millis() as u64)),
         })
     }
 
@@ -196,6 +222,8 @@ impl Spooler {
             delivered_at: (o.state == State::Delivered).then(|| rfc3339(o.at_ms)),
             upstream_status: o.upstream_status,
             replayed_as: o.replayed_as.map(|r| r.encode()),
+            position: None,
+            eta_ms: None,
         })
     }
 }

@@ -157,7 +157,7 @@ impl ProxyError {
 pub fn render(result: Result<Answer, ProxyError>, status_prefix: &str) -> (Response<ResponseBody>, DecisionLabel) {
     match result {
         Ok(Answer::Forwarded(resp)) => (resp, DecisionLabel::Forwarded),
-        Ok(Answer::Spooled(id)) => (accepted(status_prefix, id), DecisionLabel::Spooled),
+        Ok(Answer::Spooled(id, eta)) => (accepted(status_prefix, id, eta), DecisionLabel::Spooled),
         Ok(Answer::Status(view)) => (
             json_response(StatusCode::OK, &serde_json::to_value(view).unwrap_or_default(), None),
             DecisionLabel::Forwarded,
@@ -169,15 +169,19 @@ pub fn render(result: Result<Answer, ProxyError>, status_prefix: &str) -> (Respo
     }
 }
 
-/// The 202 for a spooled request: `Sluice-Id`, `Location` and a JSON body.
-fn accepted(status_prefix: &str, id: RequestId) -> Response<ResponseBody> {
+/// The 202 for a spooled request: `Sluice-Id`, `Location`, the ETA as
+/// `Retry-After` (whole seconds, rounded up; absent when there is none)
+/// and a JSON body with `eta_ms` (`null` then).
+fn accepted(status_prefix: &str, id: RequestId, eta: Option<Duration>) -> Response<ResponseBody> {
     let id_text = id.encode();
     let status_url = (!status_prefix.is_empty()).then(|| format!("{status_prefix}/requests/{id_text}"));
+    let eta_ms = eta.map(|d| d.as_millis() as u64);
     let body = match &status_url {
-        Some(url) => serde_json::json!({"id": id_text, "status_url": url}),
-        None => serde_json::json!({"id": id_text}),
+        Some(url) => serde_json::json!({"id": id_text, "status_url": url, "eta_ms": eta_ms}),
+        None => serde_json::json!({"id": id_text, "eta_ms": eta_ms}),
     };
-    let mut resp = json_response(StatusCode::ACCEPTED, &body, None);
+    let retry_after = eta.map(|d| Duration::from_secs(d.as_secs_f64().ceil().max(1.0) as u64));
+    let mut resp = json_response(StatusCode::ACCEPTED, &body, retry_after);
     let h = resp.headers_mut();
     h.insert(
         SLUICE_ID.clone(),

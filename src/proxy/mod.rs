@@ -106,8 +106,9 @@ impl Matched {
 pub enum Answer {
     /// The backend's response, streaming.
     Forwarded(Response<ResponseBody>),
-    /// Written to the spool, durable as `spool.fsync` promises.
-    Spooled(RequestId),
+    /// Written to the spool, durable as `spool.fsync` promises, with the
+    /// estimated time until its delivery.
+    Spooled(RequestId, Option<std::time::Duration>),
     /// A status lookup's answer.
     Status(StatusView),
 }

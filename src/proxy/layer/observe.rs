@@ -111,7 +111,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let Ok(reply) = std::task::ready!(this.inner.poll(cx));
-        let spooled = matches!(reply.result, Ok(crate::proxy::Answer::Spooled(_)));
+        let spooled = matches!(reply.result, Ok(crate::proxy::Answer::Spooled(..)));
         let (mut response, decision) = if spooled {
             render(
                 reply.result,

@@ -196,12 +196,13 @@ async fn spool(spooler: Arc<Spooler>, target: Target, req: Request<RequestBody>)
     // Idempotency-Key claim is settled by the append's result (a retry
     // with the same key then finds the first id instead of a second copy).
     let partition = target.partition;
-    let appended = tokio::spawn(async move { spooler.spool(envelope, partition, key_hash).await }).await;
+    let intake = spooler.clone();
+    let appended = tokio::spawn(async move { intake.spool(envelope, partition, key_hash).await }).await;
     let Ok(appended) = appended else {
         return Err(ProxyError::Internal);
     };
     match appended {
-        Ok(id) => Ok(Answer::Spooled(id)),
+        Ok(id) => Ok(Answer::Spooled(id, spooler.eta(id))),
         Err(SpoolingError::TooLarge { limit, .. }) => Err(ProxyError::TooLarge { limit }),
         Err(SpoolingError::Unavailable(e)) => {
             tracing::warn!(error = %e, route = %route.config.name, "spool refused a request");
@@ -262,12 +263,12 @@ on_limit = "spool"
         let mut marked = f.request("POST", "/orders", b"a");
         marked.extensions_mut().get_mut::<Matched>().unwrap().spool_now = true;
         let r = svc.layer(failing(false)).oneshot(marked).await;
-        assert!(matches!(r, Ok(Answer::Spooled(_))));
+        assert!(matches!(r, Ok(Answer::Spooled(..))));
         let r = svc
             .layer(failing(true))
             .oneshot(f.request("POST", "/orders", b"b"))
             .await;
-        assert!(matches!(r, Ok(Answer::Spooled(_))), "handed back unsent: spooled");
+        assert!(matches!(r, Ok(Answer::Spooled(..))), "handed back unsent: spooled");
         let r = svc
             .layer(failing(false))
             .oneshot(f.request("POST", "/orders", b"c"))
@@ -299,10 +300,10 @@ on_limit = "spool"
         let _ = tokio::time::timeout(Duration::ZERO, first.as_mut()).await;
         drop(first);
         // Its retry gets the first request's id, not a second record.
-        let Ok(Answer::Spooled(id)) = svc.clone().oneshot(keyed()).await else {
+        let Ok(Answer::Spooled(id, _)) = svc.clone().oneshot(keyed()).await else {
             panic!("the retry is answered 202");
         };
-        let Ok(Answer::Spooled(again)) = svc.oneshot(keyed()).await else {
+        let Ok(Answer::Spooled(again, _)) = svc.oneshot(keyed()).await else {
             panic!("and so is the next");
         };
         assert_eq!(id.encode(), again.encode());
