@@ -173,6 +173,26 @@ async fn admin_route(state: &AdminState, req: Request<Incoming>) -> Response<Res
             tracing::info!("replay resumed by the admin API");
             json_response(StatusCode::OK, &serde_json::json!({"paused": false}), None)
         }
+        (&Method::GET, "/admin/requests") => {
+            let params = query_params(req.uri().query());
+            let get = |name: &str| params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+            let (Some(key), Some(route)) = (get("idempotency_key"), get("route")) else {
+                return json_response(
+                    StatusCode::BAD_REQUEST,
+                    &serde_json::json!({"error": "give idempotency_key and route (a key is unique per route)"}),
+                    None,
+                );
+            };
+            let hash = crate::drain::outcomes::key_hash(route, key);
+            let found = match state.spooler.outcomes.id_for_key(hash) {
+                Some(id) => state.spooler.status(id).await,
+                None => None,
+            };
+            match found {
+                Some(view) => json_response(StatusCode::OK, &serde_json::to_value(view).unwrap_or_default(), None),
+                None => json_response(StatusCode::NOT_FOUND, &serde_json::json!({"error": "not_found"}), None),
+            }
+        }
         (&Method::GET, "/admin/dlq") => {
             let (from, limit) = page_params(req.uri().query());
             match dlq::list(&state.spooler.spool, from, limit).await {
@@ -226,6 +246,40 @@ async fn admin_route(state: &AdminState, req: Request<Incoming>) -> Response<Res
         }
         _ => json_response(StatusCode::NOT_FOUND, &serde_json::json!({"error": "not_found"}), None),
     }
+}
+
+/// A query string's `name=value` pairs, percent-decoded (`+` is kept as
+/// it is: keys may contain it).
+fn query_params(query: Option<&str>) -> Vec<(String, String)> {
+    fn decode(s: &str) -> String {
+        let b = s.as_bytes();
+        let mut out = Vec::with_capacity(b.len());
+        let mut i = 0;
+        while i < b.len() {
+            let hex = |c: u8| (c as char).to_digit(16);
+            match (
+                b[i],
+                b.get(i + 1).copied().and_then(hex),
+                b.get(i + 2).copied().and_then(hex),
+            ) {
+                (b'%', Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 3;
+                }
+                (c, _, _) => {
+                    out.push(c);
+                    i += 1;
+                }
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+    query
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(k, v)| (decode(k), decode(v)))
+        .collect()
 }
 
 /// `?from=N&limit=M` for paged lists: limit defaults to 100, at most 1000.

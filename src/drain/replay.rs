@@ -5,7 +5,7 @@
 
 use super::envelope::Envelope;
 use super::id::RequestId;
-use super::outcomes::{now_ms, Outcome, State};
+use super::outcomes::{now_ms, AttemptError, AttemptRecord, Outcome, State};
 use super::signing::Signer;
 use super::spooler::Spooler;
 use crate::config::{DrainConfig, Ordering};
@@ -345,12 +345,26 @@ impl Drainer {
             timeout: cfg.upstream.timeout,
         };
         let started = std::time::Instant::now();
+        let sent_ms = now_ms();
+        let note = |status: Option<u16>, error: Option<AttemptError>| {
+            self.spooler.outcomes.attempted(
+                &id,
+                attempt,
+                AttemptRecord {
+                    at_ms: sent_ms,
+                    status,
+                    error,
+                    latency_ms: started.elapsed().as_millis().min(u128::from(u32::MAX)) as u32,
+                },
+            )
+        };
         let resp = match self.stack.clone().oneshot(out).await {
             Ok(resp) => resp,
             Err(f) => {
                 if let UpstreamError::Open { retry_after } = f.error {
                     return Err(BreakerOpen { retry_after });
                 }
+                note(None, Some(f.error.attempt_error()));
                 return Ok(Attempt::Retry {
                     status: None,
                     retry_after: None,
@@ -358,6 +372,7 @@ impl Drainer {
             }
         };
         let status = resp.status().as_u16();
+        note(Some(status), None);
         // A backend's word is honoured up to backoff_max, no further.
         let retry_after =
             crate::upstream::retry_after(resp.headers(), SystemTime::now()).map(|d| d.min(cfg.drain.backoff_max));

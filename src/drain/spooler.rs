@@ -69,6 +69,33 @@ pub struct StatusView {
     /// no delivery in the last 30 s to estimate from).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub eta_ms: Option<Option<u64>>,
+    /// The newest delivery attempts (at most 10), oldest first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<AttemptView>,
+}
+
+/// One delivery attempt as the status answer shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AttemptView {
+    pub at: String,
+    pub status: Option<u16>,
+    pub error: Option<&'static str>,
+    pub latency_ms: u32,
+}
+
+impl Spooler {
+    fn history_view(&self, id: RequestId) -> Vec<AttemptView> {
+        self.outcomes
+            .history(id.partition, id.offset)
+            .into_iter()
+            .map(|a| AttemptView {
+                at: rfc3339(a.at_ms),
+                status: a.status,
+                error: a.error.map(|e| e.as_str()),
+                latency_ms: a.latency_ms,
+            })
+            .collect()
+    }
 }
 
 fn rfc3339(ms: u64) -> String {
@@ -205,6 +232,7 @@ impl Spooler {
             delivered_at: None,
             upstream_status: None,
             replayed_as: None,
+            history: self.history_view(id),
             position,
             eta_ms: position.map(|p| self.rates.eta(id.partition, p).map(|d| d.as_millis() as u64)),
         })
@@ -224,6 +252,7 @@ impl Spooler {
             replayed_as: o.replayed_as.map(|r| r.encode()),
             position: None,
             eta_ms: None,
+            history: self.history_view(id),
         })
     }
 }

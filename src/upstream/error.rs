@@ -32,6 +32,17 @@ impl UpstreamError {
     /// The backend's doing, as far as the circuit breaker and the adaptive
     /// limit are concerned: a connection refused or broken, or a timeout.
     /// Not: our own limits, or a client that broke off its upload.
+    /// What the status timeline calls this failure.
+    pub fn attempt_error(&self) -> crate::drain::outcomes::AttemptError {
+        use crate::drain::outcomes::AttemptError;
+        match self {
+            UpstreamError::Connect { .. } => AttemptError::Connect,
+            UpstreamError::Timeout { .. } => AttemptError::Timeout,
+            UpstreamError::Exchange(_) => AttemptError::Exchange,
+            _ => AttemptError::Other,
+        }
+    }
+
     pub fn is_backend_failure(&self) -> bool {
         match self {
             UpstreamError::Busy { .. } | UpstreamError::Open { .. } => false,

@@ -12,6 +12,9 @@
 //! 64 aux_partition u32   68 aux_offset u64   76 flags u32 (bit 0: replayed)
 //! 80 enqueued_ms u64   88 reserved [8]
 //! ```
+//! An attempt entry (kind 3) uses `state` for its error code (0: none),
+//! `upstream_status` for the answer (0: none), `attempts` for the
+//! attempt's number and the first 4 bytes of `aux` for its latency in ms.
 //! Journal writes are not fsynced: they survive `kill -9` through the page
 //! cache, and after a power loss a missing outcome only makes a delivered
 //! record's status less detailed (see `status` in the drainer).
@@ -21,16 +24,18 @@ use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use super::{KeyHash, Outcome, OutcomeError, RequestId, State};
+use super::{AttemptError, AttemptRecord, KeyHash, Outcome, OutcomeError, RequestId, State};
 
 pub(super) const ENTRY: usize = 96;
 const KIND_OUTCOME: u8 = 1;
 const KIND_IDEMPOTENCY: u8 = 2;
+const KIND_ATTEMPT: u8 = 3;
 
 /// One valid journal entry, decoded.
 pub(super) enum Entry {
     Outcome(Outcome),
     Key { hash: KeyHash, id: RequestId, at_ms: u64 },
+    Attempt { id: RequestId, record: AttemptRecord },
 }
 
 impl Entry {
@@ -38,6 +43,7 @@ impl Entry {
         match self {
             Entry::Outcome(o) => o.at_ms,
             Entry::Key { at_ms, .. } => *at_ms,
+            Entry::Attempt { record, .. } => record.at_ms,
         }
     }
 }
@@ -70,7 +76,9 @@ impl Journal {
     /// first, so that replaying them in order lets the newer one's entries
     /// win.
     pub(super) fn open(dir: &Path, max_entries: usize) -> Result<(Journal, Vec<Vec<u8>>), OutcomeError> {
-        let limit = (max_entries as u64 * ENTRY as u64).max(1 << 20);
+        // Two entries per request on average (its outcome and attempts,
+        // or its key): enough to load back what memory holds.
+        let limit = (2 * max_entries as u64 * ENTRY as u64).max(1 << 20);
         // `journal.0` has always been created here, whichever generation
         // ends up active; kept so the directory looks as it always did.
         let first = journal_path(dir, 0);
@@ -167,6 +175,22 @@ pub(super) fn encode_outcome(outcome: &Outcome) -> [u8; ENTRY] {
     )
 }
 
+pub(super) fn encode_attempt(id: &RequestId, number: u32, r: &AttemptRecord) -> [u8; ENTRY] {
+    let mut aux = [0u8; 16];
+    aux[..4].copy_from_slice(&r.latency_ms.to_le_bytes());
+    encode(
+        KIND_ATTEMPT,
+        id,
+        r.error.map_or(0, AttemptError::code),
+        r.status.unwrap_or(0),
+        number,
+        r.at_ms,
+        aux,
+        None,
+        0,
+    )
+}
+
 pub(super) fn encode_key(hash: KeyHash, id: &RequestId, at_ms: u64) -> [u8; ENTRY] {
     encode(KIND_IDEMPOTENCY, id, 0, 0, 0, at_ms, hash, None, 0)
 }
@@ -242,6 +266,18 @@ pub(super) fn decode(e: &[u8]) -> Option<Entry> {
             }))
         }
         KIND_IDEMPOTENCY => Some(Entry::Key { hash: aux, id, at_ms }),
+        KIND_ATTEMPT => {
+            let status = u16::from_le_bytes(e[6..8].try_into().ok()?);
+            Some(Entry::Attempt {
+                id,
+                record: AttemptRecord {
+                    at_ms,
+                    status: (status != 0).then_some(status),
+                    error: AttemptError::from_code(e[5]),
+                    latency_ms: u32::from_le_bytes(aux[..4].try_into().ok()?),
+                },
+            })
+        }
         _ => None,
     }
 }

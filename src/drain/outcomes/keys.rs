@@ -39,6 +39,19 @@ pub fn key_hash(route: &str, key: &str) -> KeyHash {
 }
 
 impl OutcomeStore {
+    /// The request spooled under `hash`, if it is remembered (and not
+    /// still being spooled).
+    pub fn id_for_key(&self, hash: KeyHash) -> Option<RequestId> {
+        match self.keys.get(&hash).as_deref() {
+            Some(KeySlot::Done { id, at_ms })
+                if now_ms().saturating_sub(*at_ms) < self.retention.as_millis() as u64 =>
+            {
+                Some(*id)
+            }
+            _ => None,
+        }
+    }
+
     /// Claims `hash` for a new request, or returns the id of the request
     /// that already holds it (waiting for it if it is still being spooled).
     pub async fn claim_key(&self, hash: KeyHash) -> KeyClaim {

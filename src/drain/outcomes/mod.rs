@@ -47,6 +47,63 @@ impl State {
     }
 }
 
+/// Why an attempt got no answer from the backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptError {
+    Connect,
+    Timeout,
+    /// The exchange failed after the connection was made (reset, bad
+    /// response).
+    Exchange,
+    /// Any other failure before an answer.
+    Other,
+}
+
+impl AttemptError {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptError::Connect => "connect",
+            AttemptError::Timeout => "timeout",
+            AttemptError::Exchange => "exchange",
+            AttemptError::Other => "error",
+        }
+    }
+
+    fn code(self) -> u8 {
+        match self {
+            AttemptError::Connect => 1,
+            AttemptError::Timeout => 2,
+            AttemptError::Exchange => 3,
+            AttemptError::Other => 4,
+        }
+    }
+
+    fn from_code(c: u8) -> Option<AttemptError> {
+        Some(match c {
+            1 => AttemptError::Connect,
+            2 => AttemptError::Timeout,
+            3 => AttemptError::Exchange,
+            4 => AttemptError::Other,
+            _ => return None,
+        })
+    }
+}
+
+/// One delivery attempt, for the status timeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttemptRecord {
+    /// When it was sent (Unix ms).
+    pub at_ms: u64,
+    /// The backend's answer, if it gave one.
+    pub status: Option<u16>,
+    pub error: Option<AttemptError>,
+    /// From sending to the answer's head (or the failure).
+    pub latency_ms: u32,
+}
+
+/// Attempts kept per request: the newest.
+pub const HISTORY: usize = 10;
+
 /// The final (or latest) word on one spooled request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Outcome {

@@ -10,11 +10,13 @@ use dashmap::DashMap;
 
 use super::journal::{self, Entry, Journal};
 use super::keys::KeySlot;
-use super::{now_ms, KeyHash, Outcome, OutcomeError};
+use super::{now_ms, AttemptRecord, KeyHash, Outcome, OutcomeError, RequestId, HISTORY};
 
 pub struct OutcomeStore {
     pub(super) outcomes: DashMap<(u32, u64), Outcome>,
     pub(super) keys: DashMap<KeyHash, KeySlot>,
+    /// The newest attempts of each request, oldest first.
+    history: DashMap<(u32, u64), Vec<AttemptRecord>>,
     journal: Mutex<Journal>,
     pub(super) retention: Duration,
     pub(super) max_entries: usize,
@@ -37,6 +39,7 @@ impl OutcomeStore {
         let store = OutcomeStore {
             outcomes: DashMap::new(),
             keys: DashMap::new(),
+            history: DashMap::new(),
             retention,
             max_entries,
             journal: Mutex::new(journal),
@@ -64,7 +67,34 @@ impl OutcomeStore {
             Entry::Key { hash, id, at_ms } => {
                 self.keys.insert(hash, KeySlot::Done { id, at_ms });
             }
+            Entry::Attempt { id, record } => self.push_attempt(&id, record),
         }
+    }
+
+    fn push_attempt(&self, id: &RequestId, record: AttemptRecord) {
+        let mut h = self.history.entry((id.partition, id.offset)).or_default();
+        if h.len() == HISTORY {
+            h.remove(0);
+        }
+        h.push(record);
+    }
+
+    /// Records one delivery attempt (the `number`th) of `id`.
+    pub fn attempted(&self, id: &RequestId, number: u32, record: AttemptRecord) {
+        self.write_entry(&journal::encode_attempt(id, number, &record));
+        self.push_attempt(id, record);
+        if self.history.len() > self.max_entries {
+            self.sweep();
+        }
+    }
+
+    /// The newest attempts of the request at `partition`/`offset`, oldest
+    /// first.
+    pub fn history(&self, partition: u32, offset: u64) -> Vec<AttemptRecord> {
+        self.history
+            .get(&(partition, offset))
+            .map(|h| h.clone())
+            .unwrap_or_default()
     }
 
     pub(super) fn write_entry(&self, entry: &[u8; journal::ENTRY]) {
@@ -89,6 +119,13 @@ impl OutcomeStore {
     pub fn sweep(&self) {
         let horizon = now_ms().saturating_sub(self.retention.as_millis() as u64);
         self.outcomes.retain(|_, o| o.at_ms >= horizon);
+        self.history.retain(|_, h| h.last().is_some_and(|a| a.at_ms >= horizon));
+        if self.history.len() > self.max_entries {
+            let mut ages: Vec<u64> = self.history.iter().filter_map(|h| h.last().map(|a| a.at_ms)).collect();
+            ages.sort_unstable();
+            let cut = ages[ages.len() / 2];
+            self.history.retain(|_, h| h.last().is_some_and(|a| a.at_ms > cut));
+        }
         self.keys.retain(|_, s| match s {
             KeySlot::Done { at_ms, .. } => *at_ms >= horizon,
             KeySlot::Pending(_) => true,
