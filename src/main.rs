@@ -90,8 +90,34 @@ struct DlqSelect {
     #[arg(long, conflicts_with = "id")]
     all: bool,
     /// A request id (Sluice-Id); repeatable.
-    #[arg(long, required_unless_present = "all")]
+    #[arg(long, required_unless_present_any = ["all", "route", "reason", "since", "until"])]
     id: Vec<String>,
+    /// Only letters of this route (filters combine; not with --id).
+    #[arg(long, conflicts_with = "id")]
+    route: Option<String>,
+    /// Only letters dead for this reason: max_attempts, rejected, expired, corrupt.
+    #[arg(long, conflicts_with = "id")]
+    reason: Option<String>,
+    /// Only letters that died at or after this RFC 3339 time.
+    #[arg(long, conflicts_with = "id")]
+    since: Option<String>,
+    /// Only letters that died before this RFC 3339 time.
+    #[arg(long, conflicts_with = "id")]
+    until: Option<String>,
+}
+
+impl DlqSelect {
+    fn selection(&self) -> sluice::drain::dlq::Selection {
+        sluice::drain::dlq::Selection {
+            all: self.all,
+            ids: self.id.clone(),
+            route: self.route.clone(),
+            reason: self.reason.clone(),
+            since: self.since.clone(),
+            until: self.until.clone(),
+            ..Default::default()
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -297,26 +323,29 @@ async fn dlq_command(cmd: DlqCommand) -> anyhow::Result<()> {
                 std::time::Duration::from_secs(24 * 3600),
                 100_000,
             )?;
-            let selection = dlq::Selection {
-                all: sel.all,
-                ids: sel.id,
-            };
+            let mut selection = sel.selection();
             // Offline, the spool directory's lock keeps every other
             // process out; the DLQ lock only has this one operation to order.
             let lock = dlq::DlqLock::default();
-            let pairs = dlq::replay(&spool, Some(&outcomes), &lock, &selection).await?;
-            for (old, new) in &pairs {
-                println!("{old} -> {new}");
+            let mut total = 0;
+            // A page at a time, as the admin API does, to the end.
+            loop {
+                let page = dlq::replay(&spool, Some(&outcomes), &lock, &selection).await?;
+                for (old, new) in &page.pairs {
+                    println!("{old} -> {new}");
+                }
+                total += page.pairs.len();
+                match page.next_from {
+                    Some(next) => selection.from = Some(next),
+                    None => break,
+                }
             }
-            println!("replayed {}", pairs.len());
+            println!("replayed {total}");
             spool.close().await?;
         }
         DlqCommand::Purge(sel) => {
             let spool = open_offline(&sel.spool_dir).await?;
-            let selection = dlq::Selection {
-                all: sel.all,
-                ids: sel.id,
-            };
+            let selection = sel.selection();
             let n = dlq::purge(&spool, &dlq::DlqLock::default(), &selection).await?;
             println!("purged {n}");
             spool.close().await?;

@@ -217,12 +217,13 @@ async fn admin_route(state: &AdminState, req: Request<Incoming>) -> Response<Res
             let work = tokio::spawn(async move {
                 let (spool, lock) = (&spooler.spool, &spooler.dlq_lock);
                 if replay {
-                    let pairs = dlq::replay(spool, Some(&spooler.outcomes), lock, &selection).await?;
-                    let replayed: Vec<_> = pairs
+                    let done = dlq::replay(spool, Some(&spooler.outcomes), lock, &selection).await?;
+                    let replayed: Vec<_> = done
+                        .pairs
                         .into_iter()
                         .map(|(old, new)| serde_json::json!({"id": old, "replayed_as": new}))
                         .collect();
-                    Ok(serde_json::json!({ "replayed": replayed }))
+                    Ok(serde_json::json!({ "replayed": replayed, "next_from": done.next_from }))
                 } else {
                     let n = dlq::purge(spool, lock, &selection).await?;
                     Ok(serde_json::json!({ "purged": n }))
@@ -310,14 +311,18 @@ async fn read_selection(req: Request<Incoming>) -> Result<dlq::Selection, Respon
         .await
         .map_err(|e| bad(format!("cannot read the body: {e}")))?
         .to_bytes();
-    serde_json::from_slice(&body).map_err(|e| bad(format!("expected {{\"all\": true}} or {{\"ids\": [\"...\"]}}: {e}")))
+    serde_json::from_slice(&body).map_err(|e| {
+        bad(format!(
+            "expected {{\"all\": true}}, {{\"ids\": [\"...\"]}} or filters (route, reason, since, until) with from and limit: {e}"
+        ))
+    })
 }
 
 fn dlq_error(e: dlq::DlqError) -> Response<ResponseBody> {
-    let status = match e {
-        dlq::DlqError::EmptySelection | dlq::DlqError::BadId(_) => StatusCode::BAD_REQUEST,
-        dlq::DlqError::Spool(ref s) if s.is_retryable() => StatusCode::SERVICE_UNAVAILABLE,
+    let status = match &e {
+        dlq::DlqError::Spool(s) if s.is_retryable() => StatusCode::SERVICE_UNAVAILABLE,
         dlq::DlqError::Spool(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        _ => StatusCode::BAD_REQUEST,
     };
     json_response(status, &serde_json::json!({"error": e.to_string()}), None)
 }

@@ -1,7 +1,9 @@
 //! Dead-letter operations shared by the admin API (online) and the CLI
 //! (offline): list, replay (append again at the tail of the partition
-//! with a new id and the same Idempotency-Key), purge — all, or selected
-//! by request id.
+//! with a new id and the same Idempotency-Key), purge — all, selected by
+//! request id, or by filters (route, reason, when it died) that combine.
+//! Replay goes a page at a time (`limit` letters from DLQ offset `from`),
+//! so a bulk replay is bounded per call and resumable.
 //!
 //! Replay and purge of one spool are serialised by its [`DlqLock`], and
 //! replay checks again under the lock that each letter it selected is
@@ -58,7 +60,7 @@ pub struct DeadLetterView {
 }
 
 /// Which dead letters an operation applies to.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Selection {
     #[serde(default)]
@@ -66,16 +68,58 @@ pub struct Selection {
     /// Request ids (`Sluice-Id`).
     #[serde(default)]
     pub ids: Vec<String>,
+    /// Filters, combined: the request's route...
+    #[serde(default)]
+    pub route: Option<String>,
+    /// ...why it died (`max_attempts`, `rejected`, `expired`, `corrupt`)...
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// ...and when it died: RFC 3339, `since` inclusive, `until` not.
+    #[serde(default)]
+    pub since: Option<String>,
+    #[serde(default)]
+    pub until: Option<String>,
+    /// Replay: start at this DLQ offset (the last answer's `next_from`).
+    #[serde(default)]
+    pub from: Option<u64>,
+    /// Replay: at most this many letters per call (default and most: 1000).
+    #[serde(default)]
+    pub limit: Option<usize>,
 }
+
+/// Letters replayed per call, at most.
+pub const REPLAY_PAGE_MAX: usize = 1000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DlqError {
-    #[error("select dead letters with {{\"all\": true}} or {{\"ids\": [...]}}")]
+    #[error("select dead letters with {{\"all\": true}}, {{\"ids\": [...]}} or filters (route, reason, since, until)")]
     EmptySelection,
     #[error("{0:?} is not a request id")]
     BadId(String),
+    #[error("give ids or filters, not both: ids name their letters already")]
+    IdsWithFilters,
+    #[error("{field} {value:?} is not an RFC 3339 time (e.g. \"2026-11-30T12:00:00Z\")")]
+    BadTime { field: &'static str, value: String },
+    #[error("limit must be between 1 and {REPLAY_PAGE_MAX}")]
+    BadLimit,
     #[error(transparent)]
     Spool(#[from] SpoolError),
+}
+
+impl DlqError {
+    /// The caller's mistake, not the spool's.
+    pub fn is_bad_request(&self) -> bool {
+        !matches!(self, DlqError::Spool(_))
+    }
+}
+
+/// What replay did, and where to go on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replayed {
+    /// (old id, new id) of each letter re-enqueued.
+    pub pairs: Vec<(String, String)>,
+    /// Where the next page starts (`None`: the DLQ was read to its end).
+    pub next_from: Option<u64>,
 }
 
 fn view(d: &DeadLetter) -> DeadLetterView {
@@ -115,41 +159,98 @@ pub async fn list(spool: &Spool, from: u64, limit: usize) -> Result<(Vec<DeadLet
 /// held in memory whole.
 const PAGE: usize = 256;
 
-fn parse_selection(sel: &Selection) -> Result<Vec<RequestId>, DlqError> {
-    if !sel.all && sel.ids.is_empty() {
-        return Err(DlqError::EmptySelection);
-    }
-    sel.ids
-        .iter()
-        .map(|text| RequestId::parse(text).ok_or_else(|| DlqError::BadId(text.clone())))
-        .collect()
+/// A [`Selection`], checked and parsed.
+struct Chosen {
+    all: bool,
+    ids: Vec<RequestId>,
+    route: Option<String>,
+    reason: Option<String>,
+    since_ms: Option<u64>,
+    until_ms: Option<u64>,
 }
 
-fn selected(sel: &Selection, wanted: &[RequestId], d: &DeadLetter) -> bool {
-    sel.all || wanted.iter().any(|id| letter_is(id, d))
+impl Chosen {
+    fn has_filters(&self) -> bool {
+        self.route.is_some() || self.reason.is_some() || self.since_ms.is_some() || self.until_ms.is_some()
+    }
+
+    fn matches(&self, d: &DeadLetter) -> bool {
+        if !self.ids.is_empty() {
+            return self.ids.iter().any(|id| letter_is(id, d));
+        }
+        if !self.has_filters() {
+            return self.all;
+        }
+        if self.reason.as_ref().is_some_and(|r| *r != d.reason)
+            || self.since_ms.is_some_and(|t| d.dead_at_ms < t)
+            || self.until_ms.is_some_and(|t| d.dead_at_ms >= t)
+        {
+            return false;
+        }
+        match &self.route {
+            // The route is in the request; a letter that can't be decoded
+            // has none and matches no route.
+            Some(route) => Envelope::decode(d.payload.clone()).is_ok_and(|e| e.route == *route),
+            None => true,
+        }
+    }
+}
+
+fn parse_selection(sel: &Selection) -> Result<Chosen, DlqError> {
+    let time = |field: &'static str, v: &Option<String>| -> Result<Option<u64>, DlqError> {
+        v.as_ref()
+            .map(|text| {
+                humantime::parse_rfc3339_weak(text)
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map(|d| d.as_millis() as u64)
+                    .ok_or_else(|| DlqError::BadTime {
+                        field,
+                        value: text.clone(),
+                    })
+            })
+            .transpose()
+    };
+    let chosen = Chosen {
+        all: sel.all,
+        ids: sel
+            .ids
+            .iter()
+            .map(|text| RequestId::parse(text).ok_or_else(|| DlqError::BadId(text.clone())))
+            .collect::<Result<_, _>>()?,
+        route: sel.route.clone(),
+        reason: sel.reason.clone(),
+        since_ms: time("since", &sel.since)?,
+        until_ms: time("until", &sel.until)?,
+    };
+    if !chosen.ids.is_empty() && chosen.has_filters() {
+        return Err(DlqError::IdsWithFilters);
+    }
+    if !chosen.all && chosen.ids.is_empty() && !chosen.has_filters() {
+        return Err(DlqError::EmptySelection);
+    }
+    if sel.limit.is_some_and(|l| l == 0 || l > REPLAY_PAGE_MAX) {
+        return Err(DlqError::BadLimit);
+    }
+    Ok(chosen)
 }
 
 /// The selected dead letters of one page starting at `from`, and where the
 /// next page starts.
-async fn select_page(
-    spool: &Spool,
-    sel: &Selection,
-    wanted: &[RequestId],
-    from: u64,
-) -> Result<(Vec<DeadLetter>, Option<u64>), DlqError> {
+async fn select_page(spool: &Spool, chosen: &Chosen, from: u64) -> Result<(Vec<DeadLetter>, Option<u64>), DlqError> {
     let page = spool.dlq_list(from, PAGE).await?;
     let next = (page.len() == PAGE).then(|| page[PAGE - 1].dlq_offset + 1);
-    Ok((page.into_iter().filter(|d| selected(sel, wanted, d)).collect(), next))
+    Ok((page.into_iter().filter(|d| chosen.matches(d)).collect(), next))
 }
 
 /// Drops the selected dead letters; returns how many.
 pub async fn purge(spool: &Spool, lock: &DlqLock, sel: &Selection) -> Result<u64, DlqError> {
-    let wanted = parse_selection(sel)?;
+    let chosen = parse_selection(sel)?;
     let _serial = lock.0.lock().await;
     let mut offsets = Vec::new();
     let mut from = Some(0);
     while let Some(start) = from {
-        let (page, next) = select_page(spool, sel, &wanted, start).await?;
+        let (page, next) = select_page(spool, &chosen, start).await?;
         offsets.extend(page.iter().map(|d| d.dlq_offset));
         from = next;
     }
@@ -160,7 +261,8 @@ pub async fn purge(spool: &Spool, lock: &DlqLock, sel: &Selection) -> Result<u64
 /// and drops it from the DLQ. The new record keeps the request's
 /// Idempotency-Key (the client's, or else the old id), so a backend that
 /// dedupes sees the same key; the old id's status shows `replayed_as`.
-/// Returns `(old id, new id)` pairs.
+/// At most `sel.limit` (default 1000) letters per call, from DLQ offset
+/// `sel.from`; the answer says where the next page starts.
 ///
 /// Holds `lock` throughout. Not cancel-safe: dropped between a letter's
 /// append and its purge, the letter stays in the DLQ after being
@@ -171,20 +273,29 @@ pub async fn replay(
     outcomes: Option<&OutcomeStore>,
     lock: &DlqLock,
     sel: &Selection,
-) -> Result<Vec<(String, String)>, DlqError> {
-    let wanted = parse_selection(sel)?;
+) -> Result<Replayed, DlqError> {
+    let chosen = parse_selection(sel)?;
+    let limit = sel.limit.unwrap_or(REPLAY_PAGE_MAX);
     let _serial = lock.0.lock().await;
     let mut done = Vec::new();
     let mut letters = Vec::new();
-    let mut from = Some(0);
+    let mut from = Some(sel.from.unwrap_or(0));
     loop {
         if letters.is_empty() {
             let Some(start) = from else { break };
-            let (page, next) = select_page(spool, sel, &wanted, start).await?;
+            let (page, next) = select_page(spool, &chosen, start).await?;
             letters = page;
             letters.reverse();
             from = next;
             continue;
+        }
+        if done.len() == limit {
+            // Full page: the next one starts at the first letter not
+            // looked at.
+            return Ok(Replayed {
+                next_from: letters.last().map(|d| d.dlq_offset).or(from),
+                pairs: done,
+            });
         }
         let Some(d) = letters.pop() else { break };
         // Still there? It was selected from a page read a moment ago; if
@@ -237,7 +348,10 @@ pub async fn replay(
         }
         done.push((old.encode(), new.encode()));
     }
-    Ok(done)
+    Ok(Replayed {
+        pairs: done,
+        next_from: None,
+    })
 }
 
 #[cfg(test)]
