@@ -41,6 +41,8 @@ pub struct AccessRecord {
     /// The client's address, rendered once per connection.
     pub client: http::HeaderValue,
     pub duration_us: u64,
+    /// From the request's `traceparent`, when it has a valid one.
+    pub trace_id: Option<[u8; 16]>,
 }
 
 enum Msg {
@@ -300,6 +302,10 @@ fn format_line(out: &mut Vec<u8>, r: &AccessRecord, format: LogFormat, clock: &m
             out.extend_from_slice(r.client.as_bytes());
             out.extend_from_slice(b" duration_ms=");
             duration_ms(out, r.duration_us);
+            if let Some(t) = &r.trace_id {
+                out.extend_from_slice(b" trace_id=");
+                hex(out, t);
+            }
             out.push(b'\n');
         }
         LogFormat::Json => {
@@ -319,8 +325,21 @@ fn format_line(out: &mut Vec<u8>, r: &AccessRecord, format: LogFormat, clock: &m
             out.extend_from_slice(r.client.as_bytes());
             out.extend_from_slice(b"\",\"duration_ms\":");
             duration_ms(out, r.duration_us);
+            if let Some(t) = &r.trace_id {
+                out.extend_from_slice(b",\"trace_id\":\"");
+                hex(out, t);
+                out.push(b'"');
+            }
             out.extend_from_slice(b",\"target\":\"sluice::access\"}\n");
         }
+    }
+}
+
+fn hex(out: &mut Vec<u8>, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)]);
+        out.push(DIGITS[usize::from(b & 0xf)]);
     }
 }
 
@@ -357,6 +376,23 @@ mod tests {
             uri: path.parse().unwrap(),
             client: http::HeaderValue::from_static("127.0.0.1"),
             duration_us: 1234,
+            trace_id: None,
+        }
+    }
+
+    #[test]
+    fn a_trace_id_is_logged_when_the_request_has_one() {
+        let mut r = rec("/a");
+        r.trace_id = Some([0xab; 16]);
+        for format in [LogFormat::Text, LogFormat::Json] {
+            let mut out = Vec::new();
+            format_line(&mut out, &r, format, &mut SecondCache::default());
+            let line = String::from_utf8(out).unwrap();
+            assert!(line.contains(&"ab".repeat(16)), "{line}");
+            if format == LogFormat::Json {
+                let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+                assert_eq!(v["trace_id"], "ab".repeat(16));
+            }
         }
     }
 

@@ -46,6 +46,7 @@
 //! - [`crash`]      named crash points for the kill -9 fault suite (debug builds only)
 //! - [`telemetry`]  tracing setup (text / JSON)
 //! - [`accesslog`]  the access log: records handed to a writer thread, written in batches
+//! - [`trace`]      W3C `traceparent`: kept through the spool, a new span per delivery attempt
 //! - [`demo`]       `sluice demo`: one burst at a slow built-in backend, straight then through sluice
 
 pub mod accesslog;
@@ -66,4 +67,5 @@ pub mod server;
 pub mod shutdown;
 pub mod spool;
 pub mod telemetry;
+pub mod trace;
 pub mod upstream;

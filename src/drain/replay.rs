@@ -407,6 +407,10 @@ fn replay_request(env: &Envelope, id: RequestId, attempt: u32, signer: Option<&S
     *req.uri_mut() = env.path_and_query.parse().unwrap_or_else(|_| Uri::from_static("/"));
     let headers = req.headers_mut();
     *headers = env.headers.clone();
+    // Each attempt is a span of its own under the client's.
+    if let Some(tp) = crate::trace::TraceParent::from_headers(headers) {
+        headers.insert(crate::trace::TRACEPARENT.clone(), tp.child().header());
+    }
     let id_text = id.encode();
     let id_value = HeaderValue::from_str(&id_text).expect("ids are URL-safe ASCII");
     headers.insert(SLUICE_ID.clone(), id_value.clone());

@@ -59,6 +59,7 @@ struct LogFacts {
     // buffer, where copying the path would allocate.
     uri: http::Uri,
     conn: Arc<ConnInfo>,
+    trace_id: Option<[u8; 16]>,
 }
 
 impl<S, B> Service<Request<B>> for ObserveService<S>
@@ -78,6 +79,7 @@ where
             method: req.method().clone(),
             uri: req.uri().clone(),
             conn: self.conn.clone(),
+            trace_id: crate::trace::trace_id(req.headers()),
         });
         ResponseFuture {
             start: Instant::now(),
@@ -145,6 +147,7 @@ where
                 uri: log.uri,
                 client: log.conn.peer_header.clone(),
                 duration_us: elapsed.as_micros() as u64,
+                trace_id: log.trace_id,
             });
         }
         Poll::Ready(Ok(response))
