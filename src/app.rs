@@ -49,6 +49,8 @@ pub enum AppError {
     Outcomes(#[from] crate::drain::outcomes::OutcomeError),
     #[error("{0}")]
     Cluster(#[from] crate::cluster::ClusterError),
+    #[error("{0}")]
+    Otlp(#[from] crate::otlp::OtlpError),
 }
 
 /// Raises the soft limit on open files to the hard one, as nginx's
@@ -248,14 +250,15 @@ pub async fn start(config: Config, overrides: Overrides) -> Result<Running, AppE
     // Stopped after replay, which draws on the global budget to the end.
     let cluster_shutdown = Shutdown::new();
     let cluster = crate::cluster::Cluster::start(&config.cluster, &metrics, cluster_shutdown.clone()).await?;
+    let spans = config
+        .otlp_endpoint
+        .as_ref()
+        .map(crate::otlp::ReplaySpans::start)
+        .transpose()?;
     let runtime = Runtime::build(Arc::new(config), &metrics, None, cluster.as_ref());
-    let shared = Arc::new(Shared::new(
-        runtime,
-        upstream_client,
-        metrics.clone(),
-        spooler.clone(),
-        cluster,
-    ));
+    let mut shared = Shared::new(runtime, upstream_client, metrics.clone(), spooler.clone(), cluster);
+    shared.spans = spans;
+    let shared = Arc::new(shared);
     let drainer = crate::drain::replay::Drainer::new(spooler.clone(), shared.clone(), &metrics);
     let drain_shutdown = Shutdown::new();
     let mut drain_tasks = drainer.start(drain_shutdown.clone());
@@ -383,6 +386,14 @@ pub async fn start(config: Config, overrides: Overrides) -> Result<Running, AppE
             drain_shutdown.trigger();
             while drain_tasks.join_next().await.is_some() {}
             cluster_shutdown.trigger();
+            // The last attempts' spans, exported before we go.
+            let spans = shared_for_shutdown.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                if let Some(s) = &spans.spans {
+                    s.shutdown();
+                }
+            })
+            .await;
             if let Err(e) = spool.close().await {
                 tracing::error!(error = %e, "closing the spool failed; recovery will repair it at the next start");
             }

@@ -47,6 +47,7 @@
 //! - [`telemetry`]  tracing setup (text / JSON)
 //! - [`accesslog`]  the access log: records handed to a writer thread, written in batches
 //! - [`trace`]      W3C `traceparent`: kept through the spool, a new span per delivery attempt
+//! - [`otlp`]       optional OTLP/HTTP export of the replay attempts' spans
 //! - [`demo`]       `sluice demo`: one burst at a slow built-in backend, straight then through sluice
 
 pub mod accesslog;
@@ -60,6 +61,7 @@ pub mod crash;
 pub mod demo;
 pub mod drain;
 pub mod metrics;
+pub mod otlp;
 pub mod proxy;
 pub mod reload;
 pub mod runtime;

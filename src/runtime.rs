@@ -80,6 +80,8 @@ pub struct Shared {
     pub access_log: AccessLog,
     /// The store of global limits, if `[cluster]` has one.
     pub cluster: Option<Arc<Cluster>>,
+    /// Where replay spans go, with `[tracing] otlp_endpoint`.
+    pub spans: Option<crate::otlp::ReplaySpans>,
 }
 
 impl Shared {
@@ -114,6 +116,7 @@ impl Shared {
             spooler,
             access_log,
             cluster,
+            spans: None,
         }
     }
 

@@ -25,7 +25,16 @@ pub struct FileConfig {
     #[serde(default)]
     pub cluster: ClusterFile,
     #[serde(default)]
+    pub tracing: TracingFile,
+    #[serde(default)]
     pub route: Vec<RouteFile>,
+}
+
+/// `[tracing]`: where replay spans are exported.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TracingFile {
+    pub otlp_endpoint: Option<String>,
 }
 
 /// `[cluster]`: limits shared by every replica through Redis.

@@ -150,6 +150,12 @@ static RESTART_ONLY: &[RestartOnly] = &[
             new.cluster.password = run.cluster.password.clone();
         },
     },
+    // The exporter is started once.
+    RestartOnly {
+        key: "tracing.otlp_endpoint",
+        differs: |a, b| a.otlp_endpoint != b.otlp_endpoint,
+        keep: |new, run| new.otlp_endpoint = run.otlp_endpoint.clone(),
+    },
     RestartOnly {
         key: "cluster.namespace",
         differs: |a, b| a.cluster.namespace != b.cluster.namespace,

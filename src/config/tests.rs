@@ -321,6 +321,10 @@ fn every_restart_only_field_is_reported_and_kept() {
             "cluster.redis_url",
         ),
         (|c| c.cluster.password = Some(Secret::new("pw")), "cluster.redis_url"),
+        (
+            |c| c.otlp_endpoint = Some("http://otel:4318".parse().unwrap()),
+            "tracing.otlp_endpoint",
+        ),
         (|c| c.cluster.namespace = "other".into(), "cluster.namespace"),
     ];
     let running = parse(MINIMAL).unwrap();

@@ -22,6 +22,8 @@ pub struct Config {
     pub breaker: crate::upstream::breaker::BreakerConfig,
     pub log: LogConfig,
     pub cluster: ClusterConfig,
+    /// `[tracing] otlp_endpoint`: replay spans are exported there.
+    pub otlp_endpoint: Option<Uri>,
     pub routes: Vec<RouteConfig>,
 }
 

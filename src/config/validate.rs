@@ -282,6 +282,24 @@ pub(super) fn validate(src: &Source<'_>, f: FileConfig, upstream_given: bool) ->
     }
 
     let cluster = validate_cluster(src, &f.cluster)?;
+    let otlp_endpoint = match &f.tracing.otlp_endpoint {
+        Some(text) => {
+            let key = "tracing.otlp_endpoint";
+            let uri: Uri = text
+                .parse()
+                .map_err(|e| src.invalid(key, format!("invalid URL {text:?}: {e}")))?;
+            if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+                return Err(src.invalid(
+                    key,
+                    format!(
+                        "{text:?} must be an http:// URL of an OTLP/HTTP collector (e.g. \"http://127.0.0.1:4318\")"
+                    ),
+                ));
+            }
+            Some(uri)
+        }
+        None => None,
+    };
     let no_store = |key: &str| {
         src.invalid(
             key,
@@ -348,6 +366,7 @@ pub(super) fn validate(src: &Source<'_>, f: FileConfig, upstream_given: bool) ->
             access_file: f.log.access_file.as_ref().map(PathBuf::from),
         },
         cluster,
+        otlp_endpoint,
         routes,
     })
 }

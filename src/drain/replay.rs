@@ -338,15 +338,30 @@ impl Drainer {
     /// answer read (bounded) so the connection can serve again.
     async fn attempt(&self, env: &Envelope, id: RequestId, attempt: u32, first: bool) -> Result<Attempt, BreakerOpen> {
         let cfg = self.shared.runtime.load().config.clone();
+        // Each attempt is a span of its own under the client's: exported
+        // when there is somewhere to send it, else just a new span id.
+        let client_span = crate::trace::TraceParent::from_headers(&env.headers);
+        let span = match (&client_span, &self.shared.spans) {
+            (Some(tp), Some(spans)) => Some(spans.attempt(tp, &id.encode(), attempt)),
+            _ => None,
+        };
+        let traceparent = match &span {
+            Some(s) => Some(s.traceparent()),
+            None => client_span.map(|tp| tp.child()),
+        };
         let out = Outbound {
-            request: replay_request(env, id, attempt, cfg.drain.signing.as_ref()),
+            request: replay_request(env, id, attempt, cfg.drain.signing.as_ref(), traceparent),
             retry: !first,
             wait_until: None,
             timeout: cfg.upstream.timeout,
         };
         let started = std::time::Instant::now();
         let sent_ms = now_ms();
-        let note = |status: Option<u16>, error: Option<AttemptError>| {
+        let mut span = span;
+        let mut note = |status: Option<u16>, error: Option<AttemptError>| {
+            if let Some(s) = span.take() {
+                s.end(status, error.map(AttemptError::as_str));
+            }
             self.spooler.outcomes.attempted(
                 &id,
                 attempt,
@@ -400,16 +415,21 @@ struct BreakerOpen {
 }
 
 /// A spooled request as the backend gets it on this attempt.
-fn replay_request(env: &Envelope, id: RequestId, attempt: u32, signer: Option<&Signer>) -> Request<RequestBody> {
+fn replay_request(
+    env: &Envelope,
+    id: RequestId,
+    attempt: u32,
+    signer: Option<&Signer>,
+    traceparent: Option<crate::trace::TraceParent>,
+) -> Request<RequestBody> {
     let mut req = Request::new(RequestBody::full(env.body.clone()));
     *req.method_mut() = env.method.clone();
     *req.version_mut() = Version::HTTP_11;
     *req.uri_mut() = env.path_and_query.parse().unwrap_or_else(|_| Uri::from_static("/"));
     let headers = req.headers_mut();
     *headers = env.headers.clone();
-    // Each attempt is a span of its own under the client's.
-    if let Some(tp) = crate::trace::TraceParent::from_headers(headers) {
-        headers.insert(crate::trace::TRACEPARENT.clone(), tp.child().header());
+    if let Some(tp) = traceparent {
+        headers.insert(crate::trace::TRACEPARENT.clone(), tp.header());
     }
     let id_text = id.encode();
     let id_value = HeaderValue::from_str(&id_text).expect("ids are URL-safe ASCII");
