@@ -196,19 +196,23 @@ async fn sigterm_lets_an_in_flight_request_finish_then_exits_0() {
     assert_eq!(status.code(), Some(0), "sluice exits 0 after SIGTERM");
 }
 
+/// A config for the reload tests: one route at `rate`, the file watched
+/// every `poll`.
+fn reload_config(backend: &Backend, dir: &Path, rate: &str, poll: &str) -> String {
+    format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nconfig_poll_interval = \"{poll}\"\n\n\
+         [upstream]\nurl = \"{}\"\n\n[spool]\ndir = \"{}\"\n\n\
+         [[route]]\nname = \"api\"\nmatch = {{ path_prefix = \"/\" }}\nrate = \"{rate}\"\n",
+        backend.url(),
+        dir.join("spool").display()
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_a_changed_file() {
     let backend = Backend::ok().await;
     let dir = tempfile::tempdir().unwrap();
-    let config = |rate: &str| {
-        format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\n[upstream]\nurl = \"{}\"\n\n\
-             [spool]\ndir = \"{}\"\n\n\
-             [[route]]\nname = \"api\"\nmatch = {{ path_prefix = \"/\" }}\nrate = \"{rate}\"\n",
-            backend.url(),
-            dir.path().join("spool").display()
-        )
-    };
+    let config = |rate: &str| reload_config(&backend, dir.path(), rate, "2s");
     let path = write_file(dir.path(), "sluice.toml", &config("10/s"));
     let proc = SluiceProcess::spawn(&["run", "-c", path.to_str().unwrap()]);
     let c = client();
@@ -243,15 +247,7 @@ async fn sighup_reloads_a_changed_file() {
 async fn a_change_taken_by_sighup_is_not_reloaded_again_by_the_watcher() {
     let backend = Backend::ok().await;
     let dir = tempfile::tempdir().unwrap();
-    let config = |rate: &str| {
-        format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nconfig_poll_interval = \"20ms\"\n\n\
-             [upstream]\nurl = \"{}\"\n\n[spool]\ndir = \"{}\"\n\n\
-             [[route]]\nname = \"api\"\nmatch = {{ path_prefix = \"/\" }}\nrate = \"{rate}\"\n",
-            backend.url(),
-            dir.path().join("spool").display()
-        )
-    };
+    let config = |rate: &str| reload_config(&backend, dir.path(), rate, "20ms");
     let path = write_file(dir.path(), "sluice.toml", &config("10/s"));
     let proc = SluiceProcess::spawn(&["run", "-c", path.to_str().unwrap()]);
     let c = client();

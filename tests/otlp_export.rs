@@ -125,15 +125,10 @@ async fn the_exported_replay_span_is_the_clients_child_and_the_backends_parent()
 
     // Across a restart: spooled with replay paused, replayed and exported
     // by the next process.
-    let admin = sluice.admin_addr;
-    send(
-        &c,
-        Method::POST,
-        &format!("http://{admin}/admin/drain/pause"),
-        &[],
-        Bytes::new(),
-    )
-    .await;
+    assert_eq!(
+        admin_post(&c, sluice.admin_addr, "/admin/drain/pause").await.status,
+        200
+    );
     assert_eq!(send(&c, Method::POST, &url, &tp, Bytes::new()).await.status, 202);
     sluice.shutdown().await;
     let sluice = start_sluice(&text).await;

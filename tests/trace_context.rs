@@ -80,16 +80,10 @@ async fn each_replay_attempt_is_a_span_under_the_clients_across_a_restart_too() 
 
     // Across a restart: spooled while replay is paused, replayed by the
     // next process, still under the client's trace.
-    let admin = sluice.admin_addr;
-    let r = send(
-        &c,
-        Method::POST,
-        &format!("http://{admin}/admin/drain/pause"),
-        &[],
-        Bytes::new(),
-    )
-    .await;
-    assert_eq!(r.status, 200);
+    assert_eq!(
+        admin_post(&c, sluice.admin_addr, "/admin/drain/pause").await.status,
+        200
+    );
     let other = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00";
     assert_eq!(
         send(&c, Method::POST, &url, &[("traceparent", other)], Bytes::new())

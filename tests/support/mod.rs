@@ -453,6 +453,18 @@ pub async fn admin_spool(client: &TestClient, admin: SocketAddr) -> serde_json::
     r.json()
 }
 
+/// POSTs an empty body to an admin endpoint (loopback peers need no token).
+pub async fn admin_post(client: &TestClient, admin: SocketAddr, path: &str) -> Reply {
+    send(
+        client,
+        Method::POST,
+        &format!("http://{admin}{path}"),
+        &[],
+        Bytes::new(),
+    )
+    .await
+}
+
 /// The status endpoint's answer for `id` on the data port.
 pub async fn request_status(client: &TestClient, data: SocketAddr, id: &str) -> Reply {
     get(client, &format!("http://{data}/_sluice/requests/{id}")).await
