@@ -358,10 +358,7 @@ impl Drainer {
         let started = std::time::Instant::now();
         let sent_ms = now_ms();
         let mut span = span;
-        let mut note = |status: Option<u16>, error: Option<AttemptError>| {
-            if let Some(s) = span.take() {
-                s.end(status, error.map(AttemptError::as_str));
-            }
+        let record = |status: Option<u16>, error: Option<AttemptError>| {
             self.spooler.outcomes.attempted(
                 &id,
                 attempt,
@@ -377,9 +374,18 @@ impl Drainer {
             Ok(resp) => resp,
             Err(f) => {
                 if let UpstreamError::Open { retry_after } = f.error {
+                    // Refused before it was sent: no attempt, but a span
+                    // was opened; it is closed as such.
+                    if let Some(s) = span.take() {
+                        s.end(None, Some("breaker_open"));
+                    }
                     return Err(BreakerOpen { retry_after });
                 }
-                note(None, Some(f.error.attempt_error()));
+                let error = f.error.attempt_error();
+                if let Some(s) = span.take() {
+                    s.end(None, Some(error.as_str()));
+                }
+                record(None, Some(error));
                 return Ok(Attempt::Retry {
                     status: None,
                     retry_after: None,
@@ -387,7 +393,10 @@ impl Drainer {
             }
         };
         let status = resp.status().as_u16();
-        note(Some(status), None);
+        if let Some(s) = span.take() {
+            s.end(Some(status), None);
+        }
+        record(Some(status), None);
         // A backend's word is honoured up to backoff_max, no further.
         let retry_after =
             crate::upstream::retry_after(resp.headers(), SystemTime::now()).map(|d| d.min(cfg.drain.backoff_max));
