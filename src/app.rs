@@ -247,14 +247,16 @@ pub async fn start(config: Config, overrides: Overrides) -> Result<Running, AppE
     let admin_gate = Arc::new(ConnGate::new(ADMIN_MAX_CONNECTIONS, None, None));
     let grace = config.server.shutdown_grace;
     let scheme = if tls.is_some() { "https" } else { "http" };
-    // Stopped after replay, which draws on the global budget to the end.
-    let cluster_shutdown = Shutdown::new();
-    let cluster = crate::cluster::Cluster::start(&config.cluster, &metrics, cluster_shutdown.clone()).await?;
     let spans = config
         .otlp_endpoint
         .as_ref()
         .map(crate::otlp::ReplaySpans::start)
         .transpose()?;
+    // Stopped after replay, which draws on the global budget to the end.
+    // Started last of what can fail, so a failed start leaves no
+    // heartbeat running.
+    let cluster_shutdown = Shutdown::new();
+    let cluster = crate::cluster::Cluster::start(&config.cluster, &metrics, cluster_shutdown.clone()).await?;
     let runtime = Runtime::build(Arc::new(config), &metrics, None, cluster.as_ref());
     let mut shared = Shared::new(runtime, upstream_client, metrics.clone(), spooler.clone(), cluster);
     shared.spans = spans;

@@ -48,8 +48,12 @@ impl GlobalLimit {
         self.bucket.try_take_leased(Share::Live).map(as_verdict)
     }
 
-    /// Asks the store, waiting at most `cluster.timeout`; past it, or on
-    /// any store error, the fallback decides.
+    /// Asks the store, waiting at most `cluster.timeout`. A store that
+    /// failed (and is now marked down) leaves it to the fallback; a store
+    /// that is up but had no answer in time for this request (it queued
+    /// behind others) counts as over the limit for now — never as a free
+    /// pass, which under exactly the load a limit is for would let the
+    /// fleet overshoot.
     pub async fn check(&self, key: &str) -> Verdict {
         let cluster = self.bucket.cluster();
         let asked = tokio::time::timeout(cluster.timeout(), async {
@@ -62,7 +66,10 @@ impl GlobalLimit {
         .await;
         match asked {
             Ok(Ok(take)) => as_verdict(take),
-            _ => self.fallback(key),
+            _ if !cluster.is_up() => self.fallback(key),
+            _ => Verdict::Limited {
+                wait: cluster.timeout(),
+            },
         }
     }
 

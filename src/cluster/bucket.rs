@@ -83,17 +83,34 @@ struct Lease {
     size: u32,
 }
 
+/// What one refill asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Terms {
+    size: u32,
+    ttl: Duration,
+    params: GcraParams,
+}
+
 impl Lease {
-    /// How long a batch is good for and the bucket shape that pays for
-    /// it, with `replicas` sharing the rate.
-    fn terms(self, exact: GcraParams, replicas: u32) -> (Duration, GcraParams) {
-        let late_us = exact.interval_us * u64::from(self.size - 1) * u64::from(replicas.max(1));
-        let ttl = Duration::from_micros(late_us).max(Duration::from_millis(1));
-        let params = GcraParams {
-            interval_us: exact.interval_us,
-            tolerance_us: exact.tolerance_us.saturating_sub(late_us),
-        };
-        (ttl, params)
+    /// The batch, how long it is good for and the bucket shape that pays
+    /// for it, with `replicas` sharing the rate. The payment comes out of
+    /// at most half the burst: past that the batch shrinks (to single
+    /// tokens, which cost nothing), so the promise holds for any fleet
+    /// size and the other half stays for replay's reserve and bursts.
+    fn terms(self, exact: GcraParams, replicas: u32) -> Terms {
+        let n = u64::from(replicas.max(1));
+        let burst = 1 + exact.tolerance_us / exact.interval_us.max(1);
+        let affordable = 1 + (burst - 1) / (2 * n);
+        let size = u64::from(self.size).min(affordable).max(1) as u32;
+        let late_us = exact.interval_us * u64::from(size - 1) * n;
+        Terms {
+            size,
+            ttl: Duration::from_micros(late_us).max(Duration::from_millis(1)),
+            params: GcraParams {
+                interval_us: exact.interval_us,
+                tolerance_us: exact.tolerance_us - late_us,
+            },
+        }
     }
 }
 
@@ -191,23 +208,36 @@ impl SharedBucket {
         if !self.cluster.is_up() {
             return Err(ClusterError::Down);
         }
-        let _one = self.refilling[share.index()].lock().await;
-        // Someone else may have refilled while we queued.
-        if let Some(t) = self.try_take_leased(share) {
-            return Ok(t);
-        }
-        let (ttl, params) = self.lease.terms(self.exact, self.cluster.divisor());
+        let terms = self.lease.terms(self.exact, self.cluster.lease_divisor());
+        // Batches are refilled one at a time, so a burst of requests that
+        // find the stock empty waits for one call; single tokens are each
+        // their own request's and need no queue.
+        let _one = if terms.size > 1 {
+            let guard = self.refilling[share.index()].lock().await;
+            if let Some(t) = self.try_take_leased(share) {
+                return Ok(t);
+            }
+            Some(guard)
+        } else {
+            None
+        };
+        // The reserve is at most half of what the leased bucket holds, or
+        // replay could never be granted a token.
+        let holds = 1 + terms.params.tolerance_us / terms.params.interval_us.max(1);
+        let reserve = share.reserve().min(holds as u32 / 2);
+        // Measured from before the call: the grant is that old when it
+        // arrives, and no token may be spent later than its ttl allows.
+        let asked_at = Instant::now();
         let grant = self
             .cluster
             .call(
                 Op::Lease,
-                self.cluster
-                    .store()
-                    .take(&self.key, params, self.lease.size, share.reserve()),
+                self.cluster.store().take(&self.key, terms.params, terms.size, reserve),
             )
             .await?;
         self.refills.inc();
         let now = Instant::now();
+        let ttl = terms.ttl;
         let mut stock = self.stocks[share.index()].lock().unwrap_or_else(|p| p.into_inner());
         if grant.granted == 0 {
             stock.limited_until = Some(now + grant.wait);
@@ -216,7 +246,7 @@ impl SharedBucket {
         // The first token is this request's; the rest are the stock.
         *stock = Stock {
             tokens: grant.granted - 1,
-            good_until: now + ttl,
+            good_until: asked_at + ttl,
             free_then: grant.free,
             limited_until: None,
         };
@@ -244,12 +274,26 @@ mod tests {
             interval_us: 10_000,
             tolerance_us: 19 * 10_000,
         };
-        let (ttl, p) = Lease { size: 2 }.terms(exact, 3);
-        assert_eq!(ttl, Duration::from_millis(30), "one spare token at a third of 100/s");
-        assert_eq!(p.tolerance_us, 16 * 10_000, "burst 20 less the 3 tokens a ttl is worth");
-        let (ttl, p) = Lease { size: 1 }.terms(exact, 3);
-        assert_eq!(ttl, Duration::from_millis(1));
-        assert_eq!(p, exact, "single-token leases are exact");
+        let t = Lease { size: 2 }.terms(exact, 3);
+        assert_eq!(t.ttl, Duration::from_millis(30), "one spare token at a third of 100/s");
+        assert_eq!(
+            t.params.tolerance_us,
+            16 * 10_000,
+            "burst 20 less the 3 tokens a ttl is worth"
+        );
+        let t = Lease { size: 1 }.terms(exact, 3);
+        assert_eq!(t.ttl, Duration::from_millis(1));
+        assert_eq!(t.params, exact, "single-token leases are exact");
+        // Many replicas: the batch shrinks rather than the promise break.
+        // Burst 20, 10 replicas: at most 1 + 19/20 = 1 token per batch.
+        let t = Lease { size: 4 }.terms(exact, 10);
+        assert_eq!(t.size, 1);
+        assert_eq!(t.params, exact);
+        // Burst 20, 3 replicas: 1 + 19/6 = 4 affordable, the cost 9 tokens,
+        // under half the burst.
+        let t = Lease { size: 4 }.terms(exact, 3);
+        assert_eq!(t.size, 4);
+        assert_eq!(t.params.tolerance_us, (19 - 9) * 10_000);
     }
 
     #[test]

@@ -100,17 +100,16 @@ pub struct Cluster {
     up: AtomicBool,
     alive: AtomicU32,
     metrics: ClusterMetrics,
-    /// For the per-thread connections of keyed decisions.
-    url: crate::config::RedisUrl,
-    password: Option<crate::config::Secret>,
     shutdown: Shutdown,
 }
 
 thread_local! {
     /// This thread's keyed-decision batchers, by cluster. Each data-port
-    /// worker runs its own single-threaded runtime; a batcher and a Redis
-    /// connection of its own on that runtime keep a keyed decision on one
-    /// thread from request to reply, with no cross-thread wake-ups.
+    /// worker runs its own single-threaded runtime; a batcher on it
+    /// gathers that thread's decisions, and all of them share the one
+    /// multiplexed connection (a connection per thread would have to be
+    /// made within `cluster.timeout` on first use, and after an outage
+    /// each would fail once more, marking the store down again).
     static BATCHERS: std::cell::RefCell<Vec<(usize, tokio::sync::mpsc::Sender<KeyedAsk>)>> =
         const { std::cell::RefCell::new(Vec::new()) };
 }
@@ -136,8 +135,6 @@ impl Cluster {
             up: AtomicBool::new(false),
             alive: AtomicU32::new(1),
             metrics: ClusterMetrics::register(metrics),
-            url: url.clone(),
-            password: cfg.password.clone(),
             shutdown: shutdown.clone(),
         });
         cluster.metrics.replicas.set(1);
@@ -193,6 +190,14 @@ impl Cluster {
             .max(1)
     }
 
+    /// The replicas leases are sized for: the most of those seen alive and
+    /// `cluster.replicas` (a lease sized for too few replicas could let
+    /// the fleet overshoot).
+    pub fn lease_divisor(&self) -> u32 {
+        let alive = self.alive.load(Ordering::Relaxed);
+        self.settings.load().replicas.unwrap_or(0).max(alive).max(1)
+    }
+
     /// Counts one decision made without the store.
     pub fn note_fallback_decision(&self) {
         self.metrics.fallback_decisions.inc();
@@ -210,8 +215,9 @@ impl Cluster {
         answer.await.ok().flatten().ok_or(ClusterError::Down)
     }
 
-    /// Hands `ask` to this thread's batcher, starting one (with its own
-    /// connection, on this thread's runtime) on first use.
+    /// Hands `ask` to this thread's batcher, starting one (on this
+    /// thread's runtime, sharing the one multiplexed connection) on first
+    /// use.
     fn send_keyed(self: &Arc<Self>, ask: KeyedAsk) -> Result<(), ClusterError> {
         let me = Arc::as_ptr(self) as usize;
         BATCHERS.with(|cell| {
@@ -220,21 +226,15 @@ impl Cluster {
             if let Some((_, tx)) = batchers.iter().find(|(id, _)| *id == me) {
                 return tx.try_send(ask).map_err(|_| ClusterError::Backlog);
             }
-            let store = Store::new(&self.url, self.password.as_ref())?;
             let (tx, asks) = tokio::sync::mpsc::channel(KEYED_QUEUE);
-            tokio::spawn(self.clone().keyed_loop(store, asks, self.shutdown.clone()));
+            tokio::spawn(self.clone().keyed_loop(asks, self.shutdown.clone()));
             let sent = tx.try_send(ask).map_err(|_| ClusterError::Backlog);
             batchers.push((me, tx));
             sent
         })
     }
 
-    async fn keyed_loop(
-        self: Arc<Self>,
-        store: Store,
-        mut asks: tokio::sync::mpsc::Receiver<KeyedAsk>,
-        shutdown: Shutdown,
-    ) {
+    async fn keyed_loop(self: Arc<Self>, mut asks: tokio::sync::mpsc::Receiver<KeyedAsk>, shutdown: Shutdown) {
         let mut batch = Vec::with_capacity(KEYED_BATCH);
         loop {
             tokio::select! {
@@ -251,7 +251,7 @@ impl Cluster {
                 .iter_mut()
                 .map(|a| (std::mem::take(&mut a.key), a.params))
                 .collect();
-            match self.call(Op::Gcra, store.take_each(&keys)).await {
+            match self.call(Op::Gcra, self.store.take_each(&keys)).await {
                 Ok(grants) => {
                     for (ask, grant) in batch.drain(..).zip(grants) {
                         let _ = ask.reply.send(Some(grant));
@@ -327,6 +327,7 @@ impl Cluster {
 
     async fn beat(&self) -> Result<(), ClusterError> {
         let key = format!("{}:replicas", self.namespace);
+        let started = Instant::now();
         let n = self
             .timed(
                 Op::Heartbeat,
@@ -336,7 +337,12 @@ impl Cluster {
             .await?;
         self.alive.store(n.max(1), Ordering::Relaxed);
         self.metrics.replicas.set(i64::from(n.max(1)));
-        self.mark_up();
+        // Back in use only when it answers as fast as requests need: a
+        // store that answers heartbeats in 300 ms but requests must within
+        // 50 ms would otherwise flap up and down every second.
+        if started.elapsed() <= self.timeout() {
+            self.mark_up();
+        }
         Ok(())
     }
 

@@ -210,6 +210,16 @@ fn cluster_defaults_and_redaction() {
     assert_eq!(format!("{:?}", Secret::new("pw")), "\"<redacted>\"");
     assert_eq!(RedisUrl::new("redis://host:1").redacted(), "redis://host:1");
     assert_eq!(RedisUrl::new("redis://user@host:1").redacted(), "redis://user@host:1");
+    // A password with '/' (base64 ones often have it) is still hidden.
+    assert_eq!(
+        RedisUrl::new("redis://:abc/def@host:6379/0").redacted(),
+        "redis://:***@host:6379/0"
+    );
+    let (_, key, msg) = invalid(&format!(
+        "{MINIMAL}[cluster]\nredis_url = \"redis://:abc/def@host:6379\"\n"
+    ));
+    assert_eq!(key, "cluster.redis_url");
+    assert!(!msg.contains("abc/def"), "{msg}");
 }
 
 #[test]

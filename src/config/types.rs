@@ -90,8 +90,11 @@ impl RedisUrl {
             return "<unparsable redis URL>".into();
         };
         let rest = &s[scheme_end..];
-        let authority_end = rest.find('/').unwrap_or(rest.len());
-        let Some(at) = rest[..authority_end].rfind('@') else {
+        // The userinfo ends at the last '@' before any query or fragment:
+        // a password may hold '/', ':' or '?'-free anything, and must not
+        // slip out because it looks like a path.
+        let end = rest.find(['?', '#']).unwrap_or(rest.len());
+        let Some(at) = rest[..end].rfind('@') else {
             return s.clone();
         };
         let userinfo = &rest[..at];

@@ -393,11 +393,13 @@ fn validate_cluster(src: &Source<'_>, c: &ClusterFile) -> Result<ClusterConfig, 
                 format!("{url} must start with redis:// or rediss://"),
             ));
         }
-        if let Err(e) = redis::IntoConnectionInfo::into_connection_info(text) {
-            // The driver's message can quote the URL; name the key and the
-            // redacted URL instead.
-            let why = e.to_string().replace(text, &url.redacted());
-            return Err(src.invalid("cluster.redis_url", format!("{url} is not a usable Redis URL: {why}")));
+        if redis::IntoConnectionInfo::into_connection_info(text).is_err() {
+            // Not the driver's message: it can quote pieces of the URL,
+            // password included.
+            return Err(src.invalid(
+                "cluster.redis_url",
+                format!("{url} is not a usable Redis URL; expected redis[s]://[user[:password]@]host[:port][/db] (a password with reserved characters percent-encoded)"),
+            ));
         }
         out.redis_url = Some(url);
     }

@@ -230,6 +230,9 @@ impl Shape {
                 match asked {
                     Ok(Ok(Take::Granted { .. })) => Ok(()),
                     Ok(Ok(Take::Limited { wait })) => Err(wait),
+                    // Up, but no answer in time for this request: over the
+                    // limit for now (see `GlobalLimit::check`).
+                    _ if fleet.cluster().is_up() => Err(fleet.cluster().timeout()),
                     _ => match self.fallback(fleet, share) {
                         RateNow::Took => Ok(()),
                         RateNow::Wait(wait) => Err(wait),
