@@ -336,7 +336,10 @@ async fn dlq_command(cmd: DlqCommand) -> anyhow::Result<()> {
                 }
                 total += page.pairs.len();
                 match page.next_from {
-                    Some(next) => selection.from = Some(next),
+                    Some(next) => {
+                        selection.from = Some(next);
+                        selection.before = Some(page.before);
+                    }
                     None => break,
                 }
             }

@@ -104,6 +104,7 @@ async fn dead_letters_are_replayed_by_route_reason_and_time_in_pages() {
         (serde_json::json!({"since": "yesterday"}), "since"),
         (serde_json::json!({"all": true, "limit": 1001}), "limit"),
         (serde_json::json!({}), "select dead letters"),
+        (serde_json::json!({"reason": "max-attempts"}), "none of"),
     ] {
         let r = replay(body.clone()).await;
         assert_eq!(r.status, 400, "{body}");
@@ -114,6 +115,17 @@ async fn dead_letters_are_replayed_by_route_reason_and_time_in_pages() {
         );
     }
     assert_eq!(dlq_records(&c, admin).await, 7, "a refused selection replays nothing");
+    // A purge takes its whole selection: a page of it is refused.
+    let r = send(
+        &c,
+        Method::POST,
+        &format!("http://{admin}/admin/dlq/purge"),
+        &[],
+        Bytes::from(serde_json::json!({"all": true, "from": 3}).to_string()),
+    )
+    .await;
+    assert_eq!(r.status, 400, "{:?}", r.body);
+    assert_eq!(dlq_records(&c, admin).await, 7);
 
     // orders + rejected, two per page: 2, then the last 1.
     let first = replay(serde_json::json!({"route": "orders", "reason": "rejected", "limit": 2})).await;
@@ -121,7 +133,11 @@ async fn dead_letters_are_replayed_by_route_reason_and_time_in_pages() {
     let v = first.json();
     assert_eq!(v["replayed"].as_array().unwrap().len(), 2, "{v}");
     let next = v["next_from"].as_u64().expect("more to come");
-    let second = replay(serde_json::json!({"route": "orders", "reason": "rejected", "limit": 2, "from": next})).await;
+    let before = v["before"].as_u64().expect("the sweep's bound");
+    let second = replay(
+        serde_json::json!({"route": "orders", "reason": "rejected", "limit": 2, "from": next, "before": before}),
+    )
+    .await;
     let v = second.json();
     assert_eq!(v["replayed"].as_array().unwrap().len(), 1, "{v}");
     assert!(v["next_from"].is_null(), "{v}");

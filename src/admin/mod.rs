@@ -223,7 +223,7 @@ async fn admin_route(state: &AdminState, req: Request<Incoming>) -> Response<Res
                         .into_iter()
                         .map(|(old, new)| serde_json::json!({"id": old, "replayed_as": new}))
                         .collect();
-                    Ok(serde_json::json!({ "replayed": replayed, "next_from": done.next_from }))
+                    Ok(serde_json::json!({ "replayed": replayed, "next_from": done.next_from, "before": done.before }))
                 } else {
                     let n = dlq::purge(spool, lock, &selection).await?;
                     Ok(serde_json::json!({ "purged": n }))

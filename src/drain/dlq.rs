@@ -85,7 +85,15 @@ pub struct Selection {
     /// Replay: at most this many letters per call (default and most: 1000).
     #[serde(default)]
     pub limit: Option<usize>,
+    /// Replay: only letters below this DLQ offset — the DLQ's end when the
+    /// first page was asked for, answered with it, so that a letter that
+    /// dies again while a sweep goes on is not replayed twice by it.
+    #[serde(default)]
+    pub before: Option<u64>,
 }
+
+/// The reasons a letter can have died for.
+pub const REASONS: [&str; 4] = ["max_attempts", "rejected", "expired", "corrupt"];
 
 /// Letters replayed per call, at most.
 pub const REPLAY_PAGE_MAX: usize = 1000;
@@ -102,6 +110,10 @@ pub enum DlqError {
     BadTime { field: &'static str, value: String },
     #[error("limit must be between 1 and {REPLAY_PAGE_MAX}")]
     BadLimit,
+    #[error("reason {0:?} is none of max_attempts, rejected, expired, corrupt")]
+    BadReason(String),
+    #[error("from, limit and before page a replay; a purge takes its whole selection at once")]
+    PagedPurge,
     #[error(transparent)]
     Spool(#[from] SpoolError),
 }
@@ -120,6 +132,8 @@ pub struct Replayed {
     pub pairs: Vec<(String, String)>,
     /// Where the next page starts (`None`: the DLQ was read to its end).
     pub next_from: Option<u64>,
+    /// The bound to pass back with `next_from`.
+    pub before: u64,
 }
 
 fn view(d: &DeadLetter) -> DeadLetterView {
@@ -232,6 +246,11 @@ fn parse_selection(sel: &Selection) -> Result<Chosen, DlqError> {
     if sel.limit.is_some_and(|l| l == 0 || l > REPLAY_PAGE_MAX) {
         return Err(DlqError::BadLimit);
     }
+    if let Some(r) = &sel.reason {
+        if !REASONS.contains(&r.as_str()) {
+            return Err(DlqError::BadReason(r.clone()));
+        }
+    }
     Ok(chosen)
 }
 
@@ -246,6 +265,9 @@ async fn select_page(spool: &Spool, chosen: &Chosen, from: u64) -> Result<(Vec<D
 /// Drops the selected dead letters; returns how many.
 pub async fn purge(spool: &Spool, lock: &DlqLock, sel: &Selection) -> Result<u64, DlqError> {
     let chosen = parse_selection(sel)?;
+    if sel.from.is_some() || sel.limit.is_some() || sel.before.is_some() {
+        return Err(DlqError::PagedPurge);
+    }
     let _serial = lock.0.lock().await;
     let mut offsets = Vec::new();
     let mut from = Some(0);
@@ -277,14 +299,18 @@ pub async fn replay(
     let chosen = parse_selection(sel)?;
     let limit = sel.limit.unwrap_or(REPLAY_PAGE_MAX);
     let _serial = lock.0.lock().await;
+    let before = sel.before.unwrap_or_else(|| spool.status().dlq.next_offset);
     let mut done = Vec::new();
     let mut letters = Vec::new();
     let mut from = Some(sel.from.unwrap_or(0));
     loop {
         if letters.is_empty() {
             let Some(start) = from else { break };
+            if start >= before {
+                break;
+            }
             let (page, next) = select_page(spool, &chosen, start).await?;
-            letters = page;
+            letters = page.into_iter().filter(|d| d.dlq_offset < before).collect();
             letters.reverse();
             from = next;
             continue;
@@ -293,8 +319,9 @@ pub async fn replay(
             // Full page: the next one starts at the first letter not
             // looked at.
             return Ok(Replayed {
-                next_from: letters.last().map(|d| d.dlq_offset).or(from),
+                next_from: letters.last().map(|d| d.dlq_offset).or(from).filter(|&n| n < before),
                 pairs: done,
+                before,
             });
         }
         let Some(d) = letters.pop() else { break };
@@ -351,6 +378,7 @@ pub async fn replay(
     Ok(Replayed {
         pairs: done,
         next_from: None,
+        before,
     })
 }
 

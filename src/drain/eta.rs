@@ -98,8 +98,14 @@ impl DeliveryRates {
         for span in [RECENT, LONGEST] {
             let n = within(span);
             if n > 0 {
-                // A run younger than the window is measured over its age.
-                let covered = now.saturating_duration_since(run_since).max(SLOT).min(span);
+                // A run younger than the window is measured over its age,
+                // but over a second at least: a first delivery or two say
+                // little about the pace (and a short span would promise
+                // far too soon).
+                let covered = now
+                    .saturating_duration_since(run_since)
+                    .max(Duration::from_secs(1))
+                    .min(span);
                 return Some(n as f64 / covered.as_secs_f64());
             }
         }
@@ -142,6 +148,11 @@ mod tests {
         }
         let rate = r.rate_at(0, t0 + Duration::from_millis(2000)).unwrap();
         assert!((rate - 10.0).abs() < 1.5, "{rate}");
+        // One delivery says little: measured over a second, not 100 ms.
+        let one = DeliveryRates::new(1);
+        one.delivered_at(0, one.epoch + Duration::from_millis(50));
+        let rate = one.rate_at(0, one.epoch + Duration::from_millis(60)).unwrap();
+        assert!(rate <= 1.0, "{rate}");
         // 20 s later: nothing in the last 10 s, 20 in the last 30 s.
         let rate = r.rate_at(0, t0 + Duration::from_secs(22)).unwrap();
         assert!((rate - 20.0 / 22.0).abs() < 0.2, "{rate}");

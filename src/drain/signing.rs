@@ -2,8 +2,9 @@
 //! a backend that other callers can reach can tell a replay from sluice
 //! from a forgery:
 //!
-//! - `webhook-id`: the record's Sluice-Id (the same on every attempt, so
-//!   the receiver can dedupe on it);
+//! - `webhook-id`: the record's Sluice-Id (the same on every attempt; a
+//!   dead letter replayed from the DLQ gets a new one, so receivers dedupe
+//!   on `Idempotency-Key`, which stays);
 //! - `webhook-timestamp`: the attempt's time, in Unix seconds;
 //! - `webhook-signature`: `v1,<base64 HMAC-SHA256 of "id.timestamp.body">`
 //!   for each configured secret, space-separated — two during a rotation,

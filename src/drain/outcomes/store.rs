@@ -123,8 +123,10 @@ impl OutcomeStore {
         if self.history.len() > self.max_entries {
             let mut ages: Vec<u64> = self.history.iter().filter_map(|h| h.last().map(|a| a.at_ms)).collect();
             ages.sort_unstable();
-            let cut = ages[ages.len() / 2];
-            self.history.retain(|_, h| h.last().is_some_and(|a| a.at_ms > cut));
+            // Another sweep may have emptied it meanwhile.
+            if let Some(cut) = ages.get(ages.len() / 2).copied() {
+                self.history.retain(|_, h| h.last().is_some_and(|a| a.at_ms > cut));
+            }
         }
         self.keys.retain(|_, s| match s {
             KeySlot::Done { at_ms, .. } => *at_ms >= horizon,
@@ -133,8 +135,9 @@ impl OutcomeStore {
         if self.outcomes.len() > self.max_entries {
             let mut ages: Vec<u64> = self.outcomes.iter().map(|o| o.at_ms).collect();
             ages.sort_unstable();
-            let cut = ages[ages.len() / 2];
-            self.outcomes.retain(|_, o| o.at_ms > cut);
+            if let Some(cut) = ages.get(ages.len() / 2).copied() {
+                self.outcomes.retain(|_, o| o.at_ms > cut);
+            }
         }
         if self.keys.len() > self.max_entries {
             let mut ages: Vec<u64> = self
