@@ -141,3 +141,40 @@ fn prefer_wait_max_must_leave_time_for_the_backend() {
     let err = sluice::config::Config::parse("t.toml", text, &Default::default()).unwrap_err();
     assert!(err.to_string().contains("route[0].prefer_wait_max"), "{err}");
 }
+
+/// A shorter wait than the route's max_wait is honoured too, and what the
+/// backend applied itself is kept beside what sluice applied.
+#[tokio::test]
+async fn a_shorter_wait_is_honoured_and_the_backends_preference_applied_is_kept() {
+    let backend = Backend::start(std::sync::Arc::new(|_s: Seen| {
+        Box::pin(async move {
+            http::Response::builder()
+                .status(200)
+                .header("preference-applied", "return=minimal")
+                .body(http_body_util::Full::new(Bytes::new()))
+                .unwrap()
+        })
+    }))
+    .await;
+    let route = "[[route]]\nname = \"patient\"\nmatch = { path_prefix = \"/\" }\nrate = \"1/1500ms\"\nburst = 1\n\
+                 on_limit = \"spool\"\nmax_wait = \"3s\"\nprefer_wait_max = \"5s\"\n";
+    let sluice = start_sluice(&config_text(&backend.url(), route)).await;
+    let c = client();
+    let url = format!("http://{}/x", sluice.data_addr);
+    let r = post(&c, &url, Some("wait=1, return=minimal")).await;
+    assert_eq!(r.status, 200);
+    let applied: Vec<_> = r
+        .headers
+        .get_all("preference-applied")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .collect();
+    assert_eq!(applied, ["return=minimal", "wait=1"], "both kept");
+    // The next token is 1.5 s away: the route would wait (max_wait 3 s),
+    // the client asked for no wait at all.
+    let t = Instant::now();
+    let r = post(&c, &url, Some("wait=0")).await;
+    assert_eq!(r.status, 202, "spooled at once");
+    assert_eq!(r.header("preference-applied"), "wait=0");
+    assert!(t.elapsed() < Duration::from_millis(500), "{:?}", t.elapsed());
+}

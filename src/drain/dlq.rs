@@ -210,18 +210,38 @@ impl Chosen {
     }
 }
 
+/// Unix milliseconds of an RFC 3339 time, in UTC (`Z`) or with a numeric
+/// offset (`+01:00`, `-05:30`).
+pub fn rfc3339_ms(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let (local, offset_s): (String, i64) = match text.as_bytes() {
+        [.., b'Z' | b'z'] => (text.to_string(), 0),
+        [.., sign @ (b'+' | b'-'), h1, h2, b':', m1, m2] if text.len() > 6 => {
+            let digits = [*h1, *h2, *m1, *m2];
+            if !digits.iter().all(u8::is_ascii_digit) {
+                return None;
+            }
+            let n = |a: u8, b: u8| i64::from(a - b'0') * 10 + i64::from(b - b'0');
+            let offset = n(digits[0], digits[1]) * 3600 + n(digits[2], digits[3]) * 60;
+            let sign = if *sign == b'+' { 1 } else { -1 };
+            (format!("{}Z", &text[..text.len() - 6]), sign * offset)
+        }
+        _ => return None,
+    };
+    let at = humantime::parse_rfc3339_weak(&local).ok()?;
+    let ms = at.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis() as i64;
+    // Local time minus its offset is UTC.
+    u64::try_from(ms - offset_s * 1000).ok()
+}
+
 fn parse_selection(sel: &Selection) -> Result<Chosen, DlqError> {
     let time = |field: &'static str, v: &Option<String>| -> Result<Option<u64>, DlqError> {
         v.as_ref()
             .map(|text| {
-                humantime::parse_rfc3339_weak(text)
-                    .ok()
-                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                    .map(|d| d.as_millis() as u64)
-                    .ok_or_else(|| DlqError::BadTime {
-                        field,
-                        value: text.clone(),
-                    })
+                rfc3339_ms(text).ok_or_else(|| DlqError::BadTime {
+                    field,
+                    value: text.clone(),
+                })
             })
             .transpose()
     };
@@ -472,6 +492,17 @@ mod tests {
                 ..id
             };
             assert!(!letter_is(&moved, &corrupt_letter(whole.clone())));
+        }
+    }
+
+    #[test]
+    fn times_with_offsets_are_rfc3339_too() {
+        let utc = rfc3339_ms("2026-11-30T12:00:00Z").unwrap();
+        assert_eq!(rfc3339_ms("2026-11-30T13:00:00+01:00"), Some(utc));
+        assert_eq!(rfc3339_ms("2026-11-30T06:30:00-05:30"), Some(utc));
+        assert_eq!(rfc3339_ms("2026-11-30T12:00:00.250Z"), Some(utc + 250));
+        for bad in ["yesterday", "2026-11-30T12:00:00", "2026-11-30T12:00:00+1:00", "+01:00"] {
+            assert_eq!(rfc3339_ms(bad), None, "{bad}");
         }
     }
 

@@ -78,7 +78,7 @@ pub struct Matched {
     /// When the request arrived: `max_wait` and `request_timeout` count from here.
     pub start: Instant,
     /// `Prefer: wait=N` as honoured (capped by `prefer_wait_max`).
-    pub prefer_wait: std::time::Duration,
+    pub prefer_wait: Option<std::time::Duration>,
 }
 
 impl Matched {
@@ -87,11 +87,11 @@ impl Matched {
     }
 
     /// How long this request may wait for a token and for upstream
-    /// budget: the route's `max_wait`, or the client's honoured
-    /// `Prefer: wait` if longer.
+    /// budget: the client's honoured `Prefer: wait`, shorter or longer,
+    /// else the route's `max_wait`.
     pub fn max_wait(&self) -> std::time::Duration {
-        let route = self.route().map_or(std::time::Duration::ZERO, |r| r.config.max_wait);
-        route.max(self.prefer_wait)
+        self.prefer_wait
+            .unwrap_or_else(|| self.route().map_or(std::time::Duration::ZERO, |r| r.config.max_wait))
     }
 
     pub fn stats(&self) -> &Arc<RouteStats> {

@@ -38,7 +38,30 @@ impl Applied {
     }
 }
 
-/// The name of one preference (before `=` or `;`), trimmed, and its value.
+/// Splits a field's value at the commas that separate preferences — not
+/// those inside a quoted string — trimming each.
+fn split_list(value: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let (mut start, mut quoted, mut escaped) = (0, false, false);
+    for (i, c) in value.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            ',' if !quoted => {
+                out.push(value[start..i].trim());
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(value[start..].trim());
+    out.retain(|p| !p.is_empty());
+    out
+}
+
+/// The name of one preference (before `=` or `;`), trimmed, and its value
+/// (unquoted).
 fn split(pref: &str) -> (&str, Option<&str>) {
     let head = pref.split(';').next().unwrap_or("").trim();
     match head.split_once('=') {
@@ -47,24 +70,25 @@ fn split(pref: &str) -> (&str, Option<&str>) {
     }
 }
 
-/// Every preference in every `Prefer` field, in order.
+/// Every preference in every readable `Prefer` field, in order.
 fn each(headers: &HeaderMap) -> impl Iterator<Item = &str> {
     headers
         .get_all(&PREFER)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
+        .flat_map(split_list)
 }
 
 pub fn parse(headers: &HeaderMap) -> Preferences {
     let mut out = Preferences::default();
+    let mut wait_seen = false;
     for pref in each(headers) {
         match split(pref) {
             (name, None) if name.eq_ignore_ascii_case("respond-async") => out.respond_async = true,
-            // RFC 7240 §2: the first occurrence of a preference counts.
-            (name, Some(v)) if name.eq_ignore_ascii_case("wait") && out.wait.is_none() => {
+            // RFC 7240 §2: the first occurrence of a preference counts,
+            // even when its value can't be used.
+            (name, Some(v)) if name.eq_ignore_ascii_case("wait") && !wait_seen => {
+                wait_seen = true;
                 out.wait = v.parse().ok();
             }
             _ => {}
@@ -85,21 +109,38 @@ pub fn decide(prefs: Preferences, wait_max: Duration) -> Option<Applied> {
     }
 }
 
-/// Takes what was honoured out of `Prefer`, keeping the rest (and the
-/// field itself only if something is left).
+/// Takes what was honoured out of `Prefer`. Only the fields that held it
+/// are rewritten (a field left empty goes); every other field is kept
+/// byte for byte.
 pub fn strip(headers: &mut HeaderMap, applied: Applied) {
     let honoured = match applied {
         Applied::RespondAsync => "respond-async",
         Applied::Wait(_) => "wait",
     };
-    let kept: Vec<&str> = each(headers)
-        .filter(|p| !split(p).0.eq_ignore_ascii_case(honoured))
-        .collect();
-    let rest = kept.join(", ");
+    let is_honoured = |p: &str| split(p).0.eq_ignore_ascii_case(honoured);
+    let fields: Vec<HeaderValue> = headers.get_all(&PREFER).iter().cloned().collect();
+    if !fields
+        .iter()
+        .any(|v| v.to_str().is_ok_and(|t| split_list(t).into_iter().any(is_honoured)))
+    {
+        return;
+    }
     headers.remove(&PREFER);
-    if let Ok(v) = HeaderValue::from_str(&rest) {
-        if !rest.is_empty() {
-            headers.insert(PREFER.clone(), v);
+    for field in fields {
+        let Ok(text) = field.to_str() else {
+            headers.append(PREFER.clone(), field);
+            continue;
+        };
+        let prefs = split_list(text);
+        if !prefs.iter().any(|p| is_honoured(p)) {
+            headers.append(PREFER.clone(), field);
+            continue;
+        }
+        let rest: Vec<&str> = prefs.into_iter().filter(|p| !is_honoured(p)).collect();
+        if let Ok(v) = HeaderValue::from_str(&rest.join(", ")) {
+            if !rest.is_empty() {
+                headers.append(PREFER.clone(), v);
+            }
         }
     }
 }
@@ -128,6 +169,9 @@ mod tests {
         );
         assert_eq!(parse(&map(&["wait=5, wait=9"])).wait, Some(5), "the first counts");
         assert_eq!(parse(&map(&["wait=soon"])).wait, None);
+        assert_eq!(parse(&map(&["wait=soon, wait=9"])).wait, None, "even unusable");
+        // A comma inside a quoted value is no separator.
+        assert!(!parse(&map(&[r#"foo="x, respond-async""#])).respond_async);
         assert_eq!(parse(&HeaderMap::new()), Preferences::default());
     }
 
@@ -158,10 +202,24 @@ mod tests {
     fn strip_keeps_what_was_not_honoured() {
         let mut h = map(&["return=minimal, respond-async", "wait=3"]);
         strip(&mut h, Applied::RespondAsync);
-        assert_eq!(h.get_all(&PREFER).iter().count(), 1);
-        assert_eq!(h[&PREFER], "return=minimal, wait=3");
+        let fields: Vec<_> = h
+            .get_all(&PREFER)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_string())
+            .collect();
+        assert_eq!(
+            fields,
+            ["return=minimal", "wait=3"],
+            "only the field that held it changes"
+        );
         strip(&mut h, Applied::Wait(Duration::from_secs(3)));
         assert_eq!(h[&PREFER], "return=minimal");
+        // Quoted commas survive a rewrite; unreadable fields are kept.
+        let mut q = map(&[r#"foo="a,b", respond-async"#]);
+        q.append(PREFER.clone(), HeaderValue::from_bytes(b"x=\xff").unwrap());
+        strip(&mut q, Applied::RespondAsync);
+        let fields: Vec<_> = q.get_all(&PREFER).iter().map(|v| v.as_bytes().to_vec()).collect();
+        assert_eq!(fields, [br#"foo="a,b""#.to_vec(), b"x=\xff".to_vec()]);
         let mut only = map(&["respond-async"]);
         strip(&mut only, Applied::RespondAsync);
         assert!(!only.contains_key(&PREFER));

@@ -114,6 +114,8 @@ where
         let this = self.project();
         let Ok(reply) = std::task::ready!(this.inner.poll(cx));
         let spooled = matches!(reply.result, Ok(crate::proxy::Answer::Spooled(..)));
+        // Applied to an answer, not to an error sluice gave instead.
+        let applied = reply.applied.filter(|_| reply.result.is_ok());
         let (mut response, decision) = if spooled {
             render(
                 reply.result,
@@ -122,10 +124,12 @@ where
         } else {
             render(reply.result, "")
         };
-        if let Some(applied) = reply.applied {
+        if let Some(applied) = applied {
+            // Appended: the backend may have applied preferences of its
+            // own (those sluice passed on).
             response
                 .headers_mut()
-                .insert(crate::proxy::prefer::PREFERENCE_APPLIED.clone(), applied.header());
+                .append(crate::proxy::prefer::PREFERENCE_APPLIED.clone(), applied.header());
         }
         let elapsed = this.start.elapsed();
         if let Some(route) = &reply.route {

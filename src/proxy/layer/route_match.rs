@@ -151,8 +151,8 @@ where
             spool_now: applied == Some(prefer::Applied::RespondAsync),
             start,
             prefer_wait: match applied {
-                Some(prefer::Applied::Wait(d)) => d,
-                _ => std::time::Duration::ZERO,
+                Some(prefer::Applied::Wait(d)) => Some(d),
+                _ => None,
             },
             runtime,
         };

@@ -78,7 +78,7 @@ impl Fixture {
             behind_backlog: false,
             spool_now: false,
             start: Instant::now(),
-            prefer_wait: std::time::Duration::ZERO,
+            prefer_wait: None,
         }
     }
 
