@@ -79,10 +79,22 @@ pub struct ReplaySpans {
     tracer: SdkTracer,
 }
 
-/// One attempt's span, open while the attempt runs.
+/// One attempt's span, open while the attempt runs. Dropped without
+/// [`end`](AttemptSpan::end) (the drainer stopped mid-attempt), it is
+/// ended as `cancelled`: the request may have reached the backend.
 pub struct AttemptSpan {
-    span: opentelemetry_sdk::trace::Span,
+    span: Option<opentelemetry_sdk::trace::Span>,
     traceparent: TraceParent,
+}
+
+impl Drop for AttemptSpan {
+    fn drop(&mut self) {
+        if let Some(mut span) = self.span.take() {
+            span.set_attribute(KeyValue::new("error.type", "cancelled"));
+            span.set_status(opentelemetry::trace::Status::error("cancelled"));
+            span.end();
+        }
+    }
 }
 
 impl AttemptSpan {
@@ -93,19 +105,18 @@ impl AttemptSpan {
 
     /// Ends the span with what the backend answered (or why it didn't).
     pub fn end(mut self, status: Option<u16>, error: Option<&'static str>) {
+        let Some(mut span) = self.span.take() else { return };
         if let Some(s) = status {
-            self.span
-                .set_attribute(KeyValue::new("http.response.status_code", i64::from(s)));
+            span.set_attribute(KeyValue::new("http.response.status_code", i64::from(s)));
             if s >= 500 {
-                self.span
-                    .set_status(opentelemetry::trace::Status::error("server error"));
+                span.set_status(opentelemetry::trace::Status::error("server error"));
             }
         }
         if let Some(e) = error {
-            self.span.set_attribute(KeyValue::new("error.type", e));
-            self.span.set_status(opentelemetry::trace::Status::error(e));
+            span.set_attribute(KeyValue::new("error.type", e));
+            span.set_status(opentelemetry::trace::Status::error(e));
         }
-        self.span.end();
+        span.end();
     }
 }
 
@@ -186,7 +197,10 @@ impl ReplaySpans {
             parent_id: ours.span_id().to_bytes(),
             ..*client
         };
-        AttemptSpan { span, traceparent }
+        AttemptSpan {
+            span: Some(span),
+            traceparent,
+        }
     }
 
     /// Exports what is queued and stops (blocking: call off the runtime).

@@ -4,7 +4,9 @@
 //! carries the client's trace id with a new parent id (the attempt's span
 //! id), so the backend's spans hang under the attempt and the attempt
 //! under the client's span. A request without a valid `traceparent` is
-//! replayed without one.
+//! replayed without one (nor its `tracestate`).
+
+pub static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
@@ -44,10 +46,19 @@ pub fn hex(bytes: &[u8]) -> String {
 
 impl TraceParent {
     /// Parses a `traceparent` value: `00-<32 hex>-<16 hex>-<2 hex>`, lower
-    /// case, ids not all zero (W3C Trace Context §3.2).
+    /// case, ids not all zero (W3C Trace Context §3.2). A later version
+    /// (not `ff`) is read from its first 55 characters when what follows
+    /// them starts with `-` (§4.3); what we send is always version 00.
     pub fn parse(v: &[u8]) -> Option<TraceParent> {
-        let v = v.strip_suffix(b" ").unwrap_or(v);
-        if v.len() != 55 || &v[..3] != b"00-" || v[35] != b'-' || v[52] != b'-' {
+        let mut version = [0u8; 1];
+        hex_into(v.get(..2)?, &mut version)?;
+        let v = match version[0] {
+            0 if v.len() == 55 => v,
+            0 | 0xff => return None,
+            _ if v.len() == 55 || (v.len() > 55 && v[55] == b'-') => &v[..55],
+            _ => return None,
+        };
+        if v[2] != b'-' || v[35] != b'-' || v[52] != b'-' {
             return None;
         }
         let mut tp = TraceParent {
@@ -106,8 +117,13 @@ mod tests {
         assert_eq!(hex(&tp.parent_id), "00f067aa0ba902b7");
         assert_eq!(tp.flags, 1);
         assert_eq!(tp.header(), EXAMPLE);
+        // A later version: its first 55 characters, sent back as 00.
+        let later = TraceParent::parse(b"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra").unwrap();
+        assert_eq!(later.header(), EXAMPLE);
         for bad in [
-            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01x",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
             "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
             "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",

@@ -341,8 +341,13 @@ impl Drainer {
         // Each attempt is a span of its own under the client's: exported
         // when there is somewhere to send it, else just a new span id.
         let client_span = crate::trace::TraceParent::from_headers(&env.headers);
+        // While the breaker is open the try is refused before it is sent:
+        // no span for it (a refusal every half second would fill the
+        // export queue with attempts that never were).
         let span = match (&client_span, &self.shared.spans) {
-            (Some(tp), Some(spans)) => Some(spans.attempt(tp, &id.encode(), attempt)),
+            (Some(tp), Some(spans)) if !self.shared.upstream.breaker.is_open() => {
+                Some(spans.attempt(tp, &id.encode(), attempt))
+            }
             _ => None,
         };
         let traceparent = match &span {
@@ -437,8 +442,16 @@ fn replay_request(
     *req.uri_mut() = env.path_and_query.parse().unwrap_or_else(|_| Uri::from_static("/"));
     let headers = req.headers_mut();
     *headers = env.headers.clone();
-    if let Some(tp) = traceparent {
-        headers.insert(crate::trace::TRACEPARENT.clone(), tp.header());
+    match traceparent {
+        Some(tp) => {
+            headers.insert(crate::trace::TRACEPARENT.clone(), tp.header());
+        }
+        // None, or one we couldn't read: replayed without trace context
+        // rather than under the client's own span id.
+        None => {
+            headers.remove(&crate::trace::TRACEPARENT);
+            headers.remove(&crate::trace::TRACESTATE);
+        }
     }
     let id_text = id.encode();
     let id_value = HeaderValue::from_str(&id_text).expect("ids are URL-safe ASCII");

@@ -106,7 +106,7 @@ impl Breaker {
         *self.config.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    #[cfg(test)]
+    /// Open or half-open.
     pub fn is_open(&self) -> bool {
         !matches!(*self.state.lock().unwrap_or_else(|p| p.into_inner()), State::Closed)
     }

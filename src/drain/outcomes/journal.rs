@@ -51,14 +51,16 @@ impl Entry {
 /// The active generation, open for appending.
 pub(super) struct Journal {
     dir: PathBuf,
+    /// `journal` (outcomes and keys) or `attempts` (the timelines).
+    name: &'static str,
     file: File,
     generation: u8,
     len: u64,
     limit: u64,
 }
 
-fn journal_path(dir: &Path, generation: u8) -> PathBuf {
-    dir.join(format!("journal.{generation}"))
+fn journal_path(dir: &Path, name: &str, generation: u8) -> PathBuf {
+    dir.join(format!("{name}.{generation}"))
 }
 
 fn open_append(path: &Path) -> std::io::Result<File> {
@@ -75,17 +77,19 @@ impl Journal {
     /// entries. Returns it with the bytes of both generations, older
     /// first, so that replaying them in order lets the newer one's entries
     /// win.
-    pub(super) fn open(dir: &Path, max_entries: usize) -> Result<(Journal, Vec<Vec<u8>>), OutcomeError> {
-        // Two entries per request on average (its outcome and attempts,
-        // or its key): enough to load back what memory holds.
-        let limit = (2 * max_entries as u64 * ENTRY as u64).max(1 << 20);
+    pub(super) fn open(
+        dir: &Path,
+        name: &'static str,
+        max_entries: usize,
+    ) -> Result<(Journal, Vec<Vec<u8>>), OutcomeError> {
+        let limit = (max_entries as u64 * ENTRY as u64).max(1 << 20);
         // `journal.0` has always been created here, whichever generation
         // ends up active; kept so the directory looks as it always did.
-        let first = journal_path(dir, 0);
+        let first = journal_path(dir, name, 0);
         open_append(&first).map_err(io_error(&first))?;
         let mut generations = Vec::new();
         for generation in [0u8, 1] {
-            let path = journal_path(dir, generation);
+            let path = journal_path(dir, name, generation);
             let mut bytes = Vec::new();
             if let Ok(mut f) = File::open(&path) {
                 f.read_to_end(&mut bytes).map_err(io_error(&path))?;
@@ -101,7 +105,7 @@ impl Journal {
         // Stable: on a tie (two empty files) generation 1 becomes active.
         generations.sort_by_key(|g| g.0);
         let newest = generations[1].1;
-        let active = journal_path(dir, newest);
+        let active = journal_path(dir, name, newest);
         let file = open_append(&active).map_err(io_error(&active))?;
         let len = file.metadata().map(|m| m.len()).unwrap_or(0);
         // A torn last entry (crash mid-write) is cut so appends stay aligned.
@@ -110,6 +114,7 @@ impl Journal {
         }
         let journal = Journal {
             dir: dir.to_path_buf(),
+            name,
             file,
             generation: newest,
             len: len - len % ENTRY as u64,
@@ -129,7 +134,7 @@ impl Journal {
             // knows only the newer generation, which is the retention the
             // store promises (bounded disk first).
             let next = 1 - self.generation;
-            let path = journal_path(&self.dir, next);
+            let path = journal_path(&self.dir, self.name, next);
             match OpenOptions::new()
                 .write(true)
                 .create(true)

@@ -18,6 +18,9 @@ pub struct OutcomeStore {
     /// The newest attempts of each request, oldest first.
     history: DashMap<(u32, u64), Vec<AttemptRecord>>,
     journal: Mutex<Journal>,
+    /// Attempts go to a journal of their own: a retry storm must not
+    /// rotate outcomes and Idempotency-Keys out of theirs.
+    attempts: Mutex<Journal>,
     pub(super) retention: Duration,
     pub(super) max_entries: usize,
 }
@@ -35,7 +38,10 @@ impl OutcomeStore {
             use std::os::unix::fs::PermissionsExt;
             let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
         }
-        let (journal, generations) = Journal::open(&dir, max_entries)?;
+        let (journal, mut generations) = Journal::open(&dir, "journal", max_entries)?;
+        // The newest attempts, within the same bound per generation.
+        let (attempts, attempt_generations) = Journal::open(&dir, "attempts", max_entries)?;
+        generations.extend(attempt_generations);
         let store = OutcomeStore {
             outcomes: DashMap::new(),
             keys: DashMap::new(),
@@ -43,6 +49,7 @@ impl OutcomeStore {
             retention,
             max_entries,
             journal: Mutex::new(journal),
+            attempts: Mutex::new(attempts),
         };
         let horizon = now_ms().saturating_sub(retention.as_millis() as u64);
         for bytes in &generations {
@@ -81,7 +88,10 @@ impl OutcomeStore {
 
     /// Records one delivery attempt (the `number`th) of `id`.
     pub fn attempted(&self, id: &RequestId, number: u32, record: AttemptRecord) {
-        self.write_entry(&journal::encode_attempt(id, number, &record));
+        self.attempts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .write(&journal::encode_attempt(id, number, &record));
         self.push_attempt(id, record);
         if self.history.len() > self.max_entries {
             self.sweep();

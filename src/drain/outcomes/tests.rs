@@ -106,3 +106,37 @@ fn memory_and_disk_stay_bounded() {
     assert!(disk <= 2 * (1 << 20) + ENTRY as u64, "journal uses {disk} bytes");
     assert!(s.get(0, 49_999).is_some(), "the newest outcome is kept");
 }
+
+/// A retry storm fills the attempts journal, not the one that holds the
+/// Idempotency-Keys: after a reopen the key still finds its request, and
+/// the newest attempts are there.
+#[tokio::test]
+async fn a_retry_storm_does_not_rotate_keys_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = key_hash("orders", "k-storm");
+    {
+        let s = OutcomeStore::open(dir.path(), Duration::from_secs(3600), 100).unwrap();
+        match s.claim_key(h).await {
+            KeyClaim::First(h, tx) => s.key_done(h, tx, id(1, 1)),
+            KeyClaim::Existing(_) => panic!("first claim"),
+        }
+        // Far more attempts than one generation holds (1 MiB / 96 B).
+        for n in 0..30_000u32 {
+            s.attempted(
+                &id(2, u64::from(n % 50)),
+                n,
+                AttemptRecord {
+                    at_ms: now_ms(),
+                    status: Some(503),
+                    error: None,
+                    latency_ms: n,
+                },
+            );
+        }
+    }
+    let s = OutcomeStore::open(dir.path(), Duration::from_secs(3600), 100).unwrap();
+    assert_eq!(s.id_for_key(h).map(|i| i.offset), Some(1), "the key outlived the storm");
+    let h49 = s.history(2, 49);
+    assert_eq!(h49.len(), HISTORY);
+    assert_eq!(h49.last().unwrap().latency_ms, 29_999, "the newest attempts");
+}
