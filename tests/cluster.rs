@@ -211,6 +211,36 @@ async fn a_global_route_limit_holds_across_three_replicas() {
         }
     }
     assert_eq!(admitted, 10, "one burst of 10 for alice across three replicas, not 30");
+    // Refused keys are remembered until their next token: hammering alice
+    // costs Redis next to nothing (heartbeats aside, three a second).
+    let script_calls = || -> u64 {
+        redis
+            .cli(&["INFO", "commandstats"])
+            .lines()
+            .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+            .filter_map(|l| l.split("calls=").nth(1)?.split(',').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    let before = script_calls();
+    let started = std::time::Instant::now();
+    for i in 0..60 {
+        let url = format!("http://{}/user/x", fleet[i % 3].data_addr);
+        let r = send(
+            &c,
+            http::Method::GET,
+            &url,
+            &[("x-user", "alice@example.com")],
+            bytes::Bytes::new(),
+        )
+        .await;
+        assert_eq!(r.status, 429);
+    }
+    let heartbeats = 3 * (started.elapsed().as_secs() + 2);
+    let calls = script_calls() - before;
+    assert!(
+        calls <= heartbeats,
+        "{calls} script calls for 60 refused requests (heartbeats {heartbeats})"
+    );
     let keys = redis.cli(&["--scan", "--pattern", "t:per-user:*"]);
     let keys: Vec<&str> = keys.lines().collect();
     assert_eq!(keys.len(), 1, "one bucket: {keys:?}");

@@ -127,7 +127,17 @@ pub struct SharedBucket {
     /// the stock empty waits for one refill rather than sending many.
     refilling: [tokio::sync::Mutex<()>; 2],
     refills: prometheus::IntCounter,
+    /// Keyed buckets the store said no to, and until when: no replica can
+    /// make a token appear sooner (a GCRA bucket's next token only moves
+    /// later), so until then this replica refuses without asking — a
+    /// client hammering one key costs Redis one call per token, not one
+    /// per request. At most [`REFUSED_MAX`] keys.
+    refused: dashmap::DashMap<u128, Instant>,
 }
+
+/// Keys remembered as refused, at most; past it (after dropping those
+/// whose time has come) refusals are not remembered.
+const REFUSED_MAX: usize = 16_384;
 
 /// Whose tokens: live ones, or replay's, which leave a reserve free.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -173,6 +183,7 @@ impl SharedBucket {
             stocks: [Mutex::new(Stock::empty()), Mutex::new(Stock::empty())],
             refilling: [tokio::sync::Mutex::new(()), tokio::sync::Mutex::new(())],
             refills,
+            refused: dashmap::DashMap::new(),
         }
     }
 
@@ -187,9 +198,39 @@ impl SharedBucket {
 
     /// One decision for the bucket of `key_hash` (a keyed route).
     pub async fn take_keyed(&self, key_hash: u128) -> Result<Take, ClusterError> {
+        if let Some(wait) = self.refused_for(key_hash) {
+            return Ok(Take::Limited { wait });
+        }
         let key = format!("{}:{key_hash:032x}", self.key);
+        let asked_at = Instant::now();
         let grant = self.cluster.take_keyed(key, self.exact).await?;
-        Ok(as_take(grant))
+        let take = as_take(grant);
+        if let Take::Limited { wait } = take {
+            self.remember_refusal(key_hash, asked_at + wait);
+        }
+        Ok(take)
+    }
+
+    /// How long `key_hash` is still known to be refused, if it is.
+    fn refused_for(&self, key_hash: u128) -> Option<Duration> {
+        let until = *self.refused.get(&key_hash)?;
+        let now = Instant::now();
+        if now < until {
+            return Some(until - now);
+        }
+        self.refused.remove_if(&key_hash, |_, u| *u <= now);
+        None
+    }
+
+    fn remember_refusal(&self, key_hash: u128, until: Instant) {
+        if self.refused.len() >= REFUSED_MAX {
+            let now = Instant::now();
+            self.refused.retain(|_, u| *u > now);
+            if self.refused.len() >= REFUSED_MAX {
+                return;
+            }
+        }
+        self.refused.insert(key_hash, until);
     }
 
     /// A leased token if this replica holds one (or knows the store just
