@@ -185,6 +185,7 @@ async fn serve_conn<I, S, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let watch_tunnel = watch.clone();
     // The watchdog and the shutdown signal run in a task of their own and
     // say when to close through one oneshot: the connection task, woken
     // several times per request, then polls one cheap receiver rather than
@@ -204,14 +205,26 @@ async fn serve_conn<I, S, B>(
     let _dog = AbortOnDrop(dog);
     let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
+    let mut close_rx = close_rx;
     tokio::select! {
         biased;
         res = conn.as_mut() => {
             if let Err(e) = res {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
+            // Upgraded: the connection lives on as its tunnel, still
+            // holding its slot, until either side closes it, it idles past
+            // keepalive_timeout (the watchdog sees the client's bytes), or
+            // shutdown.
+            if let Some(tunnel) = watch_tunnel.take_tunnel() {
+                let mut tunnel = AbortOnDrop(tunnel);
+                tokio::select! {
+                    _ = &mut tunnel.0 => {}
+                    _ = &mut close_rx => tracing::debug!("upgraded tunnel closed: idle or shutting down"),
+                }
+            }
         }
-        Ok(why) = close_rx => match why {
+        Ok(why) = &mut close_rx => match why {
             Close::Graceful => {
                 // Finish the request in flight, refuse new ones on this
                 // connection, then close.

@@ -81,6 +81,13 @@ pub struct ConnWatch {
     changed: Notify,
     /// When the watchdog plans to wake next (ms since `born`).
     planned_wake_ms: AtomicU64,
+    /// An upgraded tunnel (WebSocket and the like) this connection became:
+    /// the connection task keeps it, so it holds the connection's slot
+    /// under `max_connections`, is closed at shutdown and, idle past
+    /// `keepalive_timeout` (no byte either way), closed by the watchdog.
+    tunnel: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Upgraded: bytes from the client are the tunnel's, not request heads.
+    upgraded: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for ConnWatch {
@@ -104,7 +111,22 @@ impl Default for ConnWatch {
             last_busy_ms: AtomicU64::new(0),
             changed: Notify::new(),
             planned_wake_ms: AtomicU64::new(u64::MAX),
+            tunnel: Mutex::new(None),
+            upgraded: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+}
+
+impl ConnWatch {
+    /// Hands the connection the task of the tunnel it was upgraded to.
+    pub fn adopt_tunnel(&self, task: tokio::task::JoinHandle<()>) {
+        self.upgraded.store(true, Ordering::Release);
+        *self.tunnel.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
+    }
+
+    /// The tunnel task, if the connection was upgraded.
+    pub fn take_tunnel(&self) -> Option<tokio::task::JoinHandle<()>> {
+        self.tunnel.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 }
 
@@ -174,6 +196,7 @@ impl ConnWatch {
         let now = self.now_ms();
         self.last_io_ms.store(now, Ordering::Relaxed);
         if !self.h2.load(Ordering::Relaxed)
+            && !self.upgraded.load(Ordering::Relaxed)
             && self.active.load(Ordering::Acquire) == 0
             && self.head_started_ms.load(Ordering::Relaxed) == 0
         {
@@ -270,7 +293,11 @@ impl ConnWatch {
             let now = Instant::now();
             let next_deadline = self.expire(now);
             let head_started = self.head_started_ms.load(Ordering::Relaxed);
-            let idle_end = if !self.served.load(Ordering::Relaxed) {
+            let idle_end = if self.upgraded.load(Ordering::Acquire) {
+                // A tunnel: idle is no byte either way (the client side's
+                // reads and writes both pass through this watch).
+                at(self.last_io_ms.load(Ordering::Relaxed)) + keepalive
+            } else if !self.served.load(Ordering::Relaxed) {
                 // Not one whole request head yet.
                 self.born + header_timeout
             } else if head_started != 0 {

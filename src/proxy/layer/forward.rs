@@ -157,7 +157,7 @@ fn respond(
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client_upgrade) = client_upgrade {
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
-            tokio::spawn(async move {
+            let tunnel = tokio::spawn(async move {
                 match tokio::try_join!(client_upgrade, upstream_upgrade) {
                     Ok((client, backend)) => {
                         let mut client = TokioIo::new(client);
@@ -169,6 +169,9 @@ fn respond(
                     Err(e) => tracing::debug!(error = %e, "upgrade failed"),
                 }
             });
+            // The connection keeps the tunnel (its slot, its idle timer,
+            // shutdown) once hyper hands it over.
+            watch.adopt_tunnel(tunnel);
             let (mut parts, mut body) = resp.into_parts();
             // The tunnel is long-lived: it stops counting against the
             // budget once established.
