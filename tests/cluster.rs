@@ -157,6 +157,25 @@ async fn fleet(upstream: &str, cluster_and_routes: &str) -> Fleet {
     }
 }
 
+/// Waits until `metric` reads `value` on every replica.
+async fn on_every_replica(c: &TestClient, fleet: &[SluiceProcess], metric: &'static str, value: f64) {
+    for p in fleet {
+        let addr = p.admin_addr;
+        eventually(
+            Duration::from_secs(5),
+            &format!("{metric} {value} on every replica"),
+            || {
+                let c = c.clone();
+                async move {
+                    let text = metrics_text(&c, addr).await;
+                    (metric_value(&text, metric, &[]) == Some(value)).then_some(())
+                }
+            },
+        )
+        .await;
+    }
+}
+
 async fn store_up(c: &TestClient, p: &SluiceProcess) -> Option<f64> {
     metric_value(&metrics_text(c, p.admin_addr).await, "sluice_cluster_store_up", &[])
 }
@@ -384,18 +403,7 @@ async fn replicas_fall_back_while_redis_is_down_and_resume_when_it_is_back() {
     .await;
     let c = client();
     let fleet = Arc::new(fleet);
-    for p in fleet.iter() {
-        let c = c.clone();
-        let addr = p.admin_addr;
-        eventually(Duration::from_secs(5), "three replicas seen alive", || {
-            let c = c.clone();
-            async move {
-                let text = metrics_text(&c, addr).await;
-                (metric_value(&text, "sluice_cluster_replicas", &[]) == Some(3.0)).then_some(())
-            }
-        })
-        .await;
-    }
+    on_every_replica(&c, &fleet, "sluice_cluster_replicas", 3.0).await;
     let burst_on = |p: usize, n: usize| {
         let (c, addr) = (c.clone(), fleet[p].data_addr);
         async move {
@@ -428,18 +436,7 @@ async fn replicas_fall_back_while_redis_is_down_and_resume_when_it_is_back() {
             "replica {p} took {slowest:?} with Redis down"
         );
     }
-    for p in fleet.iter() {
-        let c = c.clone();
-        let addr = p.admin_addr;
-        eventually(Duration::from_secs(5), "store_up 0 on every replica", || {
-            let c = c.clone();
-            async move {
-                let text = metrics_text(&c, addr).await;
-                (metric_value(&text, "sluice_cluster_store_up", &[]) == Some(0.0)).then_some(())
-            }
-        })
-        .await;
-    }
+    on_every_replica(&c, &fleet, "sluice_cluster_store_up", 0.0).await;
     // On the fallback a replica has its own third of the limit.
     let (ok, _) = burst_on(1, 20).await;
     let ok = ok + fallback_ok[1];
@@ -452,18 +449,7 @@ async fn replicas_fall_back_while_redis_is_down_and_resume_when_it_is_back() {
     // holds again (a fresh store: the full fleet burst of 30, all of it
     // available through one replica).
     let back_at = redis.restart().await;
-    for p in fleet.iter() {
-        let c = c.clone();
-        let addr = p.admin_addr;
-        eventually(Duration::from_secs(5), "store_up 1 again", || {
-            let c = c.clone();
-            async move {
-                let text = metrics_text(&c, addr).await;
-                (metric_value(&text, "sluice_cluster_store_up", &[]) == Some(1.0)).then_some(())
-            }
-        })
-        .await;
-    }
+    on_every_replica(&c, &fleet, "sluice_cluster_store_up", 1.0).await;
     let resumed_in = back_at.elapsed();
     assert!(
         resumed_in <= Duration::from_secs(5),

@@ -8,29 +8,7 @@ mod support;
 use futures_util::{SinkExt, StreamExt};
 use std::time::{Duration, Instant};
 use support::*;
-use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
-
-/// A WebSocket echo backend.
-async fn ws_backend() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
-                    return;
-                };
-                while let Some(Ok(msg)) = ws.next().await {
-                    if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    format!("http://{addr}")
-}
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
@@ -60,7 +38,7 @@ const ROUTE: &str = "[[route]]\nname = \"all\"\nmatch = { path_prefix = \"/\" }\
 
 #[tokio::test]
 async fn a_tunnel_holds_its_connection_slot() {
-    let backend = ws_backend().await;
+    let backend = ws_echo_backend().await;
     let text = config_text(&backend, ROUTE).replace(
         "admin_listen = \"127.0.0.1:0\"\n",
         "admin_listen = \"127.0.0.1:0\"\nmax_connections = 2\n",
@@ -97,7 +75,7 @@ async fn a_tunnel_holds_its_connection_slot() {
 
 #[tokio::test]
 async fn an_idle_tunnel_is_closed_a_busy_one_is_not_and_shutdown_closes_them() {
-    let backend = ws_backend().await;
+    let backend = ws_echo_backend().await;
     let text = config_text(&backend, ROUTE).replace(
         "admin_listen = \"127.0.0.1:0\"\n",
         "admin_listen = \"127.0.0.1:0\"\nkeepalive_timeout = \"1s\"\nheader_read_timeout = \"1s\"\n",

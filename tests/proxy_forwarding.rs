@@ -319,24 +319,8 @@ async fn websocket_echo_through_the_proxy() {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
 
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let ws_addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
-                    return;
-                };
-                while let Some(Ok(msg)) = ws.next().await {
-                    if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-
-    let sluice = start_sluice(&config_text(&format!("http://{ws_addr}"), ALL_ROUTE)).await;
+    let ws_url = ws_echo_backend().await;
+    let sluice = start_sluice(&config_text(&ws_url, ALL_ROUTE)).await;
     let (mut ws, resp) = tokio::time::timeout(
         Duration::from_secs(10),
         tokio_tungstenite::connect_async(format!("ws://{}/socket", sluice.data_addr)),

@@ -474,3 +474,25 @@ pub async fn request_status(client: &TestClient, data: SocketAddr, id: &str) -> 
 pub fn seen_header<'a>(s: &'a Seen, name: &str) -> Option<&'a str> {
     s.headers.get(name).and_then(|v| v.to_str().ok())
 }
+
+/// A WebSocket echo backend on 127.0.0.1:0; returns its `http://` URL.
+pub async fn ws_echo_backend() -> String {
+    use futures_util::{SinkExt, StreamExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                    return;
+                };
+                while let Some(Ok(msg)) = ws.next().await {
+                    if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    format!("http://{addr}")
+}
