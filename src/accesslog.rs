@@ -307,7 +307,7 @@ fn format_line(out: &mut Vec<u8>, r: &AccessRecord, format: LogFormat, clock: &m
             duration_ms(out, r.duration_us);
             if let Some(t) = &r.trace_id {
                 out.extend_from_slice(b" trace_id=");
-                hex(out, t);
+                crate::trace::push_hex(out, t);
             }
             out.push(b'\n');
         }
@@ -330,19 +330,11 @@ fn format_line(out: &mut Vec<u8>, r: &AccessRecord, format: LogFormat, clock: &m
             duration_ms(out, r.duration_us);
             if let Some(t) = &r.trace_id {
                 out.extend_from_slice(b",\"trace_id\":\"");
-                hex(out, t);
+                crate::trace::push_hex(out, t);
                 out.push(b'"');
             }
             out.extend_from_slice(b",\"target\":\"sluice::access\"}\n");
         }
-    }
-}
-
-fn hex(out: &mut Vec<u8>, bytes: &[u8]) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for b in bytes {
-        out.push(DIGITS[usize::from(b >> 4)]);
-        out.push(DIGITS[usize::from(b & 0xf)]);
     }
 }
 

@@ -206,17 +206,23 @@ async fn a_global_route_limit_holds_across_three_replicas() {
 
     // A keyed route: one client's key has one bucket for the fleet, under
     // a key that never holds the raw value.
+    // Alice's requests, spread over the replicas.
+    let as_alice = |i: usize| {
+        let (c, url) = (c.clone(), format!("http://{}/user/x", fleet[i % 3].data_addr));
+        async move {
+            send(
+                &c,
+                http::Method::GET,
+                &url,
+                &[("x-user", "alice@example.com")],
+                bytes::Bytes::new(),
+            )
+            .await
+        }
+    };
     let mut admitted = 0;
     for i in 0..30 {
-        let url = format!("http://{}/user/x", fleet[i % 3].data_addr);
-        let r = send(
-            &c,
-            http::Method::GET,
-            &url,
-            &[("x-user", "alice@example.com")],
-            bytes::Bytes::new(),
-        )
-        .await;
+        let r = as_alice(i).await;
         match r.status.as_u16() {
             200 => {
                 admitted += 1;
@@ -243,16 +249,7 @@ async fn a_global_route_limit_holds_across_three_replicas() {
     let before = script_calls();
     let started = std::time::Instant::now();
     for i in 0..60 {
-        let url = format!("http://{}/user/x", fleet[i % 3].data_addr);
-        let r = send(
-            &c,
-            http::Method::GET,
-            &url,
-            &[("x-user", "alice@example.com")],
-            bytes::Bytes::new(),
-        )
-        .await;
-        assert_eq!(r.status, 429);
+        assert_eq!(as_alice(i).await.status, 429);
     }
     let heartbeats = 3 * (started.elapsed().as_secs() + 2);
     let calls = script_calls() - before;

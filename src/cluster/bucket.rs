@@ -191,11 +191,6 @@ impl SharedBucket {
         &self.cluster
     }
 
-    /// Tokens per lease (for tests and docs).
-    pub fn lease_size(&self) -> u32 {
-        self.lease.size
-    }
-
     /// One decision for the bucket of `key_hash` (a keyed route).
     pub async fn take_keyed(&self, key_hash: u128) -> Result<Take, ClusterError> {
         if let Some(wait) = self.refused_for(key_hash) {

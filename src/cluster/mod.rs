@@ -247,9 +247,10 @@ impl Cluster {
             if batch.is_empty() {
                 continue;
             }
-            let keys: Vec<(String, GcraParams)> = batch
+            // One token each, no reserve.
+            let keys: Vec<(String, GcraParams, u32, u32)> = batch
                 .iter_mut()
-                .map(|a| (std::mem::take(&mut a.key), a.params))
+                .map(|a| (std::mem::take(&mut a.key), a.params, 1, 0))
                 .collect();
             match self.call(Op::Gcra, self.store.take_each(&keys)).await {
                 Ok(grants) => {

@@ -9,60 +9,40 @@ use crate::config::{RedisUrl, Secret};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::time::Duration;
 
-/// GCRA over a key holding the theoretical arrival time in microseconds of
-/// the server's clock. Grants up to ARGV[3] tokens at once but only while
-/// ARGV[4] tokens (the reserve) would still be free afterwards; returns
-/// {granted, free after, wait in µs until one more could be granted}.
-/// The key expires once the bucket would be full again, so idle keys
-/// vanish.
+/// GCRA over keys holding each bucket's theoretical arrival time in
+/// microseconds of the server's clock. KEYS are the buckets; ARGV holds
+/// (interval, tolerance, wanted, reserve) per key: up to `wanted` tokens,
+/// granted only while `reserve` tokens would still be free afterwards.
+/// Keys are taken in order, so one key twice is two decisions. Returns
+/// {granted, free after, wait in µs until one more could be granted} per
+/// key, flattened. A key expires once its bucket would be full again, so
+/// idle keys vanish. One script serves a lease (one key, many tokens) and
+/// a batch of keyed decisions (many keys, one token each).
 const GCRA_LUA: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local interval = tonumber(ARGV[1])
-local tolerance = tonumber(ARGV[2])
-local wanted = tonumber(ARGV[3])
-local reserve = tonumber(ARGV[4])
-local tat = tonumber(redis.call('GET', KEYS[1])) or now
-if tat < now then tat = now end
-local free = math.floor((now + tolerance + interval - tat) / interval)
-local granted = math.min(wanted, free - reserve)
-if granted < 1 then
-  local wait = tat + reserve * interval - tolerance - now
-  if wait < 1 then wait = 1 end
-  if free < 0 then free = 0 end
-  return {0, free, wait}
-end
-tat = tat + granted * interval
-redis.call('SET', KEYS[1], string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000) + 1000)
-return {granted, free - granted, 0}
-";
-
-/// Many one-token GCRA decisions in one call (the keyed decisions that
-/// arrived while the previous call was in flight): KEYS are the buckets,
-/// ARGV holds (interval, tolerance) per key. Keys are taken in order, so
-/// one key twice in a batch is two decisions. Returns {granted, free,
-/// wait} per key, flattened.
-const GCRA_MANY_LUA: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local out = {}
 for i, key in ipairs(KEYS) do
-  local interval = tonumber(ARGV[2 * i - 1])
-  local tolerance = tonumber(ARGV[2 * i])
+  local interval = tonumber(ARGV[4 * i - 3])
+  local tolerance = tonumber(ARGV[4 * i - 2])
+  local wanted = tonumber(ARGV[4 * i - 1])
+  local reserve = tonumber(ARGV[4 * i])
   local tat = tonumber(redis.call('GET', key)) or now
   if tat < now then tat = now end
   local free = math.floor((now + tolerance + interval - tat) / interval)
-  if free < 1 then
-    local wait = tat - tolerance - now
+  local granted = math.min(wanted, free - reserve)
+  if granted < 1 then
+    local wait = tat + reserve * interval - tolerance - now
     if wait < 1 then wait = 1 end
+    if free < 0 then free = 0 end
     out[3 * i - 2] = 0
-    out[3 * i - 1] = 0
+    out[3 * i - 1] = free
     out[3 * i] = wait
   else
-    tat = tat + interval
+    tat = tat + granted * interval
     redis.call('SET', key, string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000) + 1000)
-    out[3 * i - 2] = 1
-    out[3 * i - 1] = free - 1
+    out[3 * i - 2] = granted
+    out[3 * i - 1] = free - granted
     out[3 * i] = 0
   end
 end
@@ -104,7 +84,6 @@ pub struct Grant {
 pub struct Store {
     conn: ConnectionManager,
     gcra: redis::Script,
-    gcra_many: redis::Script,
     heartbeat: redis::Script,
 }
 
@@ -137,7 +116,6 @@ impl Store {
         Ok(Store {
             conn,
             gcra: redis::Script::new(GCRA_LUA),
-            gcra_many: redis::Script::new(GCRA_MANY_LUA),
             heartbeat: redis::Script::new(HEARTBEAT_LUA),
         })
     }
@@ -145,30 +123,24 @@ impl Store {
     /// Takes up to `wanted` tokens from the bucket at `key`, leaving
     /// `reserve` free.
     pub async fn take(&self, key: &str, p: GcraParams, wanted: u32, reserve: u32) -> Result<Grant, ClusterError> {
-        let mut conn = self.conn.clone();
-        let (granted, free, wait_us): (i64, i64, i64) = self
-            .gcra
-            .key(key)
-            .arg(p.interval_us.max(1))
-            .arg(p.tolerance_us)
-            .arg(wanted)
-            .arg(reserve)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(ClusterError::Store)?;
-        Ok(Grant {
-            granted: granted.clamp(0, i64::from(u32::MAX)) as u32,
-            free: free.clamp(0, i64::from(u32::MAX)) as u32,
-            wait: Duration::from_micros(wait_us.max(0) as u64),
-        })
+        let grants = self.take_each(&[(key, p, wanted, reserve)]).await?;
+        Ok(grants[0])
     }
 
-    /// One token from each bucket of `asks` (in order), in one call.
-    pub async fn take_each(&self, asks: &[(String, GcraParams)]) -> Result<Vec<Grant>, ClusterError> {
+    /// From each bucket of `asks` (key, shape, wanted, reserve), in order,
+    /// in one call.
+    pub async fn take_each<K: AsRef<str>>(
+        &self,
+        asks: &[(K, GcraParams, u32, u32)],
+    ) -> Result<Vec<Grant>, ClusterError> {
         let mut conn = self.conn.clone();
-        let mut call = self.gcra_many.prepare_invoke();
-        for (key, p) in asks {
-            call.key(key).arg(p.interval_us.max(1)).arg(p.tolerance_us);
+        let mut call = self.gcra.prepare_invoke();
+        for (key, p, wanted, reserve) in asks {
+            call.key(key.as_ref())
+                .arg(p.interval_us.max(1))
+                .arg(p.tolerance_us)
+                .arg(*wanted)
+                .arg(*reserve);
         }
         let flat: Vec<i64> = call.invoke_async(&mut conn).await.map_err(ClusterError::Store)?;
         if flat.len() != asks.len() * 3 {
@@ -177,11 +149,12 @@ impl Store {
                 got: flat.len(),
             });
         }
+        let count = |v: i64| v.clamp(0, i64::from(u32::MAX)) as u32;
         Ok(flat
             .chunks_exact(3)
             .map(|g| Grant {
-                granted: g[0].clamp(0, 1) as u32,
-                free: g[1].clamp(0, i64::from(u32::MAX)) as u32,
+                granted: count(g[0]),
+                free: count(g[1]),
                 wait: Duration::from_micros(g[2].max(0) as u64),
             })
             .collect())

@@ -76,7 +76,7 @@ impl DeliveryRates {
 
     /// Deliveries per second from `partition` lately; `None` without one in
     /// the last 30 s.
-    pub fn rate(&self, partition: u32) -> Option<f64> {
+    fn rate(&self, partition: u32) -> Option<f64> {
         self.rate_at(partition, Instant::now())
     }
 
@@ -88,15 +88,22 @@ impl DeliveryRates {
             .unwrap_or_else(|p| p.into_inner());
         let run_since = w.run_since?;
         let now_slot = self.slot(now);
-        let within = |span: Duration| -> u64 {
-            let slots = (span.as_millis() / SLOT.as_millis()) as u64;
-            (0..SLOTS)
-                .filter(|&i| w.slot_of[i] != u64::MAX && now_slot.saturating_sub(w.slot_of[i]) < slots)
-                .map(|i| u64::from(w.counts[i]))
-                .sum()
-        };
-        for span in [RECENT, LONGEST] {
-            let n = within(span);
+        // Both windows' counts in one pass over the slots.
+        let recent_slots = (RECENT.as_millis() / SLOT.as_millis()) as u64;
+        let (mut recent, mut longest) = (0u64, 0u64);
+        for i in 0..SLOTS {
+            if w.slot_of[i] == u64::MAX {
+                continue;
+            }
+            let age = now_slot.saturating_sub(w.slot_of[i]);
+            if age < SLOTS as u64 {
+                longest += u64::from(w.counts[i]);
+                if age < recent_slots {
+                    recent += u64::from(w.counts[i]);
+                }
+            }
+        }
+        for (span, n) in [(RECENT, recent), (LONGEST, longest)] {
             if n > 0 {
                 // A run younger than the window is measured over its age,
                 // but over a second at least: a first delivery or two say

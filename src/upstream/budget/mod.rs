@@ -4,12 +4,15 @@
 //! sees more than capacity + burst in a second nor more than
 //! max_concurrency at once.
 
-use crate::admission::divided;
-use crate::cluster::bucket::{Share as FleetShare, SharedBucket, Take};
-use crate::cluster::{Cluster, HEARTBEAT_EVERY};
-use crate::config::{OnStoreError, Rate, Scope, UpstreamConfig};
+mod gcra;
+mod shape;
+
+use crate::cluster::bucket::Share as FleetShare;
+use crate::cluster::Cluster;
+use crate::config::{Rate, Scope, UpstreamConfig};
 use arc_swap::ArcSwap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use shape::{RateNow, Shape};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -69,206 +72,6 @@ impl Drop for BudgetPermit {
                 .is_ok();
             if paid {
                 slot.forget();
-            }
-        }
-    }
-}
-
-/// A GCRA token bucket on tokio's clock (so tests can pause time), with
-/// one thing governor's lacks: taking a token only if at least `reserve`
-/// remain afterwards. That is how replay leaves live traffic its share.
-struct Gcra {
-    epoch: Instant,
-    /// Emission interval: one token per `t_ns`.
-    t_ns: u64,
-    /// Burst tolerance: (burst - 1) intervals.
-    tau_ns: u64,
-    /// Theoretical arrival time, ns since `epoch`.
-    tat: AtomicU64,
-}
-
-impl Gcra {
-    fn new(rate: Rate, burst: u32) -> Gcra {
-        let t_ns = (rate.interval().as_nanos() as u64).max(1);
-        Gcra {
-            epoch: Instant::now(),
-            t_ns,
-            tau_ns: t_ns * u64::from(burst.max(1) - 1),
-            tat: AtomicU64::new(0),
-        }
-    }
-
-    /// A bucket with new parameters that continues this one's state, so a
-    /// reload hands out no fresh burst.
-    fn successor(&self, rate: Rate, burst: u32) -> Gcra {
-        let next = Gcra::new(rate, burst);
-        let tat = self.tat.load(Ordering::Acquire);
-        // Re-express the theoretical arrival time on the new epoch.
-        let shifted = (self.epoch + Duration::from_nanos(tat)).saturating_duration_since(next.epoch);
-        next.tat.store(shifted.as_nanos() as u64, Ordering::Release);
-        next
-    }
-
-    /// Takes one token if `reserve` tokens remain after it; otherwise how
-    /// long until that would be true.
-    fn try_take(&self, reserve: u32) -> Result<(), Duration> {
-        let now = self.epoch.elapsed().as_nanos() as u64;
-        let mut tat = self.tat.load(Ordering::Acquire);
-        loop {
-            let new_tat = tat.max(now) + self.t_ns;
-            let allow_at = (new_tat + u64::from(reserve) * self.t_ns).saturating_sub(self.t_ns + self.tau_ns);
-            if now < allow_at {
-                return Err(Duration::from_nanos(allow_at - now));
-            }
-            match self
-                .tat
-                .compare_exchange_weak(tat, new_tat, Ordering::AcqRel, Ordering::Acquire)
-            {
-                Ok(_) => return Ok(()),
-                Err(actual) => tat = actual,
-            }
-        }
-    }
-}
-
-/// The parts of the budget a reload replaces together.
-struct Shape {
-    spec: BudgetSpec,
-    rate: Option<Gcra>,
-    /// `upstream.scope = "global"`: the fleet's bucket, asked instead of
-    /// `rate`.
-    fleet: Option<Arc<SharedBucket>>,
-    /// The fleet bucket's `local` fallback, for the divisor it was built at.
-    fallback: std::sync::Mutex<Option<(u32, Arc<Gcra>)>>,
-    /// Tokens and slots replay must leave untouched for live requests.
-    replay_token_reserve: u32,
-    replay_slot_reserve: usize,
-}
-
-/// What the rate part says without waiting.
-enum RateNow {
-    Took,
-    Wait(Duration),
-    AskStore,
-}
-
-impl Shape {
-    fn new(spec: BudgetSpec, previous: Option<&Shape>, cluster: Option<&Arc<Cluster>>) -> Shape {
-        let rate = spec.capacity.map(|c| match previous.and_then(|p| p.rate.as_ref()) {
-            Some(old) => old.successor(c, spec.capacity_burst),
-            None => Gcra::new(c, spec.capacity_burst),
-        });
-        let fleet = match (spec.scope, spec.capacity, cluster) {
-            (Scope::Global, Some(capacity), Some(cluster)) => Some(
-                previous
-                    .filter(|p| p.spec.capacity == spec.capacity && p.spec.capacity_burst == spec.capacity_burst)
-                    .and_then(|p| p.fleet.clone())
-                    .unwrap_or_else(|| {
-                        Arc::new(SharedBucket::new(
-                            cluster.clone(),
-                            "upstream",
-                            format!("{}:upstream", cluster.namespace()),
-                            capacity,
-                            spec.capacity_burst,
-                        ))
-                    }),
-            ),
-            _ => None,
-        };
-        Shape {
-            rate,
-            fleet,
-            fallback: std::sync::Mutex::new(None),
-            replay_token_reserve: spec.capacity_burst / 2,
-            replay_slot_reserve: spec.max_concurrency as usize / 8,
-            spec,
-        }
-    }
-
-    fn reserve(&self, share: FleetShare) -> u32 {
-        match share {
-            FleetShare::Live => 0,
-            FleetShare::Replay { .. } => self.replay_token_reserve,
-        }
-    }
-
-    fn replay_share(&self) -> FleetShare {
-        FleetShare::Replay {
-            reserve: self.replay_token_reserve,
-        }
-    }
-
-    /// A token now, if this replica can tell without the store.
-    fn rate_now(&self, share: FleetShare) -> RateNow {
-        let Some(fleet) = &self.fleet else {
-            return match &self.rate {
-                None => RateNow::Took,
-                Some(g) => match g.try_take(self.reserve(share)) {
-                    Ok(()) => RateNow::Took,
-                    Err(wait) => RateNow::Wait(wait),
-                },
-            };
-        };
-        if !fleet.cluster().is_up() {
-            return self.fallback(fleet, share);
-        }
-        match fleet.try_take_leased(share) {
-            Some(Take::Granted { .. }) => RateNow::Took,
-            Some(Take::Limited { wait }) => RateNow::Wait(wait),
-            None => RateNow::AskStore,
-        }
-    }
-
-    /// A token, asking the store if need be (at most `cluster.timeout`).
-    async fn take_rate(&self, share: FleetShare) -> Result<(), Duration> {
-        match self.rate_now(share) {
-            RateNow::Took => Ok(()),
-            RateNow::Wait(wait) => Err(wait),
-            RateNow::AskStore => {
-                let Some(fleet) = &self.fleet else { return Ok(()) };
-                let asked = tokio::time::timeout(fleet.cluster().timeout(), fleet.take_leased(share)).await;
-                match asked {
-                    Ok(Ok(Take::Granted { .. })) => Ok(()),
-                    Ok(Ok(Take::Limited { wait })) => Err(wait),
-                    // Up, but no answer in time for this request: over the
-                    // limit for now (see `GlobalLimit::check`).
-                    _ if fleet.cluster().is_up() => Err(fleet.cluster().timeout()),
-                    _ => match self.fallback(fleet, share) {
-                        RateNow::Took => Ok(()),
-                        RateNow::Wait(wait) => Err(wait),
-                        RateNow::AskStore => Err(HEARTBEAT_EVERY),
-                    },
-                }
-            }
-        }
-    }
-
-    /// The store can't be asked: `cluster.on_store_error` decides.
-    fn fallback(&self, fleet: &SharedBucket, share: FleetShare) -> RateNow {
-        let cluster = fleet.cluster();
-        cluster.note_fallback_decision();
-        match cluster.on_store_error() {
-            OnStoreError::Allow => RateNow::Took,
-            OnStoreError::Reject => RateNow::Wait(HEARTBEAT_EVERY),
-            OnStoreError::Local => {
-                let n = cluster.divisor();
-                let local = {
-                    let mut slot = self.fallback.lock().unwrap_or_else(|p| p.into_inner());
-                    match &*slot {
-                        Some((d, g)) if *d == n => g.clone(),
-                        _ => {
-                            let capacity = self.spec.capacity.expect("a fleet budget has a capacity");
-                            let g = Arc::new(Gcra::new(divided(capacity, n), self.spec.capacity_burst.div_ceil(n)));
-                            *slot = Some((n, g.clone()));
-                            g
-                        }
-                    }
-                };
-                // The reserve shrinks with the burst it is part of.
-                match local.try_take(self.reserve(share).div_ceil(n)) {
-                    Ok(()) => RateNow::Took,
-                    Err(wait) => RateNow::Wait(wait),
-                }
             }
         }
     }
@@ -574,7 +377,9 @@ mod tests {
 #[cfg(test)]
 mod fleet_tests {
     use super::*;
+    use crate::cluster::HEARTBEAT_EVERY;
     use crate::config::units::parse_rate;
+    use crate::config::OnStoreError;
     use crate::config::{ClusterConfig, RedisUrl};
     use crate::metrics::Metrics;
     use crate::shutdown::Shutdown;
