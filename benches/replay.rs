@@ -101,7 +101,7 @@ fn peak_per_second(times: &[Instant]) -> usize {
 async fn wait_drained(running: &sluice::app::Running, deadline: Duration) -> Duration {
     let start = Instant::now();
     loop {
-        if running.shared.spooler.spool.status().backlog_records() == 0 {
+        if running.shared.spooler.local().unwrap().spool.status().backlog_records() == 0 {
             return start.elapsed();
         }
         assert!(start.elapsed() < deadline, "backlog did not drain within {deadline:?}");
@@ -122,7 +122,7 @@ async fn fidelity() {
     let url = format!("http://{}/orders", running.data_addr);
     let n = 3000;
     post_burst(&url, n, 64).await;
-    let backlog = running.shared.spooler.spool.status().backlog_records();
+    let backlog = running.shared.spooler.local().unwrap().spool.status().backlog_records();
     let drain = wait_drained(&running, Duration::from_secs(120)).await;
     let ideal = backlog as f64 / 200.0;
     let times = seen.lock().unwrap().clone();
@@ -156,13 +156,13 @@ async fn adaptive() {
     cfg.spool.partitions = 16;
     let running = sluice::app::start(cfg, Overrides::default()).await.unwrap();
     // Fill a backlog while replay is paused, then let it go.
-    running.shared.spooler.paused.send_replace(true);
+    running.shared.spooler.local().unwrap().paused.send_replace(true);
     let url = format!("http://{}/orders", running.data_addr);
     let n = 8000;
     post_burst(&url, n, 64).await;
     seen.lock().unwrap().clear();
     let start = Instant::now();
-    running.shared.spooler.paused.send_replace(false);
+    running.shared.spooler.local().unwrap().paused.send_replace(false);
     wait_drained(&running, Duration::from_secs(120)).await;
     let times = seen.lock().unwrap().clone();
     // Delivered per 500 ms window.

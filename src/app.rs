@@ -4,6 +4,7 @@
 
 use crate::admin::{AdminService, AdminState};
 use crate::config::{Config, Overrides};
+use crate::drain::spooler::Spooler;
 use crate::metrics::Metrics;
 use crate::proxy::{data_stack, ConnInfo};
 use crate::reload::{ReloadOutcome, Reloader};
@@ -51,6 +52,8 @@ pub enum AppError {
     Cluster(#[from] crate::cluster::ClusterError),
     #[error("{0}")]
     Otlp(#[from] crate::otlp::OtlpError),
+    #[error("spool.jetstream: {0}")]
+    JetStream(#[from] crate::jetstream::JetStreamError),
 }
 
 /// Raises the soft limit on open files to the hard one, as nginx's
@@ -208,17 +211,28 @@ pub async fn start(config: Config, overrides: Overrides) -> Result<Running, AppE
         tracing::warn!("{w}");
     }
     raise_nofile_limit(config.server.max_connections);
-    let spool = crate::spool::Spool::open(
-        spool_options(&config),
-        Arc::new(crate::metrics::SpoolMetrics::new(&metrics, config.spool.partitions)),
-    )
-    .await?;
-    let outcomes = Arc::new(crate::drain::outcomes::OutcomeStore::open(
-        &config.spool.dir,
-        config.server.status_retention,
-        config.server.status_max_entries,
-    )?);
-    let spooler = Arc::new(crate::drain::spooler::Spooler::new(spool.clone(), outcomes));
+    // The local spool (and its directory) only with the local backend.
+    let (spool, spooler) = match config.spool.backend.jetstream() {
+        None => {
+            let spool = crate::spool::Spool::open(
+                spool_options(&config),
+                Arc::new(crate::metrics::SpoolMetrics::new(&metrics, config.spool.partitions)),
+            )
+            .await?;
+            let outcomes = Arc::new(crate::drain::outcomes::OutcomeStore::open(
+                &config.spool.dir,
+                config.server.status_retention,
+                config.server.status_max_entries,
+            )?);
+            let local = Arc::new(crate::drain::spooler::LocalSpooler::new(spool.clone(), outcomes));
+            (Some(spool), Spooler::Local(local))
+        }
+        Some(_) => (
+            None,
+            Spooler::JetStream(crate::jetstream::connect(&config, &metrics).await?),
+        ),
+    };
+    let spooler = Arc::new(spooler);
     let data_addr = data_listener.local_addr().map_err(|source| AppError::Bind {
         addr: config.server.listen,
         what: "server.listen",
@@ -261,9 +275,16 @@ pub async fn start(config: Config, overrides: Overrides) -> Result<Running, AppE
     let mut shared = Shared::new(runtime, upstream_client, metrics.clone(), spooler.clone(), cluster);
     shared.spans = spans;
     let shared = Arc::new(shared);
-    let drainer = crate::drain::replay::Drainer::new(spooler.clone(), shared.clone(), &metrics);
     let drain_shutdown = Shutdown::new();
-    let mut drain_tasks = drainer.start(drain_shutdown.clone());
+    let mut drain_tasks = match &*spooler {
+        Spooler::Local(local) => {
+            crate::drain::replay::Drainer::new(local.clone(), shared.clone(), &metrics).start(drain_shutdown.clone())
+        }
+        Spooler::JetStream(js) => {
+            js.spawn_watchers(metrics.clone(), cluster_shutdown.clone());
+            crate::jetstream::JetStreamDrainer::new(js.clone(), shared.clone(), &metrics).start(drain_shutdown.clone())
+        }
+    };
     let reloader = Arc::new(Reloader::new(shared.clone(), metrics.clone(), overrides));
     let admin_state = Arc::new(AdminState {
         metrics: metrics.clone(),
@@ -396,8 +417,10 @@ pub async fn start(config: Config, overrides: Overrides) -> Result<Running, AppE
                 }
             })
             .await;
-            if let Err(e) = spool.close().await {
-                tracing::error!(error = %e, "closing the spool failed; recovery will repair it at the next start");
+            if let Some(spool) = &spool {
+                if let Err(e) = spool.close().await {
+                    tracing::error!(error = %e, "closing the spool failed; recovery will repair it at the next start");
+                }
             }
             admin_shutdown.trigger();
             let _ = admin.await;

@@ -301,7 +301,13 @@ on_limit = "spool"
     let running = crate::app::start(config, Overrides::default()).await?;
     let via_started = Instant::now();
     let via = burst(&format!("http://{}/orders", running.data_addr), opts).await;
-    let spool = running.shared.spooler.spool.clone();
+    let spool = running
+        .shared
+        .spooler
+        .local()
+        .expect("the demo runs the local spool")
+        .spool
+        .clone();
     let drain_deadline = Duration::from_secs(60);
     let drained = loop {
         if spool.status().backlog_records() == 0 {

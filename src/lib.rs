@@ -60,6 +60,7 @@ pub mod config;
 pub mod crash;
 pub mod demo;
 pub mod drain;
+pub mod jetstream;
 pub mod metrics;
 pub mod otlp;
 pub mod proxy;

@@ -289,7 +289,15 @@ async fn dlq_command(cmd: DlqCommand) -> anyhow::Result<()> {
             json,
         } => {
             let spool = open_offline(&spool_dir).await?;
-            let (items, next) = dlq::list(&spool, from, limit).await?;
+            let (items, next) = dlq::list(
+                &dlq::LocalDeadLetters {
+                    spool: &spool,
+                    outcomes: None,
+                },
+                from,
+                limit,
+            )
+            .await?;
             if json {
                 println!("{}", serde_json::json!({"dead_letters": items, "next_from": next}));
             } else {
@@ -330,7 +338,11 @@ async fn dlq_command(cmd: DlqCommand) -> anyhow::Result<()> {
             let mut total = 0;
             // A page at a time, as the admin API does, to the end.
             loop {
-                let page = dlq::replay(&spool, Some(&outcomes), &lock, &selection).await?;
+                let letters = dlq::LocalDeadLetters {
+                    spool: &spool,
+                    outcomes: Some(&outcomes),
+                };
+                let page = dlq::replay(&letters, &lock, &selection).await?;
                 for (old, new) in &page.pairs {
                     println!("{old} -> {new}");
                 }
@@ -349,7 +361,11 @@ async fn dlq_command(cmd: DlqCommand) -> anyhow::Result<()> {
         DlqCommand::Purge(sel) => {
             let spool = open_offline(&sel.spool_dir).await?;
             let selection = sel.selection();
-            let n = dlq::purge(&spool, &dlq::DlqLock::default(), &selection).await?;
+            let letters = dlq::LocalDeadLetters {
+                spool: &spool,
+                outcomes: None,
+            };
+            let n = dlq::purge(&letters, &dlq::DlqLock::default(), &selection).await?;
             println!("purged {n}");
             spool.close().await?;
         }

@@ -409,6 +409,22 @@ impl Metrics {
     }
 }
 
+impl Metrics {
+    /// `sluice_spool_store_up`, registered only with a spool that has a
+    /// store to lose (JetStream).
+    pub fn spool_store_up(&self) -> IntGauge {
+        let gauge = IntGauge::new(
+            "sluice_spool_store_up",
+            "1 while the spool's store (the NATS cluster) is connected; 0 while spooling answers 503.",
+        )
+        .expect("a valid metric");
+        // A second registration (two apps on one registry in tests) is
+        // harmless.
+        let _ = self.registry.register(Box::new(gauge.clone()));
+        gauge
+    }
+}
+
 /// The `[cluster]` series, registered only when a cluster store is
 /// configured (a lone sidecar has no store to be down).
 #[derive(Clone)]

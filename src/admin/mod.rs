@@ -117,14 +117,18 @@ async fn handle(state: Arc<AdminState>, peer: SocketAddr, req: Request<Incoming>
     match (req.method(), path) {
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => {
-            if state.ready.load(Ordering::Acquire) && state.spooler.spool.is_available() {
+            if state.ready.load(Ordering::Acquire) && state.spooler.is_available() {
                 text(StatusCode::OK, "ready\n")
             } else {
                 text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
             }
         }
         (&Method::GET, "/metrics") => {
-            state.metrics.set_spool_status(&state.spooler.spool.status());
+            // The JetStream spool's series are kept by its poller: a
+            // scrape doesn't make NATS round trips.
+            if let Some(local) = state.spooler.local() {
+                state.metrics.set_spool_status(&local.spool.status());
+            }
             let mut r = Response::new(ResponseBody::full(state.metrics.render()));
             r.headers_mut().insert(
                 CONTENT_TYPE,
@@ -158,20 +162,25 @@ async fn admin_route(state: &AdminState, req: Request<Incoming>) -> Response<Res
         },
         (_, "/admin/reload") => method_not_allowed("POST"),
         (&Method::GET, "/admin/spool") => {
-            let status = state.spooler.spool.status();
+            let status = match state.spooler.spool_status().await {
+                Ok(s) => s,
+                Err(e) => return store_error(e),
+            };
             let mut v = serde_json::to_value(&status).unwrap_or_default();
-            v["paused"] = serde_json::Value::Bool(*state.spooler.paused.borrow());
+            v["paused"] = serde_json::Value::Bool(state.spooler.paused());
             json_response(StatusCode::OK, &v, None)
         }
-        (&Method::POST, "/admin/drain/pause") => {
-            state.spooler.paused.send_replace(true);
-            tracing::info!("replay paused by the admin API");
-            json_response(StatusCode::OK, &serde_json::json!({"paused": true}), None)
-        }
-        (&Method::POST, "/admin/drain/resume") => {
-            state.spooler.paused.send_replace(false);
-            tracing::info!("replay resumed by the admin API");
-            json_response(StatusCode::OK, &serde_json::json!({"paused": false}), None)
+        (&Method::POST, p @ ("/admin/drain/pause" | "/admin/drain/resume")) => {
+            let paused = p.ends_with("pause");
+            if let Err(e) = state.spooler.set_paused(paused).await {
+                return store_error(e);
+            }
+            tracing::info!(
+                paused,
+                "replay {} by the admin API",
+                if paused { "paused" } else { "resumed" }
+            );
+            json_response(StatusCode::OK, &serde_json::json!({ "paused": paused }), None)
         }
         (&Method::GET, "/admin/requests") => {
             let params = query_params(req.uri().query());
@@ -183,8 +192,7 @@ async fn admin_route(state: &AdminState, req: Request<Incoming>) -> Response<Res
                     None,
                 );
             };
-            let hash = crate::drain::outcomes::key_hash(route, key);
-            let found = match state.spooler.outcomes.id_for_key(hash) {
+            let found = match state.spooler.id_for_key(route, key).await {
                 Some(id) => state.spooler.status(id).await,
                 None => None,
             };
@@ -195,7 +203,11 @@ async fn admin_route(state: &AdminState, req: Request<Incoming>) -> Response<Res
         }
         (&Method::GET, "/admin/dlq") => {
             let (from, limit) = page_params(req.uri().query());
-            match dlq::list(&state.spooler.spool, from, limit).await {
+            let listed = match &*state.spooler {
+                Spooler::Local(l) => dlq::list(&l.dead_letters(), from, limit).await,
+                Spooler::JetStream(j) => dlq::list(&**j, from, limit).await,
+            };
+            match listed {
                 Ok((items, next)) => json_response(
                     StatusCode::OK,
                     &serde_json::json!({"dead_letters": items, "next_from": next}),
@@ -215,9 +227,12 @@ async fn admin_route(state: &AdminState, req: Request<Incoming>) -> Response<Res
             // would leave it in the DLQ to be enqueued again later).
             let spooler = state.spooler.clone();
             let work = tokio::spawn(async move {
-                let (spool, lock) = (&spooler.spool, &spooler.dlq_lock);
+                let lock = spooler.dlq_lock();
                 if replay {
-                    let done = dlq::replay(spool, Some(&spooler.outcomes), lock, &selection).await?;
+                    let done = match &*spooler {
+                        Spooler::Local(l) => dlq::replay(&l.dead_letters(), lock, &selection).await?,
+                        Spooler::JetStream(j) => dlq::replay(&**j, lock, &selection).await?,
+                    };
                     let replayed: Vec<_> = done
                         .pairs
                         .into_iter()
@@ -225,7 +240,10 @@ async fn admin_route(state: &AdminState, req: Request<Incoming>) -> Response<Res
                         .collect();
                     Ok(serde_json::json!({ "replayed": replayed, "next_from": done.next_from, "before": done.before }))
                 } else {
-                    let n = dlq::purge(spool, lock, &selection).await?;
+                    let n = match &*spooler {
+                        Spooler::Local(l) => dlq::purge(&l.dead_letters(), lock, &selection).await?,
+                        Spooler::JetStream(j) => dlq::purge(&**j, lock, &selection).await?,
+                    };
                     Ok(serde_json::json!({ "purged": n }))
                 }
             });
@@ -322,9 +340,19 @@ fn dlq_error(e: dlq::DlqError) -> Response<ResponseBody> {
     let status = match &e {
         dlq::DlqError::Spool(s) if s.is_retryable() => StatusCode::SERVICE_UNAVAILABLE,
         dlq::DlqError::Spool(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        dlq::DlqError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::BAD_REQUEST,
     };
     json_response(status, &serde_json::json!({"error": e.to_string()}), None)
+}
+
+/// The JetStream spool didn't answer: 503, the operator may retry.
+fn store_error(e: crate::jetstream::JetStreamError) -> Response<ResponseBody> {
+    json_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &serde_json::json!({"error": e.to_string()}),
+        None,
+    )
 }
 
 fn method_not_allowed(allow: &'static str) -> Response<ResponseBody> {

@@ -176,6 +176,35 @@ pub struct SpoolFile {
     pub fsync_interval: Option<String>,
     pub dlq_max_bytes: Option<SizeLit>,
     pub dlq_retention: Option<String>,
+    pub backend: Option<SpoolBackendFile>,
+    pub jetstream: Option<JetStreamFile>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SpoolBackendFile {
+    Local,
+    Jetstream,
+}
+
+/// `[spool.jetstream]`: the spool on a NATS JetStream cluster.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JetStreamFile {
+    pub servers: Option<Vec<String>>,
+    pub token_file: Option<String>,
+    pub user: Option<String>,
+    pub password_file: Option<String>,
+    pub nkey_file: Option<String>,
+    pub creds_file: Option<String>,
+    pub ca_file: Option<String>,
+    pub stream: Option<String>,
+    pub subject_prefix: Option<String>,
+    pub replicas: Option<usize>,
+    pub max_bytes: Option<SizeLit>,
+    pub max_age: Option<String>,
+    pub ack_wait: Option<String>,
+    pub publish_timeout: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

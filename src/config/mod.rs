@@ -16,9 +16,9 @@ mod validate;
 
 pub use error::ConfigError;
 pub use types::{
-    AdminConfig, ClusterConfig, Config, DrainConfig, EscapedSlashes, FsyncPolicy, KeySource, LogConfig, LogFormat,
-    OnLimit, OnStoreError, Ordering, PathPolicy, RedisUrl, RouteConfig, RouteMatch, Scope, Secret, ServerConfig,
-    SpoolConfig, TlsConfig, UpstreamConfig,
+    AdminConfig, ClusterConfig, Config, DrainConfig, EscapedSlashes, FsyncPolicy, JetStreamConfig, KeySource,
+    LogConfig, LogFormat, NatsAuth, OnLimit, OnStoreError, Ordering, PathPolicy, RedisUrl, RouteConfig, RouteMatch,
+    Scope, Secret, ServerConfig, SpoolBackend, SpoolConfig, TlsConfig, UpstreamConfig,
 };
 pub use units::Rate;
 pub use validate::parse_upstream_flag;

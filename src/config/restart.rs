@@ -161,6 +161,23 @@ static RESTART_ONLY: &[RestartOnly] = &[
         differs: |a, b| a.cluster.namespace != b.cluster.namespace,
         keep: |new, run| new.cluster.namespace = run.cluster.namespace.clone(),
     },
+    // The backend, its connection, streams and consumers are set up once.
+    RestartOnly {
+        key: "spool.backend",
+        differs: |a, b| a.spool.backend != b.spool.backend,
+        keep: |new, run| new.spool.backend = run.spool.backend.clone(),
+    },
+    // With JetStream the ordering is the consumers' shape (one message in
+    // flight, or many), made at start.
+    RestartOnly {
+        key: "drain.ordering",
+        differs: |a, b| a.spool.backend.jetstream().is_some() && a.drain.ordering != b.drain.ordering,
+        keep: |new, run| {
+            if run.spool.backend.jetstream().is_some() {
+                new.drain.ordering = run.drain.ordering;
+            }
+        },
+    },
 ];
 
 impl Config {

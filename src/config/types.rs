@@ -252,6 +252,57 @@ pub struct SpoolConfig {
     pub dlq_max_bytes: u64,
     /// Dead letters older than this are dropped.
     pub dlq_retention: Duration,
+    /// Where spooled records live: this node's disk, or a JetStream cluster.
+    pub backend: SpoolBackend,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum SpoolBackend {
+    Local,
+    JetStream(Box<JetStreamConfig>),
+}
+
+impl SpoolBackend {
+    pub fn jetstream(&self) -> Option<&JetStreamConfig> {
+        match self {
+            SpoolBackend::JetStream(js) => Some(js),
+            SpoolBackend::Local => None,
+        }
+    }
+}
+
+/// `[spool.jetstream]`, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JetStreamConfig {
+    pub servers: Vec<String>,
+    pub auth: NatsAuth,
+    /// Extra CA certificates (PEM) for a TLS server; TLS is then required.
+    pub ca_file: Option<PathBuf>,
+    /// Streams are `<stream>-<partition>` and `<stream>-dlq`; the buckets
+    /// `<stream>-state` and `<stream>-control`.
+    pub stream: String,
+    /// Subjects are `<subject_prefix>.<partition>` and `<subject_prefix>.dlq`.
+    pub subject_prefix: String,
+    pub replicas: usize,
+    pub max_bytes: u64,
+    pub max_age: Duration,
+    pub ack_wait: Duration,
+    pub publish_timeout: Duration,
+}
+
+/// How sluice proves itself to the NATS servers (at most one way).
+#[derive(Debug, Clone, PartialEq)]
+pub enum NatsAuth {
+    None,
+    Token(Secret),
+    UserPassword {
+        user: String,
+        password: Secret,
+    },
+    /// An nkey seed (`SU...`).
+    NKey(Secret),
+    /// A `.creds` file (JWT and seed), read by the client at connect.
+    Creds(PathBuf),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

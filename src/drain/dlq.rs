@@ -19,6 +19,74 @@ use super::id::RequestId;
 use super::outcomes::{now_ms, Outcome, OutcomeStore, State};
 use crate::spool::{DeadLetter, DlqSelection, Spool, SpoolError};
 
+/// Where dead letters live: the local spool's dead-letter log, or a
+/// JetStream DLQ stream. List, replay and purge (with their filters and
+/// paging) are written once, over this.
+#[allow(async_fn_in_trait)]
+pub trait DeadLetters {
+    fn partitions(&self) -> u32;
+    /// The DLQ offset the next dead letter gets.
+    async fn end(&self) -> Result<u64, DlqError>;
+    /// Up to `n` letters from DLQ offset `from`, in order.
+    async fn page(&self, from: u64, n: usize) -> Result<Vec<DeadLetter>, DlqError>;
+    /// The letter at `dlq_offset`, if it is still there.
+    async fn get(&self, dlq_offset: u64) -> Result<Option<DeadLetter>, DlqError>;
+    /// Appends a request to the tail of `partition`; its new offset.
+    async fn enqueue(&self, partition: u32, env: &Envelope) -> Result<u64, DlqError>;
+    /// Drops the letters at `dlq_offsets`; how many were dropped.
+    async fn remove(&self, dlq_offsets: Vec<u64>) -> Result<u64, DlqError>;
+    /// Notes that `old` was replayed as `new` (its status shows it).
+    async fn replayed(&self, old: RequestId, new: RequestId, last_status: Option<u16>, enqueued_ms: u64);
+}
+
+/// The local spool's dead letters, and its outcome store when there is one
+/// (the offline CLI replays without one).
+pub struct LocalDeadLetters<'a> {
+    pub spool: &'a Spool,
+    pub outcomes: Option<&'a OutcomeStore>,
+}
+
+impl DeadLetters for LocalDeadLetters<'_> {
+    fn partitions(&self) -> u32 {
+        self.spool.partitions()
+    }
+
+    async fn end(&self) -> Result<u64, DlqError> {
+        Ok(self.spool.status().dlq.next_offset)
+    }
+
+    async fn page(&self, from: u64, n: usize) -> Result<Vec<DeadLetter>, DlqError> {
+        Ok(self.spool.dlq_list(from, n).await?)
+    }
+
+    async fn get(&self, dlq_offset: u64) -> Result<Option<DeadLetter>, DlqError> {
+        Ok(self.spool.dlq_get(dlq_offset).await?)
+    }
+
+    async fn enqueue(&self, partition: u32, env: &Envelope) -> Result<u64, DlqError> {
+        Ok(self.spool.append(partition, env.encode()).await?)
+    }
+
+    async fn remove(&self, dlq_offsets: Vec<u64>) -> Result<u64, DlqError> {
+        Ok(self.spool.dlq_purge(&DlqSelection::Offsets(dlq_offsets))?)
+    }
+
+    async fn replayed(&self, old: RequestId, new: RequestId, last_status: Option<u16>, enqueued_ms: u64) {
+        if let Some(store) = self.outcomes {
+            let previous = store.get(old.partition, old.offset);
+            store.record(Outcome {
+                id: old,
+                state: State::Dead,
+                attempts: previous.map_or(0, |p| p.attempts),
+                upstream_status: last_status,
+                at_ms: now_ms(),
+                enqueued_ms,
+                replayed_as: Some(new),
+            });
+        }
+    }
+}
+
 /// Serialises the replay and purge of one spool's dead letters. The
 /// running sluice keeps one in its [`super::spooler::Spooler`]; the
 /// offline CLI makes its own (the spool directory's lock already keeps
@@ -116,12 +184,14 @@ pub enum DlqError {
     PagedPurge,
     #[error(transparent)]
     Spool(#[from] SpoolError),
+    #[error(transparent)]
+    Store(#[from] crate::jetstream::JetStreamError),
 }
 
 impl DlqError {
     /// The caller's mistake, not the spool's.
     pub fn is_bad_request(&self) -> bool {
-        !matches!(self, DlqError::Spool(_))
+        !matches!(self, DlqError::Spool(_) | DlqError::Store(_))
     }
 }
 
@@ -163,8 +233,12 @@ fn view(d: &DeadLetter) -> DeadLetterView {
 
 /// A page of dead letters from `from` (a dlq offset), and where the next
 /// page starts.
-pub async fn list(spool: &Spool, from: u64, limit: usize) -> Result<(Vec<DeadLetterView>, Option<u64>), DlqError> {
-    let page = spool.dlq_list(from, limit.saturating_add(1)).await?;
+pub async fn list(
+    spool: &impl DeadLetters,
+    from: u64,
+    limit: usize,
+) -> Result<(Vec<DeadLetterView>, Option<u64>), DlqError> {
+    let page = spool.page(from, limit.saturating_add(1)).await?;
     let next = (page.len() > limit).then(|| page[limit].dlq_offset);
     Ok((page.iter().take(limit).map(view).collect(), next))
 }
@@ -276,14 +350,18 @@ fn parse_selection(sel: &Selection) -> Result<Chosen, DlqError> {
 
 /// The selected dead letters of one page starting at `from`, and where the
 /// next page starts.
-async fn select_page(spool: &Spool, chosen: &Chosen, from: u64) -> Result<(Vec<DeadLetter>, Option<u64>), DlqError> {
-    let page = spool.dlq_list(from, PAGE).await?;
+async fn select_page(
+    spool: &impl DeadLetters,
+    chosen: &Chosen,
+    from: u64,
+) -> Result<(Vec<DeadLetter>, Option<u64>), DlqError> {
+    let page = spool.page(from, PAGE).await?;
     let next = (page.len() == PAGE).then(|| page[PAGE - 1].dlq_offset + 1);
     Ok((page.into_iter().filter(|d| chosen.matches(d)).collect(), next))
 }
 
 /// Drops the selected dead letters; returns how many.
-pub async fn purge(spool: &Spool, lock: &DlqLock, sel: &Selection) -> Result<u64, DlqError> {
+pub async fn purge(spool: &impl DeadLetters, lock: &DlqLock, sel: &Selection) -> Result<u64, DlqError> {
     let chosen = parse_selection(sel)?;
     if sel.from.is_some() || sel.limit.is_some() || sel.before.is_some() {
         return Err(DlqError::PagedPurge);
@@ -296,7 +374,7 @@ pub async fn purge(spool: &Spool, lock: &DlqLock, sel: &Selection) -> Result<u64
         offsets.extend(page.iter().map(|d| d.dlq_offset));
         from = next;
     }
-    Ok(spool.dlq_purge(&DlqSelection::Offsets(offsets))?)
+    spool.remove(offsets).await
 }
 
 /// Appends each selected dead letter again at the tail of its partition
@@ -310,16 +388,14 @@ pub async fn purge(spool: &Spool, lock: &DlqLock, sel: &Selection) -> Result<u64
 /// append and its purge, the letter stays in the DLQ after being
 /// re-enqueued, so callers that may be cancelled (a request handler whose
 /// client goes away) run it in a task of its own.
-pub async fn replay(
-    spool: &Spool,
-    outcomes: Option<&OutcomeStore>,
-    lock: &DlqLock,
-    sel: &Selection,
-) -> Result<Replayed, DlqError> {
+pub async fn replay(spool: &impl DeadLetters, lock: &DlqLock, sel: &Selection) -> Result<Replayed, DlqError> {
     let chosen = parse_selection(sel)?;
     let limit = sel.limit.unwrap_or(REPLAY_PAGE_MAX);
     let _serial = lock.0.lock().await;
-    let before = sel.before.unwrap_or_else(|| spool.status().dlq.next_offset);
+    let before = match sel.before {
+        Some(b) => b,
+        None => spool.end().await?,
+    };
     let mut done = Vec::new();
     let mut letters = Vec::new();
     let mut from = Some(sel.from.unwrap_or(0));
@@ -348,7 +424,7 @@ pub async fn replay(
         // Still there? It was selected from a page read a moment ago; if
         // it has gone since (the spool's own DLQ retention drops old
         // letters without this lock) it must not be enqueued.
-        if spool.dlq_get(d.dlq_offset).await?.is_none() {
+        if spool.get(d.dlq_offset).await?.is_none() {
             continue;
         }
         let partition = d.partition.min(spool.partitions() - 1);
@@ -374,25 +450,14 @@ pub async fn replay(
         // died of old age would expire again at once.
         let enqueued_ms = env.arrived_ms;
         env.arrived_ms = now_ms();
-        let new_offset = spool.append(partition, env.encode()).await?;
+        let new_offset = spool.enqueue(partition, &env).await?;
         let new = RequestId {
             partition,
             offset: new_offset,
             token: env.token,
         };
-        spool.dlq_purge(&DlqSelection::Offsets(vec![d.dlq_offset]))?;
-        if let Some(store) = outcomes {
-            let previous = store.get(old.partition, old.offset);
-            store.record(Outcome {
-                id: old,
-                state: State::Dead,
-                attempts: previous.map_or(0, |p| p.attempts),
-                upstream_status: d.last_status,
-                at_ms: now_ms(),
-                enqueued_ms,
-                replayed_as: Some(new),
-            });
-        }
+        spool.remove(vec![d.dlq_offset]).await?;
+        spool.replayed(old, new, d.last_status, enqueued_ms).await;
         done.push((old.encode(), new.encode()));
     }
     Ok(Replayed {

@@ -7,7 +7,7 @@ use super::envelope::Envelope;
 use super::id::RequestId;
 use super::outcomes::{now_ms, AttemptError, AttemptRecord, Outcome, State};
 use super::signing::Signer;
-use super::spooler::Spooler;
+use super::spooler::LocalSpooler;
 use crate::config::{DrainConfig, Ordering};
 use crate::metrics::Metrics;
 use crate::runtime::Shared;
@@ -37,25 +37,31 @@ const MAX_DRAINED_RESPONSE: usize = 1 << 20;
 /// Parallel deliveries per partition with `ordering = "none"`.
 const UNORDERED_PER_PARTITION: usize = 32;
 
-struct ReplayCounters {
-    delivered: IntCounter,
-    retried: IntCounter,
-    dead: IntCounter,
-    expired: IntCounter,
+pub(crate) struct ReplayCounters {
+    pub(crate) delivered: IntCounter,
+    pub(crate) retried: IntCounter,
+    pub(crate) dead: IntCounter,
+    pub(crate) expired: IntCounter,
 }
 
-pub struct Drainer {
-    spooler: Arc<Spooler>,
+/// One replay attempt of a spooled request, whichever spool it came from:
+/// the replay stack, the drain settings and the outcome counters.
+pub struct Replayer {
     shared: Arc<Shared>,
     /// Breaker → adaptive limit → replay share of the budget → metrics →
     /// timeout → client; cloned for each attempt.
     stack: ReplayStack,
-    counters: ReplayCounters,
+    pub(crate) counters: ReplayCounters,
+}
+
+pub struct Drainer {
+    spooler: Arc<LocalSpooler>,
+    replayer: Replayer,
 }
 
 /// How one attempt ended.
 #[derive(Debug, Clone, Copy)]
-enum Attempt {
+pub(crate) enum Attempt {
     Delivered(u16),
     /// Worth another try; `retry_after` from the backend, if it said.
     Retry {
@@ -66,11 +72,10 @@ enum Attempt {
     Rejected(u16),
 }
 
-impl Drainer {
-    pub fn new(spooler: Arc<Spooler>, shared: Arc<Shared>, metrics: &Metrics) -> Arc<Drainer> {
+impl Replayer {
+    pub fn new(shared: Arc<Shared>, metrics: &Metrics) -> Replayer {
         let c = |o: &str| metrics.replay_total.with_label_values(&[o]);
-        Arc::new(Drainer {
-            spooler,
+        Replayer {
             stack: shared.upstream.replay_stack(),
             shared,
             counters: ReplayCounters {
@@ -79,6 +84,110 @@ impl Drainer {
                 dead: c("dead"),
                 expired: c("expired"),
             },
+        }
+    }
+
+    pub(crate) fn drain_config(&self) -> DrainConfig {
+        self.shared.runtime.load().config.drain.clone()
+    }
+
+    /// One send of a spooled request through the replay stack, and its
+    /// answer read (bounded) so the connection can serve again.
+    pub(crate) async fn attempt(
+        &self,
+        env: &Envelope,
+        id: RequestId,
+        attempt: u32,
+        first: bool,
+    ) -> Result<(Attempt, AttemptRecord), BreakerOpen> {
+        let cfg = self.shared.runtime.load().config.clone();
+        // Each attempt is a span of its own under the client's: exported
+        // when there is somewhere to send it, else just a new span id.
+        let client_span = crate::trace::TraceParent::from_headers(&env.headers);
+        // While the breaker is open the try is refused before it is sent:
+        // no span for it (a refusal every half second would fill the
+        // export queue with attempts that never were).
+        let span = match (&client_span, &self.shared.spans) {
+            (Some(tp), Some(spans)) if !self.shared.upstream.breaker.is_open() => {
+                Some(spans.attempt(tp, &id.encode(), attempt))
+            }
+            _ => None,
+        };
+        let traceparent = match &span {
+            Some(s) => Some(s.traceparent()),
+            None => client_span.map(|tp| tp.child()),
+        };
+        let out = Outbound {
+            request: replay_request(env, id, attempt, cfg.drain.signing.as_ref(), traceparent),
+            retry: !first,
+            wait_until: None,
+            timeout: cfg.upstream.timeout,
+        };
+        let started = std::time::Instant::now();
+        let sent_ms = now_ms();
+        let mut span = span;
+        let record = |status: Option<u16>, error: Option<AttemptError>| AttemptRecord {
+            at_ms: sent_ms,
+            status,
+            error,
+            latency_ms: started.elapsed().as_millis().min(u128::from(u32::MAX)) as u32,
+        };
+        let resp = match self.stack.clone().oneshot(out).await {
+            Ok(resp) => resp,
+            Err(f) => {
+                if let UpstreamError::Open { retry_after } = f.error {
+                    // Refused before it was sent: no attempt, but a span
+                    // was opened; it is closed as such.
+                    if let Some(s) = span.take() {
+                        s.end(None, Some("breaker_open"));
+                    }
+                    return Err(BreakerOpen { retry_after });
+                }
+                let error = f.error.attempt_error();
+                if let Some(s) = span.take() {
+                    s.end(None, Some(error.as_str()));
+                }
+                return Ok((
+                    Attempt::Retry {
+                        status: None,
+                        retry_after: None,
+                    },
+                    record(None, Some(error)),
+                ));
+            }
+        };
+        let status = resp.status().as_u16();
+        if let Some(s) = span.take() {
+            s.end(Some(status), None);
+        }
+        let attempted = record(Some(status), None);
+        // A backend's word is honoured up to backoff_max, no further.
+        let retry_after =
+            crate::upstream::retry_after(resp.headers(), SystemTime::now()).map(|d| d.min(cfg.drain.backoff_max));
+        // Read the (small) answer within what is left of the timeout: a
+        // backend that stalls mid-body must not hold this partition (and a
+        // budget slot) for ever. Read to its end, the body gives the
+        // connection back to the pool; cut short, it closes it.
+        let body = http_body_util::Limited::new(resp.into_body(), MAX_DRAINED_RESPONSE);
+        let left = cfg.upstream.timeout.saturating_sub(started.elapsed());
+        let _ = tokio::time::timeout(left, body.collect()).await;
+        let outcome = match status {
+            200..=399 => Attempt::Delivered(status),
+            s if cfg.drain.retry_on.contains(&s) => Attempt::Retry {
+                status: Some(s),
+                retry_after,
+            },
+            s => Attempt::Rejected(s),
+        };
+        Ok((outcome, attempted))
+    }
+}
+
+impl Drainer {
+    pub fn new(spooler: Arc<LocalSpooler>, shared: Arc<Shared>, metrics: &Metrics) -> Arc<Drainer> {
+        Arc::new(Drainer {
+            spooler,
+            replayer: Replayer::new(shared, metrics),
         })
     }
 
@@ -100,7 +209,7 @@ impl Drainer {
     }
 
     fn drain_config(&self) -> DrainConfig {
-        self.shared.runtime.load().config.drain.clone()
+        self.replayer.drain_config()
     }
 
     async fn run_partition(self: Arc<Self>, partition: u32) {
@@ -235,10 +344,16 @@ impl Drainer {
             // health; its retries don't move the breaker.
             let first = attempt == 1;
             let outcome = match self
+                .replayer
                 .attempt(&env, id, attempt + u32::from(env.attempt_base), first)
                 .await
             {
-                Ok(outcome) => outcome,
+                Ok((outcome, record)) => {
+                    self.spooler
+                        .outcomes
+                        .attempted(&id, attempt + u32::from(env.attempt_base), record);
+                    outcome
+                }
                 // While the breaker is open replay waits (re-checking
                 // expiry); the refused try was no attempt.
                 Err(BreakerOpen { retry_after }) => {
@@ -249,7 +364,7 @@ impl Drainer {
             };
             match outcome {
                 Attempt::Delivered(status) => {
-                    self.counters.delivered.inc();
+                    self.replayer.counters.delivered.inc();
                     self.spooler.rates.delivered(record.partition);
                     self.spooler.outcomes.record(Outcome {
                         id,
@@ -276,7 +391,7 @@ impl Drainer {
                             .await;
                         return;
                     }
-                    self.counters.retried.inc();
+                    self.replayer.counters.retried.inc();
                     let backoff = full_jitter(&cfg, attempt).max(retry_after.unwrap_or_default().min(cfg.backoff_max));
                     tokio::time::sleep(backoff).await;
                 }
@@ -301,9 +416,9 @@ impl Drainer {
     ) {
         // Expired records are dead too, but counted under their own outcome.
         if reason == "expired" {
-            self.counters.expired.inc();
+            self.replayer.counters.expired.inc();
         } else {
-            self.counters.dead.inc();
+            self.replayer.counters.dead.inc();
         }
         // Dead-lettering must succeed before the ack, or the record would
         // be lost; on failure leave it unacked for a later start.
@@ -333,99 +448,11 @@ impl Drainer {
         self.ack(record);
         self.spooler.inflight.remove(&(record.partition, record.offset));
     }
-
-    /// One send of a spooled request through the replay stack, and its
-    /// answer read (bounded) so the connection can serve again.
-    async fn attempt(&self, env: &Envelope, id: RequestId, attempt: u32, first: bool) -> Result<Attempt, BreakerOpen> {
-        let cfg = self.shared.runtime.load().config.clone();
-        // Each attempt is a span of its own under the client's: exported
-        // when there is somewhere to send it, else just a new span id.
-        let client_span = crate::trace::TraceParent::from_headers(&env.headers);
-        // While the breaker is open the try is refused before it is sent:
-        // no span for it (a refusal every half second would fill the
-        // export queue with attempts that never were).
-        let span = match (&client_span, &self.shared.spans) {
-            (Some(tp), Some(spans)) if !self.shared.upstream.breaker.is_open() => {
-                Some(spans.attempt(tp, &id.encode(), attempt))
-            }
-            _ => None,
-        };
-        let traceparent = match &span {
-            Some(s) => Some(s.traceparent()),
-            None => client_span.map(|tp| tp.child()),
-        };
-        let out = Outbound {
-            request: replay_request(env, id, attempt, cfg.drain.signing.as_ref(), traceparent),
-            retry: !first,
-            wait_until: None,
-            timeout: cfg.upstream.timeout,
-        };
-        let started = std::time::Instant::now();
-        let sent_ms = now_ms();
-        let mut span = span;
-        let record = |status: Option<u16>, error: Option<AttemptError>| {
-            self.spooler.outcomes.attempted(
-                &id,
-                attempt,
-                AttemptRecord {
-                    at_ms: sent_ms,
-                    status,
-                    error,
-                    latency_ms: started.elapsed().as_millis().min(u128::from(u32::MAX)) as u32,
-                },
-            )
-        };
-        let resp = match self.stack.clone().oneshot(out).await {
-            Ok(resp) => resp,
-            Err(f) => {
-                if let UpstreamError::Open { retry_after } = f.error {
-                    // Refused before it was sent: no attempt, but a span
-                    // was opened; it is closed as such.
-                    if let Some(s) = span.take() {
-                        s.end(None, Some("breaker_open"));
-                    }
-                    return Err(BreakerOpen { retry_after });
-                }
-                let error = f.error.attempt_error();
-                if let Some(s) = span.take() {
-                    s.end(None, Some(error.as_str()));
-                }
-                record(None, Some(error));
-                return Ok(Attempt::Retry {
-                    status: None,
-                    retry_after: None,
-                });
-            }
-        };
-        let status = resp.status().as_u16();
-        if let Some(s) = span.take() {
-            s.end(Some(status), None);
-        }
-        record(Some(status), None);
-        // A backend's word is honoured up to backoff_max, no further.
-        let retry_after =
-            crate::upstream::retry_after(resp.headers(), SystemTime::now()).map(|d| d.min(cfg.drain.backoff_max));
-        // Read the (small) answer within what is left of the timeout: a
-        // backend that stalls mid-body must not hold this partition (and a
-        // budget slot) for ever. Read to its end, the body gives the
-        // connection back to the pool; cut short, it closes it.
-        let body = http_body_util::Limited::new(resp.into_body(), MAX_DRAINED_RESPONSE);
-        let left = cfg.upstream.timeout.saturating_sub(started.elapsed());
-        let _ = tokio::time::timeout(left, body.collect()).await;
-        Ok(match status {
-            200..=399 => Attempt::Delivered(status),
-            s if cfg.drain.retry_on.contains(&s) => Attempt::Retry {
-                status: Some(s),
-                retry_after,
-            },
-            s => Attempt::Rejected(s),
-        })
-    }
 }
 
 /// The breaker refused a replay attempt before it was sent.
-struct BreakerOpen {
-    retry_after: Duration,
+pub(crate) struct BreakerOpen {
+    pub(crate) retry_after: Duration,
 }
 
 /// A spooled request as the backend gets it on this attempt.
@@ -494,7 +521,7 @@ fn gaps(from: u64, batch: &[Record]) -> Vec<std::ops::Range<u64>> {
 }
 
 /// Exponential backoff with full jitter: uniform in [0, min(max, initial·2^(n-1))].
-fn full_jitter(cfg: &DrainConfig, attempt: u32) -> Duration {
+pub(crate) fn full_jitter(cfg: &DrainConfig, attempt: u32) -> Duration {
     let exp = cfg
         .backoff_initial
         .saturating_mul(1u32 << attempt.saturating_sub(1).min(20))

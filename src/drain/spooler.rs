@@ -1,6 +1,8 @@
 //! The intake side of the spool: turns an over-limit request (already
 //! encoded as an [`Envelope`]) into a durable record and an id, dedupes
-//! Idempotency-Keys, and answers status lookups.
+//! Idempotency-Keys, and answers status lookups — on the local spool
+//! ([`LocalSpooler`]) or on JetStream ([`crate::jetstream`]), behind one
+//! [`Spooler`].
 
 use super::dlq::DlqLock;
 use super::envelope::Envelope;
@@ -22,6 +24,111 @@ pub enum SpoolingError {
     /// Spool full or failing: 503 with Retry-After; nothing was written.
     #[error("spool cannot take the request: {0}")]
     Unavailable(#[source] SpoolError),
+    /// The JetStream spool didn't take it (unreachable, full, no PubAck in
+    /// time): 503 with Retry-After.
+    #[error("spool store cannot take the request: {0}")]
+    Store(#[source] crate::jetstream::JetStreamError),
+}
+
+/// The spool a running sluice writes to: this node's disk, or JetStream.
+pub enum Spooler {
+    Local(Arc<LocalSpooler>),
+    JetStream(Arc<crate::jetstream::JetStreamSpool>),
+}
+
+impl Spooler {
+    pub fn local(&self) -> Option<&Arc<LocalSpooler>> {
+        match self {
+            Spooler::Local(l) => Some(l),
+            Spooler::JetStream(_) => None,
+        }
+    }
+
+    pub async fn spool(&self, env: Envelope, partition: u32, key: Option<KeyHash>) -> Result<RequestId, SpoolingError> {
+        match self {
+            Spooler::Local(l) => l.spool(env, partition, key).await,
+            Spooler::JetStream(j) => j.append(env, partition, key).await,
+        }
+    }
+
+    pub async fn status(&self, id: RequestId) -> Option<StatusView> {
+        match self {
+            Spooler::Local(l) => l.status(id).await,
+            Spooler::JetStream(j) => j.status_view(id).await,
+        }
+    }
+
+    pub fn eta(&self, id: RequestId) -> Option<Duration> {
+        match self {
+            Spooler::Local(l) => l.eta(id),
+            Spooler::JetStream(j) => j.eta(id),
+        }
+    }
+
+    pub fn partition_for(&self, key: Option<&[u8]>) -> u32 {
+        match self {
+            Spooler::Local(l) => l.partition_for(key),
+            Spooler::JetStream(j) => j.partition_for(key),
+        }
+    }
+
+    pub fn has_backlog(&self, partition: u32) -> bool {
+        match self {
+            Spooler::Local(l) => l.has_backlog(partition),
+            Spooler::JetStream(j) => j.has_backlog(partition),
+        }
+    }
+
+    /// Whether the spool takes appends now (for `/readyz`).
+    pub fn is_available(&self) -> bool {
+        match self {
+            Spooler::Local(l) => l.spool.is_available(),
+            Spooler::JetStream(j) => j.is_up(),
+        }
+    }
+
+    pub fn paused(&self) -> bool {
+        match self {
+            Spooler::Local(l) => *l.paused.borrow(),
+            Spooler::JetStream(j) => *j.paused.borrow(),
+        }
+    }
+
+    /// Pauses or resumes replay: this process's, or the whole fleet's with
+    /// JetStream (a flag every replica watches).
+    pub async fn set_paused(&self, paused: bool) -> Result<(), crate::jetstream::JetStreamError> {
+        match self {
+            Spooler::Local(l) => {
+                l.paused.send_replace(paused);
+                Ok(())
+            }
+            Spooler::JetStream(j) => j.set_paused(paused).await,
+        }
+    }
+
+    /// Serialises this process's DLQ replays and purges.
+    pub fn dlq_lock(&self) -> &DlqLock {
+        match self {
+            Spooler::Local(l) => &l.dlq_lock,
+            Spooler::JetStream(j) => &j.dlq_lock,
+        }
+    }
+
+    pub async fn spool_status(&self) -> Result<crate::spool::SpoolStatus, crate::jetstream::JetStreamError> {
+        match self {
+            Spooler::Local(l) => Ok(l.spool.status()),
+            Spooler::JetStream(j) => j.status().await,
+        }
+    }
+
+    /// The request spooled under `route`'s Idempotency-Key `key`.
+    pub async fn id_for_key(&self, route: &str, key: &str) -> Option<RequestId> {
+        let hash = super::outcomes::key_hash(route, key);
+        match self {
+            Spooler::Local(l) => l.outcomes.id_for_key(hash),
+            Spooler::JetStream(j) => j.id_for_key(route, hash).await,
+        }
+    }
 }
 
 /// An Idempotency-Key held while its first request is being spooled; if
@@ -83,7 +190,7 @@ pub struct AttemptView {
     pub latency_ms: u32,
 }
 
-impl Spooler {
+impl LocalSpooler {
     fn history_view(&self, id: RequestId) -> Vec<AttemptView> {
         self.outcomes
             .history(id.partition, id.offset)
@@ -102,7 +209,8 @@ fn rfc3339(ms: u64) -> String {
     humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 
-pub struct Spooler {
+/// The spool on this node's disk, with its outcome store.
+pub struct LocalSpooler {
     pub spool: Arc<Spool>,
     pub outcomes: Arc<OutcomeStore>,
     /// Records whose delivery has started and not finished, with the
@@ -118,9 +226,17 @@ pub struct Spooler {
     round_robin: AtomicU32,
 }
 
-impl Spooler {
-    pub fn new(spool: Arc<Spool>, outcomes: Arc<OutcomeStore>) -> Spooler {
-        Spooler {
+impl LocalSpooler {
+    /// The dead letters of this spool, recording replays in its outcomes.
+    pub fn dead_letters(&self) -> super::dlq::LocalDeadLetters<'_> {
+        super::dlq::LocalDeadLetters {
+            spool: &self.spool,
+            outcomes: Some(&self.outcomes),
+        }
+    }
+
+    pub fn new(spool: Arc<Spool>, outcomes: Arc<OutcomeStore>) -> LocalSpooler {
+        LocalSpooler {
             outcomes,
             inflight: DashMap::new(),
             paused: watch::Sender::new(false),

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 mod cluster;
+mod jetstream;
 mod route;
 
 use super::error::Source;
@@ -17,6 +18,7 @@ use super::types::*;
 use super::units::{self, parse_duration, parse_rate};
 use super::ConfigError;
 use cluster::validate_cluster;
+use jetstream::validate_jetstream;
 use route::validate_route;
 
 pub(super) fn validate(src: &Source<'_>, f: FileConfig, upstream_given: bool) -> Result<Config, ConfigError> {
@@ -207,6 +209,7 @@ pub(super) fn validate(src: &Source<'_>, f: FileConfig, upstream_given: bool) ->
             &sp.dlq_retention,
             Duration::from_secs(7 * 24 * 3600),
         )?,
+        backend: SpoolBackend::Local,
     };
     spool.dlq_max_bytes = size("spool.dlq_max_bytes", &sp.dlq_max_bytes, spool.max_bytes / 10)?;
     if spool.partitions == 0 || spool.partitions > 1024 {
@@ -229,6 +232,19 @@ pub(super) fn validate(src: &Source<'_>, f: FileConfig, upstream_given: bool) ->
     }
     if spool.fsync == FsyncPolicy::Interval && spool.fsync_interval.is_zero() {
         return Err(src.invalid("spool.fsync_interval", "must be above zero with fsync = \"interval\""));
+    }
+    match (sp.backend.unwrap_or(SpoolBackendFile::Local), &sp.jetstream) {
+        (SpoolBackendFile::Local, None) => {}
+        (SpoolBackendFile::Local, Some(_)) => {
+            return Err(src.invalid("spool.jetstream", "is only read with spool.backend = \"jetstream\""))
+        }
+        (SpoolBackendFile::Jetstream, j) => {
+            spool.backend = SpoolBackend::JetStream(Box::new(validate_jetstream(
+                src,
+                j.as_ref().unwrap_or(&Default::default()),
+                spool.max_record,
+            )?));
+        }
     }
 
     // [drain]
@@ -269,6 +285,18 @@ pub(super) fn validate(src: &Source<'_>, f: FileConfig, upstream_given: bool) ->
     for (i, code) in drain.retry_on.iter().enumerate() {
         if !(100..=599).contains(code) {
             return Err(src.invalid(&format!("drain.retry_on[{i}]"), format!("{code} is not an HTTP status")));
+        }
+    }
+
+    if let Some(js) = spool.backend.jetstream() {
+        if js.max_age <= drain.max_age {
+            return Err(src.invalid(
+                "spool.jetstream.max_age",
+                format!(
+                    "must exceed drain.max_age ({}): the stream would drop records the drainer still owes",
+                    humantime::format_duration(drain.max_age)
+                ),
+            ));
         }
     }
 

@@ -17,7 +17,7 @@ mod store;
 pub use keys::{key_hash, KeyClaim, KeyHash};
 pub use store::OutcomeStore;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum State {
     Queued,

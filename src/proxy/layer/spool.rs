@@ -204,7 +204,7 @@ async fn spool(spooler: Arc<Spooler>, target: Target, req: Request<RequestBody>)
     match appended {
         Ok(id) => Ok(Answer::Spooled(id, spooler.eta(id))),
         Err(SpoolingError::TooLarge { limit, .. }) => Err(ProxyError::TooLarge { limit }),
-        Err(SpoolingError::Unavailable(e)) => {
+        Err(e @ (SpoolingError::Unavailable(_) | SpoolingError::Store(_))) => {
             tracing::warn!(error = %e, route = %route.config.name, "spool refused a request");
             Err(ProxyError::SpoolFull {
                 retry_after: Duration::from_secs(5),
@@ -253,7 +253,7 @@ on_limit = "spool"
     }
 
     fn backlog(f: &Fixture) -> u64 {
-        f.shared.spooler.spool.status().backlog_records()
+        f.shared.spooler.local().unwrap().spool.status().backlog_records()
     }
 
     #[tokio::test]

@@ -41,7 +41,9 @@ pub async fn fixture(routes_toml: &str) -> Fixture {
         )
         .unwrap(),
     );
-    let spooler = Arc::new(crate::drain::spooler::Spooler::new(spool, outcomes));
+    let spooler = Arc::new(crate::drain::spooler::Spooler::Local(Arc::new(
+        crate::drain::spooler::LocalSpooler::new(spool, outcomes),
+    )));
     let client = crate::upstream::client::build(&config.upstream).unwrap();
     let runtime = Runtime::build(Arc::new(config), &metrics, None, None);
     Fixture {

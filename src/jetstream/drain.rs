@@ -1,0 +1,371 @@
+//! The drainer on JetStream: every replica pulls from the shared `drain`
+//! consumer of each partition stream (a consumer group), replays through
+//! the same replay stack as the local spool (budget, adaptive limit,
+//! breaker), and settles each message with the server:
+//!
+//! - delivered → status written, then acked (removed: workqueue);
+//! - worth a retry → negative ack with the backoff as its delay, so the
+//!   next attempt may come from any replica;
+//! - dead → published to the DLQ stream, that PubAck awaited, then
+//!   terminated;
+//! - an attempt longer than a third of `ack_wait` sends in-progress acks,
+//!   so the server doesn't hand the message to another replica meanwhile.
+//!
+//! A replica that dies leaves its un-acked message to be redelivered to
+//! another after `ack_wait`. `Sluice-Attempt` is the server's delivery
+//! count (plus attempts made before a DLQ replay).
+
+use super::intake::{hex, StatusRecord};
+use super::{JetStreamSpool, CONSUMER};
+use crate::drain::envelope::Envelope;
+use crate::drain::id::RequestId;
+use crate::drain::outcomes::{now_ms, State};
+use crate::drain::replay::{full_jitter, Attempt, BreakerOpen, Replayer};
+use crate::runtime::Shared;
+use crate::shutdown::Shutdown;
+use async_nats::jetstream::consumer::PullConsumer;
+use async_nats::jetstream::{AckKind, Message};
+use futures_util::StreamExt;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinSet;
+
+pub struct JetStreamDrainer {
+    spool: Arc<JetStreamSpool>,
+    replayer: Replayer,
+}
+
+/// Headers of a dead letter in the DLQ stream.
+pub(super) const DLQ_REASON: &str = "Sluice-Dlq-Reason";
+pub(super) const DLQ_STATUS: &str = "Sluice-Dlq-Status";
+pub(super) const DLQ_PARTITION: &str = "Sluice-Partition";
+pub(super) const DLQ_SEQUENCE: &str = "Sluice-Sequence";
+pub(super) const DLQ_DEAD_AT: &str = "Sluice-Dead-At";
+
+impl JetStreamDrainer {
+    pub fn new(spool: Arc<JetStreamSpool>, shared: Arc<Shared>, metrics: &crate::metrics::Metrics) -> Arc<Self> {
+        Arc::new(JetStreamDrainer {
+            spool,
+            replayer: Replayer::new(shared, metrics),
+        })
+    }
+
+    /// One puller per partition; at `shutdown` each hands its messages in
+    /// flight back (negative ack, no delay) so another replica takes them
+    /// at once.
+    pub fn start(self: &Arc<Self>, shutdown: Shutdown) -> JoinSet<()> {
+        let mut set = JoinSet::new();
+        for p in 0..self.spool.partitions {
+            let me = self.clone();
+            let shutdown = shutdown.clone();
+            set.spawn(async move { me.run_partition(p, shutdown).await });
+        }
+        set
+    }
+
+    async fn consumer(&self, partition: u32, shutdown: &Shutdown) -> Option<PullConsumer> {
+        loop {
+            match self.spool.streams[partition as usize]
+                .get_consumer::<async_nats::jetstream::consumer::pull::Config>(CONSUMER)
+                .await
+            {
+                Ok(c) => return Some(c),
+                Err(e) => tracing::warn!(partition, error = %e, "getting the drain consumer failed; retrying"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = shutdown.wait() => return None,
+            }
+        }
+    }
+
+    async fn run_partition(self: Arc<Self>, partition: u32, shutdown: Shutdown) {
+        let Some(consumer) = self.consumer(partition, &shutdown).await else {
+            return;
+        };
+        let mut parallel: JoinSet<()> = JoinSet::new();
+        loop {
+            let mut paused = self.spool.paused.subscribe();
+            tokio::select! {
+                _ = paused.wait_for(|p| !*p) => {}
+                _ = shutdown.wait() => break,
+            }
+            while parallel.try_join_next().is_some() {}
+            let room = (self.spool.max_in_flight as usize)
+                .saturating_sub(parallel.len())
+                .max(1);
+            let batch = consumer
+                .fetch()
+                .max_messages(room)
+                .expires(Duration::from_secs(1))
+                .messages()
+                .await;
+            let mut batch = match batch {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::debug!(partition, error = %e, "fetch from the drain consumer failed; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                        _ = shutdown.wait() => break,
+                    }
+                }
+            };
+            loop {
+                let next = tokio::select! {
+                    m = batch.next() => m,
+                    _ = shutdown.wait() => None,
+                };
+                let Some(Ok(msg)) = next else { break };
+                if self.spool.max_in_flight == 1 {
+                    self.settle_or_hand_back(msg, partition, &shutdown).await;
+                } else {
+                    while parallel.len() >= self.spool.max_in_flight as usize {
+                        parallel.join_next().await;
+                    }
+                    let me = self.clone();
+                    let shutdown = shutdown.clone();
+                    parallel.spawn(async move { me.settle_or_hand_back(msg, partition, &shutdown).await });
+                }
+            }
+            if shutdown.is_triggered() {
+                break;
+            }
+        }
+        while parallel.join_next().await.is_some() {}
+    }
+
+    /// Delivers `msg` to a final word with the server, unless shutdown
+    /// comes first: then the message goes back for another replica.
+    async fn settle_or_hand_back(&self, msg: Message, partition: u32, shutdown: &Shutdown) {
+        let msg = Arc::new(msg);
+        tokio::select! {
+            _ = self.settle(&msg, partition) => {}
+            _ = shutdown.wait() => {
+                let _ = msg.ack_with(AckKind::Nak(None)).await;
+            }
+        }
+    }
+
+    async fn settle(&self, msg: &Message, partition: u32) {
+        let Ok(info) = msg.info() else {
+            tracing::error!(
+                partition,
+                "JetStream message without delivery info; left for redelivery"
+            );
+            return;
+        };
+        let seq = info.stream_sequence;
+        let delivered = u32::try_from(info.delivered.max(1)).unwrap_or(u32::MAX);
+        let published_ms = (info.published.unix_timestamp_nanos() / 1_000_000).max(0) as u64;
+        let env = match Envelope::decode(msg.payload.clone()) {
+            Ok(env) => env,
+            Err(e) => {
+                tracing::error!(partition, seq, error = %e, "undecodable JetStream record; dead-lettered");
+                self.dead(msg, partition, seq, None, "undecodable", None, delivered, published_ms)
+                    .await;
+                return;
+            }
+        };
+        let id = RequestId {
+            partition,
+            offset: seq,
+            token: env.token,
+        };
+        let cfg = self.replayer.drain_config();
+        let attempt_no = delivered + u32::from(env.attempt_base);
+        let (mut rec, _) = match self.spool.status_record(id).await {
+            Ok(Some(found)) => found,
+            _ => (
+                StatusRecord {
+                    token: hex(&id.token),
+                    state: State::Delivering,
+                    attempts: 0,
+                    enqueued_ms: env.arrived_ms,
+                    at_ms: now_ms(),
+                    upstream_status: None,
+                    replayed_as: None,
+                    history: Vec::new(),
+                },
+                0,
+            ),
+        };
+        let age = Duration::from_millis(now_ms().saturating_sub(env.arrived_ms));
+        if age > cfg.max_age {
+            let last = rec.upstream_status;
+            self.dead(
+                msg,
+                partition,
+                seq,
+                Some((id, rec)),
+                "expired",
+                last,
+                attempt_no,
+                env.arrived_ms,
+            )
+            .await;
+            return;
+        }
+        // Fetched just as the fleet paused: held (still ours) until resumed.
+        let mut paused = self.spool.paused.subscribe();
+        if *paused.borrow() {
+            tokio::select! {
+                _ = paused.wait_for(|p| !*p) => {}
+                _ = self.keep_alive(msg) => {}
+            }
+        }
+        let attempt = async {
+            loop {
+                match self.replayer.attempt(&env, id, attempt_no, delivered == 1).await {
+                    Ok(done) => return done,
+                    // Refused by the open breaker before it was sent: no
+                    // attempt; wait here (the message stays ours) and ask
+                    // again.
+                    Err(BreakerOpen { retry_after }) => {
+                        tokio::time::sleep(retry_after.min(Duration::from_millis(500))).await
+                    }
+                }
+            }
+        };
+        let (outcome, attempted) = tokio::select! {
+            done = attempt => done,
+            // While the attempt runs (budget waits and breaker included)
+            // the server is told the message is being worked on.
+            _ = self.keep_alive(msg) => unreachable!("the keepalive never ends"),
+        };
+        rec.attempts = attempt_no;
+        rec.push_attempt(&attempted);
+        rec.at_ms = now_ms();
+        match outcome {
+            Attempt::Delivered(status) => {
+                rec.state = State::Delivered;
+                rec.upstream_status = Some(status);
+                if let Err(e) = self.spool.put_status(id, &rec).await {
+                    tracing::warn!(error = %e, "writing a delivered status failed");
+                }
+                if let Err(e) = msg.double_ack().await {
+                    tracing::warn!(partition, seq, error = %e, "ack failed; the record may be delivered again");
+                }
+                self.replayer.counters.delivered.inc();
+                self.spool.rates.delivered(partition);
+            }
+            Attempt::Rejected(status) => {
+                rec.upstream_status = Some(status);
+                self.dead(
+                    msg,
+                    partition,
+                    seq,
+                    Some((id, rec)),
+                    "rejected",
+                    Some(status),
+                    attempt_no,
+                    env.arrived_ms,
+                )
+                .await;
+            }
+            Attempt::Retry { status, retry_after } => {
+                rec.upstream_status = status.or(rec.upstream_status);
+                if attempt_no >= cfg.max_attempts {
+                    let last = rec.upstream_status;
+                    self.dead(
+                        msg,
+                        partition,
+                        seq,
+                        Some((id, rec)),
+                        "max_attempts",
+                        last,
+                        attempt_no,
+                        env.arrived_ms,
+                    )
+                    .await;
+                    return;
+                }
+                self.replayer.counters.retried.inc();
+                rec.state = State::Queued;
+                if let Err(e) = self.spool.put_status(id, &rec).await {
+                    tracing::debug!(error = %e, "writing an attempt's status failed");
+                }
+                let backoff = full_jitter(&cfg, attempt_no).max(retry_after.unwrap_or_default().min(cfg.backoff_max));
+                if let Err(e) = msg.ack_with(AckKind::Nak(Some(backoff))).await {
+                    tracing::debug!(partition, seq, error = %e, "negative ack failed; redelivered after ack_wait");
+                }
+            }
+        }
+    }
+
+    /// Tells the server, a few times per `ack_wait`, that `msg` is being
+    /// worked on. Never ends.
+    async fn keep_alive(&self, msg: &Message) {
+        let every = (self.spool.cfg.ack_wait / 3).max(Duration::from_millis(100));
+        loop {
+            tokio::time::sleep(every).await;
+            let _ = msg.ack_with(AckKind::Progress).await;
+        }
+    }
+
+    /// Dead-letters `msg`: published to the DLQ stream until that PubAck
+    /// comes, then its status written and the message terminated.
+    #[allow(clippy::too_many_arguments)]
+    async fn dead(
+        &self,
+        msg: &Message,
+        partition: u32,
+        seq: u64,
+        status: Option<(RequestId, StatusRecord)>,
+        reason: &str,
+        last_status: Option<u16>,
+        attempts: u32,
+        enqueued_ms: u64,
+    ) {
+        if reason == "expired" {
+            self.replayer.counters.expired.inc();
+        } else {
+            self.replayer.counters.dead.inc();
+        }
+        let dead_at = now_ms();
+        loop {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(DLQ_REASON, reason);
+            headers.insert(DLQ_PARTITION, partition.to_string().as_str());
+            headers.insert(DLQ_SEQUENCE, seq.to_string().as_str());
+            headers.insert(DLQ_DEAD_AT, dead_at.to_string().as_str());
+            if let Some(s) = last_status {
+                headers.insert(DLQ_STATUS, s.to_string().as_str());
+            }
+            // The same letter published twice (a retry of this loop) is
+            // kept once.
+            headers.insert(
+                async_nats::header::NATS_MESSAGE_ID,
+                format!("dead-{partition}-{seq}").as_str(),
+            );
+            let published = async {
+                self.spool
+                    .js
+                    .publish_with_headers(self.spool.dlq_subject(), headers, msg.payload.clone())
+                    .await?
+                    .await
+            };
+            match tokio::time::timeout(self.spool.cfg.publish_timeout, published).await {
+                Ok(Ok(_)) => break,
+                Ok(Err(e)) => tracing::error!(partition, seq, error = %e, "dead-lettering failed; retrying"),
+                Err(_) => tracing::error!(partition, seq, "dead-lettering timed out; retrying"),
+            }
+            let _ = msg.ack_with(AckKind::Progress).await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        crate::crash::point("dlq_move");
+        tracing::warn!(partition, seq, reason, status = ?last_status, attempts, "spooled request dead-lettered");
+        if let Some((id, mut rec)) = status {
+            rec.state = State::Dead;
+            rec.attempts = attempts;
+            rec.upstream_status = last_status;
+            rec.enqueued_ms = enqueued_ms;
+            rec.at_ms = dead_at;
+            if let Err(e) = self.spool.put_status(id, &rec).await {
+                tracing::warn!(error = %e, "writing a dead status failed");
+            }
+        }
+        if let Err(e) = msg.double_ack_with(AckKind::Term).await {
+            tracing::warn!(partition, seq, error = %e, "terminating a dead-lettered message failed; it may be dead-lettered again");
+        }
+    }
+}
