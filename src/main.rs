@@ -53,9 +53,13 @@ enum SpoolCommand {
     #[command(subcommand)]
     Dlq(DlqCommand),
     /// Per partition first/next/committed offset, backlog, oldest age; DLQ size.
+    /// `--spool-dir` reads a local spool offline; `-c FILE` reads the spool
+    /// the config names (a JetStream spool from its servers).
     Status {
-        #[arg(long)]
-        spool_dir: PathBuf,
+        #[arg(long, required_unless_present = "config", conflicts_with = "config")]
+        spool_dir: Option<PathBuf>,
+        #[arg(short, long)]
+        config: Option<PathBuf>,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -169,7 +173,7 @@ fn main() -> ExitCode {
             }
             Err(e) => config_exit(&e),
         },
-        Command::Spool(SpoolCommand::Status { spool_dir, json }) => match sluice::spool::inspect(&spool_dir) {
+        Command::Spool(SpoolCommand::Status { spool_dir, config, json }) => match spool_status(spool_dir, config) {
             Ok(status) => {
                 if json {
                     match serde_json::to_string_pretty(&status) {
@@ -256,7 +260,7 @@ fn run(cfg: Config, overrides: Overrides) -> anyhow::Result<()> {
     rt.block_on(sluice::app::run(cfg, overrides)).context("sluice stopped")
 }
 
-fn offline<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> anyhow::Result<()> {
+fn offline<T, F: std::future::Future<Output = anyhow::Result<T>>>(f: F) -> anyhow::Result<T> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -277,6 +281,24 @@ async fn open_offline(dir: &std::path::Path) -> anyhow::Result<std::sync::Arc<sl
         ),
         Err(e) => Err(e.into()),
     }
+}
+
+/// The status of a local spool directory, or of the spool a config file
+/// names (connecting to JetStream for that backend).
+fn spool_status(dir: Option<PathBuf>, config: Option<PathBuf>) -> anyhow::Result<sluice::spool::SpoolStatus> {
+    if let Some(dir) = dir {
+        return Ok(sluice::spool::inspect(&dir)?);
+    }
+    let path = config.expect("clap requires --spool-dir or --config");
+    let config = Config::load(Some(&path), &Overrides::default())?;
+    if config.spool.backend.jetstream().is_none() {
+        return Ok(sluice::spool::inspect(&config.spool.dir)?);
+    }
+    offline(async move {
+        let metrics = sluice::metrics::Metrics::new();
+        let spool = sluice::jetstream::connect(&config, &metrics).await?;
+        Ok(spool.status().await?)
+    })
 }
 
 async fn dlq_command(cmd: DlqCommand) -> anyhow::Result<()> {

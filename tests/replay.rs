@@ -1,6 +1,9 @@
 //! Spooling and replay, in process: a burst absorbed and drained within the
 //! upstream budget, what is and isn't spooled on backend failures, the DLQ
 //! and expiry, retries, Idempotency-Key, the status endpoint, ordered routes.
+//!
+//! Each case runs twice: on the local spool, and on a JetStream spool (a
+//! nats-server this binary starts), since the behaviour is the same.
 
 mod support;
 
@@ -75,8 +78,7 @@ fn accepted_id(r: &Reply) -> String {
     id
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn burst_is_absorbed_then_drained_within_the_upstream_budget() {
+async fn burst_is_absorbed_then_drained_within_the_upstream_budget(kind: SpoolKind) {
     const N: usize = 200;
     const CONCURRENCY: usize = 16;
     const CAPACITY: f64 = 40.0;
@@ -91,7 +93,7 @@ async fn burst_is_absorbed_then_drained_within_the_upstream_budget() {
         })
     }))
     .await;
-    let sluice = start_sluice(&config_text(
+    let sluice = start_sluice_on(kind, &config_text(
         &backend.url(),
         &format!(
             "capacity = \"40/s\"\ncapacity_burst = {CAPACITY_BURST}\n\n[spool]\npartitions = 4\n\n{}",
@@ -222,7 +224,7 @@ async fn burst_is_absorbed_then_drained_within_the_upstream_budget() {
                 "partition {p}: sequences {seqs:?} are not consecutive in order"
             );
         }
-        assert_eq!(seqs[0], 0, "partition {p} starts at 0 in a fresh spool");
+        assert_eq!(seqs[0], kind.first_offset(), "partition {p} starts at the first offset of a fresh spool");
     }
     eprintln!(
         "burst: {N} in {:?} ({forwarded} forwarded, {spooled} spooled); backlog {backlog} drained in {drained:?} \
@@ -232,10 +234,9 @@ async fn burst_is_absorbed_then_drained_within_the_upstream_budget() {
     sluice.shutdown().await;
 }
 
-#[tokio::test]
-async fn refused_backend_connection_spools_the_request() {
+async fn refused_backend_connection_spools_the_request(kind: SpoolKind) {
     let upstream = format!("http://127.0.0.1:{}", closed_port());
-    let sluice = start_sluice(&config_text(
+    let sluice = start_sluice_on(kind, &config_text(
         &upstream,
         &format!(
             "[drain]\nbackoff_initial = \"20ms\"\nbackoff_max = \"50ms\"\nmax_attempts = 1000\n\n{}",
@@ -272,10 +273,9 @@ async fn refused_backend_connection_spools_the_request() {
     sluice.shutdown().await;
 }
 
-#[tokio::test]
-async fn backend_timeout_after_sending_is_504_and_not_spooled() {
+async fn backend_timeout_after_sending_is_504_and_not_spooled(kind: SpoolKind) {
     let backend = slow_backend(Duration::from_secs(3)).await;
-    let sluice = start_sluice(&config_text(
+    let sluice = start_sluice_on(kind, &config_text(
         &backend.url(),
         &format!("timeout = \"200ms\"\n\n{}", spool_route("100/s", 10, "")),
     ))
@@ -293,13 +293,12 @@ async fn backend_timeout_after_sending_is_504_and_not_spooled() {
     assert_eq!(metric(&c, &sluice, "sluice_requests_total", &failed).await, 1.0);
     let s = admin_spool(&c, sluice.admin_addr).await;
     for p in s["partitions"].as_array().unwrap() {
-        assert_eq!(p["next_offset"], 0, "nothing was appended: {s}");
+        assert_eq!(p["next_offset"], kind.first_offset(), "nothing was appended: {s}");
     }
     sluice.shutdown().await;
 }
 
-#[tokio::test]
-async fn a_4xx_for_a_replay_goes_to_the_dlq() {
+async fn a_4xx_for_a_replay_goes_to_the_dlq(kind: SpoolKind) {
     // Live requests succeed; replays are refused for good.
     let backend = Backend::start(Arc::new(|s: Seen| {
         Box::pin(async move {
@@ -311,7 +310,7 @@ async fn a_4xx_for_a_replay_goes_to_the_dlq() {
         })
     }))
     .await;
-    let sluice = start_sluice(&config_text(&backend.url(), &spool_route("1/min", 1, ""))).await;
+    let sluice = start_sluice_on(kind, &config_text(&backend.url(), &spool_route("1/min", 1, ""))).await;
     let c = client();
     let url = orders_url(&sluice);
     assert_eq!(send(&c, Method::POST, &url, &[], "live").await.status, 200);
@@ -335,11 +334,10 @@ async fn a_4xx_for_a_replay_goes_to_the_dlq() {
     sluice.shutdown().await;
 }
 
-#[tokio::test]
-async fn a_record_older_than_max_age_goes_to_the_dlq_as_expired() {
+async fn a_record_older_than_max_age_goes_to_the_dlq_as_expired(kind: SpoolKind) {
     // The backend refuses connections, so replay retries until expiry.
     let upstream = format!("http://127.0.0.1:{}", closed_port());
-    let sluice = start_sluice(&config_text(
+    let sluice = start_sluice_on(kind, &config_text(
         &upstream,
         &format!(
             "[drain]\nmax_age = \"1s\"\nbackoff_initial = \"100ms\"\nbackoff_max = \"200ms\"\nmax_attempts = 1000\n\n{}",
@@ -366,8 +364,7 @@ async fn a_record_older_than_max_age_goes_to_the_dlq_as_expired() {
     sluice.shutdown().await;
 }
 
-#[tokio::test]
-async fn a_503_with_retry_after_is_retried_then_delivered() {
+async fn a_503_with_retry_after_is_retried_then_delivered(kind: SpoolKind) {
     // Each replayed request gets 503 + Retry-After: 1 the first time.
     let tried: Arc<Mutex<HashSet<String>>> = Arc::default();
     let backend = Backend::start(Arc::new(move |s: Seen| {
@@ -389,7 +386,7 @@ async fn a_503_with_retry_after_is_retried_then_delivered() {
         })
     }))
     .await;
-    let sluice = start_sluice(&config_text(&backend.url(), &spool_route("1/min", 1, ""))).await;
+    let sluice = start_sluice_on(kind, &config_text(&backend.url(), &spool_route("1/min", 1, ""))).await;
     let c = client();
     let url = orders_url(&sluice);
     assert_eq!(send(&c, Method::POST, &url, &[], "live").await.status, 200);
@@ -416,11 +413,10 @@ async fn a_503_with_retry_after_is_retried_then_delivered() {
     sluice.shutdown().await;
 }
 
-#[tokio::test]
-async fn idempotency_key_repeats_get_the_same_id_and_one_delivery() {
+async fn idempotency_key_repeats_get_the_same_id_and_one_delivery(kind: SpoolKind) {
     let backend = Backend::ok().await;
     // One partition, so replay order is spool order.
-    let sluice = start_sluice(&config_text(
+    let sluice = start_sluice_on(kind, &config_text(
         &backend.url(),
         &format!("[spool]\npartitions = 1\n\n{}", spool_route("1/min", 1, "")),
     ))
@@ -451,7 +447,11 @@ async fn idempotency_key_repeats_get_the_same_id_and_one_delivery() {
     })
     .await;
     let s = admin_spool(&c, sluice.admin_addr).await;
-    assert_eq!(s["partitions"][0]["next_offset"], 3, "three records, not five: {s}");
+    assert_eq!(
+        s["partitions"][0]["next_offset"],
+        kind.first_offset() + 3,
+        "three records, not five: {s}"
+    );
     assert_eq!(status_json(&c, &sluice, &id1).await["state"], "delivered");
 
     let r = replayed(&backend);
@@ -478,8 +478,7 @@ async fn idempotency_key_repeats_get_the_same_id_and_one_delivery() {
     sluice.shutdown().await;
 }
 
-#[tokio::test]
-async fn status_endpoint_walks_queued_delivering_delivered() {
+async fn status_endpoint_walks_queued_delivering_delivered(kind: SpoolKind) {
     // Replays wait at the gate until the test releases them.
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
     let g = gate.clone();
@@ -493,7 +492,7 @@ async fn status_endpoint_walks_queued_delivering_delivered() {
         })
     }))
     .await;
-    let sluice = start_sluice(&config_text(
+    let sluice = start_sluice_on(kind, &config_text(
         &backend.url(),
         &format!("[spool]\npartitions = 1\n\n{}", spool_route("1/min", 1, "")),
     ))
@@ -567,8 +566,7 @@ async fn status_endpoint_walks_queued_delivering_delivered() {
     sluice.shutdown().await;
 }
 
-#[tokio::test]
-async fn ordered_route_never_reorders_one_keys_requests() {
+async fn ordered_route_never_reorders_one_keys_requests(kind: SpoolKind) {
     const N: usize = 20;
     // Replays are slow, so a backlog lasts while the bucket refills.
     let backend = Backend::start(Arc::new(|s: Seen| {
@@ -580,7 +578,7 @@ async fn ordered_route_never_reorders_one_keys_requests() {
         })
     }))
     .await;
-    let sluice = start_sluice(&config_text(
+    let sluice = start_sluice_on(kind, &config_text(
         &backend.url(),
         &format!(
             "[spool]\npartitions = 4\n\n{}",
@@ -617,3 +615,35 @@ async fn ordered_route_never_reorders_one_keys_requests() {
     assert_eq!(order, (0..N).collect::<Vec<_>>(), "statuses were {statuses:?}");
     sluice.shutdown().await;
 }
+
+/// A test per spool backend for each case: `<case>::local` and
+/// `<case>::jetstream`.
+macro_rules! on_both_spools {
+    ($($case:ident),* $(,)?) => {$(
+        mod $case {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn local() {
+                super::$case(SpoolKind::Local).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn jetstream() {
+                super::$case(SpoolKind::JetStream).await
+            }
+        }
+    )*};
+}
+
+on_both_spools!(
+    burst_is_absorbed_then_drained_within_the_upstream_budget,
+    refused_backend_connection_spools_the_request,
+    backend_timeout_after_sending_is_504_and_not_spooled,
+    a_4xx_for_a_replay_goes_to_the_dlq,
+    a_record_older_than_max_age_goes_to_the_dlq_as_expired,
+    a_503_with_retry_after_is_retried_then_delivered,
+    idempotency_key_repeats_get_the_same_id_and_one_delivery,
+    status_endpoint_walks_queued_delivering_delivered,
+    ordered_route_never_reorders_one_keys_requests,
+);

@@ -47,14 +47,33 @@ impl Config {
                 },
             );
         }
-        let _ = writeln!(
-            s,
-            "spool {} ({} partitions, fsync {:?}, max {} bytes)",
-            self.spool.dir.display(),
-            self.spool.partitions,
-            self.spool.fsync,
-            self.spool.max_bytes
-        );
+        match self.spool.backend.jetstream() {
+            None => {
+                let _ = writeln!(
+                    s,
+                    "spool {} ({} partitions, fsync {:?}, max {} bytes)",
+                    self.spool.dir.display(),
+                    self.spool.partitions,
+                    self.spool.fsync,
+                    self.spool.max_bytes
+                );
+            }
+            Some(js) => {
+                let _ = writeln!(
+                    s,
+                    "spool jetstream {} (streams {}-0..{}, subjects {}.<p>, {} partitions, R={}, max {} bytes over all partitions, max_age {}, ack_wait {})",
+                    js.servers.join(","),
+                    js.stream,
+                    self.spool.partitions - 1,
+                    js.subject_prefix,
+                    self.spool.partitions,
+                    js.replicas,
+                    js.max_bytes,
+                    humantime::format_duration(js.max_age),
+                    humantime::format_duration(js.ack_wait),
+                );
+            }
+        }
         let _ = writeln!(s, "routes (first match wins):");
         for (i, r) in self.routes.iter().enumerate() {
             let mut m = Vec::new();
@@ -107,6 +126,9 @@ impl Config {
     pub fn spool_fit_warnings(&self) -> Vec<String> {
         let sp = &self.spool;
         let mut out = Vec::new();
+        if sp.backend.jetstream().is_some() {
+            return out; // no local disk to fit
+        }
         // Retention frees whole segments; with fewer than four in the
         // quota, the active one plus one a lagging partition pins are most
         // of it.

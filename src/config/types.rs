@@ -284,6 +284,7 @@ pub struct JetStreamConfig {
     /// Subjects are `<subject_prefix>.<partition>` and `<subject_prefix>.dlq`.
     pub subject_prefix: String,
     pub replicas: usize,
+    /// Quota over all partition streams (each gets its share).
     pub max_bytes: u64,
     pub max_age: Duration,
     pub ack_wait: Duration,

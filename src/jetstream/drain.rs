@@ -213,6 +213,12 @@ impl JetStreamDrainer {
                 _ = self.keep_alive(msg) => {}
             }
         }
+        // Shown as delivering (from any replica) while the attempt runs.
+        rec.state = State::Delivering;
+        rec.attempts = attempt_no;
+        if let Err(e) = self.spool.put_status(id, &rec).await {
+            tracing::debug!(error = %e, "writing a delivering status failed");
+        }
         let attempt = async {
             loop {
                 match self.replayer.attempt(&env, id, attempt_no, delivered == 1).await {
@@ -247,6 +253,7 @@ impl JetStreamDrainer {
                 }
                 self.replayer.counters.delivered.inc();
                 self.spool.rates.delivered(partition);
+                self.spool.finished(partition, seq);
             }
             Attempt::Rejected(status) => {
                 rec.upstream_status = Some(status);
@@ -367,5 +374,6 @@ impl JetStreamDrainer {
         if let Err(e) = msg.double_ack_with(AckKind::Term).await {
             tracing::warn!(partition, seq, error = %e, "terminating a dead-lettered message failed; it may be dead-lettered again");
         }
+        self.spool.finished(partition, seq);
     }
 }

@@ -337,6 +337,9 @@ impl JetStreamSpool {
     /// The estimated time until `id` is delivered, from this replica's
     /// deliveries and the records pending ahead of it.
     pub fn eta(&self, id: RequestId) -> Option<Duration> {
+        if id.offset < self.done_below[id.partition as usize].load(Ordering::Relaxed) {
+            return None; // finished
+        }
         let ahead = self.backlog[id.partition as usize]
             .load(Ordering::Relaxed)
             .saturating_sub(1);

@@ -102,6 +102,10 @@ pub struct JetStreamSpool {
     /// Records pending per partition as last polled (plus appends since),
     /// for ordered routes: a record must not overtake a backlog.
     backlog: Vec<AtomicU64>,
+    /// Per partition, a sequence below which every record is finished: the
+    /// stream's first sequence as last polled, raised by this replica's
+    /// own deliveries in between.
+    done_below: Vec<AtomicU64>,
     round_robin: AtomicU32,
     /// Largest payload a partition stream takes (`max_msg_size`).
     max_payload: u64,
@@ -145,6 +149,15 @@ impl JetStreamSpool {
         }
     }
 
+    /// Notes that `seq` of `partition` is finished (delivered or dead).
+    fn finished(&self, partition: u32, seq: u64) {
+        if self.max_in_flight == 1 {
+            // In order: everything below it is finished too.
+            self.done_below[partition as usize].fetch_max(seq + 1, Ordering::Relaxed);
+        }
+        let _ = self.backlog[partition as usize].fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+    }
+
     pub fn has_backlog(&self, partition: u32) -> bool {
         self.backlog
             .get(partition as usize)
@@ -178,6 +191,7 @@ impl JetStreamSpool {
                 .map_err(|e| JetStreamError::nats("consumer info", e))?;
             let pending = consumer.num_pending + consumer.num_ack_pending as u64;
             self.backlog[p].store(pending, Ordering::Relaxed);
+            self.done_below[p].fetch_max(info.state.first_sequence, Ordering::Relaxed);
             let oldest_ms = (info.state.messages > 0)
                 .then(|| (info.state.first_timestamp.unix_timestamp_nanos() / 1_000_000).max(0) as u64);
             partitions.push(crate::spool::PartitionStatus {

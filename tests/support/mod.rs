@@ -496,3 +496,221 @@ pub async fn ws_echo_backend() -> String {
     });
     format!("http://{addr}")
 }
+
+/// Which spool a test's sluice writes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpoolKind {
+    Local,
+    /// A JetStream spool on this test binary's own nats-server (R=1), in
+    /// streams of the test's own.
+    JetStream,
+}
+
+impl SpoolKind {
+    /// The offset of a fresh partition's first record: the local spool
+    /// counts from 0, a JetStream stream's sequence from 1.
+    pub fn first_offset(self) -> u64 {
+        match self {
+            SpoolKind::Local => 0,
+            SpoolKind::JetStream => 1,
+        }
+    }
+}
+
+/// Starts sluice in this process on the given spool.
+pub async fn start_sluice_on(kind: SpoolKind, text: &str) -> sluice::app::Running {
+    match kind {
+        SpoolKind::Local => start_sluice(text).await,
+        SpoolKind::JetStream => start_sluice(&with_jetstream(text, &[shared_nats().url()], 1)).await,
+    }
+}
+
+/// `text` with `[spool] backend = "jetstream"` on `servers`, in streams and
+/// subjects named for this call alone (tests in one binary share a server).
+pub fn with_jetstream(text: &str, servers: &[String], replicas: usize) -> String {
+    let name = format!("t{:016x}", rand::random::<u64>());
+    with_jetstream_named(text, servers, replicas, &name)
+}
+
+/// As [`with_jetstream`], in streams named `name` (replicas that share a
+/// backlog share a name).
+pub fn with_jetstream_named(text: &str, servers: &[String], replicas: usize, name: &str) -> String {
+    let mut doc: toml_edit::DocumentMut = text.parse().expect("test config is TOML");
+    if doc.get("spool").is_none() {
+        doc["spool"] = toml_edit::table();
+    }
+    doc["spool"]["backend"] = toml_edit::value("jetstream");
+    let mut js = toml_edit::Table::new();
+    let mut list = toml_edit::Array::new();
+    for s in servers {
+        list.push(s.as_str());
+    }
+    js["servers"] = toml_edit::value(list);
+    js["stream"] = toml_edit::value(name);
+    js["subject_prefix"] = toml_edit::value(name);
+    js["replicas"] = toml_edit::value(replicas as i64);
+    js["ack_wait"] = toml_edit::value("5s");
+    // The server reserves each stream's quota up front.
+    js["max_bytes"] = toml_edit::value("64MiB");
+    doc["spool"]["jetstream"] = toml_edit::Item::Table(js);
+    doc.to_string()
+}
+
+/// A nats-server with JetStream on a loopback port of its own, killed on
+/// drop.
+pub struct NatsServer {
+    child: Option<std::process::Child>,
+    pub port: u16,
+    pub cluster_port: u16,
+    pub dir: std::path::PathBuf,
+    routes: Vec<u16>,
+    name: String,
+}
+
+impl NatsServer {
+    /// A single node.
+    pub fn start() -> NatsServer {
+        let dir = tempfile::tempdir().expect("temp dir").keep();
+        let mut n = NatsServer {
+            child: None,
+            port: closed_port(),
+            cluster_port: 0,
+            dir,
+            routes: Vec::new(),
+            name: "n0".into(),
+        };
+        n.restart();
+        n
+    }
+
+    /// A three-node cluster (JetStream replicas need a quorum of 2).
+    pub fn cluster3() -> Vec<NatsServer> {
+        let cluster_ports: Vec<u16> = (0..3).map(|_| closed_port()).collect();
+        let mut nodes: Vec<NatsServer> = (0..3)
+            .map(|i| NatsServer {
+                child: None,
+                port: closed_port(),
+                cluster_port: cluster_ports[i],
+                dir: tempfile::tempdir().expect("temp dir").keep(),
+                routes: cluster_ports.iter().copied().filter(|&p| p != cluster_ports[i]).collect(),
+                name: format!("n{i}"),
+            })
+            .collect();
+        for n in &mut nodes {
+            n.spawn();
+        }
+        for n in &nodes {
+            n.wait_listening();
+        }
+        nodes
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    fn spawn(&mut self) {
+        let mut cmd = std::process::Command::new("nats-server");
+        cmd.args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-n", &self.name])
+            .arg("-sd")
+            .arg(&self.dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        if self.cluster_port != 0 {
+            let routes: Vec<String> = self.routes.iter().map(|p| format!("nats://127.0.0.1:{p}")).collect();
+            cmd.args([
+                "--cluster_name",
+                "sluice-test",
+                "--cluster",
+                &format!("nats://127.0.0.1:{}", self.cluster_port),
+                "--routes",
+                &routes.join(","),
+            ]);
+        }
+        self.child = Some(
+            cmd.spawn()
+                .expect("nats-server (Debian package nats-server; .ci/run installs it)"),
+        );
+    }
+
+    fn wait_listening(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "nats-server {} listens", self.name);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts (again) on the same port and store; returns once it listens.
+    pub fn restart(&mut self) {
+        self.spawn();
+        self.wait_listening();
+    }
+
+    /// SIGKILL, as a lost node.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// One nats-server for the whole test binary, started on first use. It is
+/// spawned from a thread that lives as long as the process and dies with
+/// it (PR_SET_PDEATHSIG follows the spawning thread, so not a test's).
+pub fn shared_nats() -> &'static SharedNats {
+    static NATS: std::sync::OnceLock<SharedNats> = std::sync::OnceLock::new();
+    NATS.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::os::unix::process::CommandExt;
+            let port = closed_port();
+            let dir = tempfile::tempdir().expect("temp dir").keep();
+            let mut cmd = std::process::Command::new("nats-server");
+            cmd.args(["-js", "-a", "127.0.0.1", "-p", &port.to_string()])
+                .arg("-sd")
+                .arg(&dir)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null());
+            // SAFETY: prctl is async-signal-safe; nothing else runs between
+            // fork and exec.
+            unsafe {
+                cmd.pre_exec(|| {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                    Ok(())
+                });
+            }
+            let _child = cmd
+                .spawn()
+                .expect("nats-server (Debian package nats-server; .ci/run installs it)");
+            tx.send(port).unwrap();
+            loop {
+                std::thread::park();
+            }
+        });
+        let port = rx.recv().expect("nats-server started");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "the shared nats-server listens");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        SharedNats { port }
+    })
+}
+
+pub struct SharedNats {
+    port: u16,
+}
+
+impl SharedNats {
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}

@@ -138,7 +138,7 @@ pub(super) fn validate_jetstream(
     if max_bytes < max_record {
         return Err(src.invalid(
             "spool.jetstream.max_bytes",
-            "must be at least spool.max_record (it bounds each partition's stream)",
+            "must be at least spool.max_record (it is the quota of all partition streams together)",
         ));
     }
     let dur = |key: &str, v: &Option<String>, default: Duration| -> Result<Duration, ConfigError> {

@@ -244,6 +244,13 @@ pub(super) fn validate(src: &Source<'_>, f: FileConfig, upstream_given: bool) ->
                 j.as_ref().unwrap_or(&Default::default()),
                 spool.max_record,
             )?));
+            // The DLQ stream is bounded like the local DLQ: a tenth of the
+            // spool's quota unless set.
+            if sp.dlq_max_bytes.is_none() {
+                if let Some(js) = spool.backend.jetstream() {
+                    spool.dlq_max_bytes = (js.max_bytes / 10).max(spool.max_record);
+                }
+            }
         }
     }
 
