@@ -687,13 +687,12 @@ pub fn shared_nats() -> &'static SharedNats {
                     Ok(())
                 });
             }
-            let _child = cmd
+            let mut child = cmd
                 .spawn()
                 .expect("nats-server (Debian package nats-server; .ci/run installs it)");
             tx.send(port).unwrap();
-            loop {
-                std::thread::park();
-            }
+            // This thread lives while the server does.
+            let _ = child.wait();
         });
         let port = rx.recv().expect("nats-server started");
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
