@@ -173,7 +173,11 @@ fn main() -> ExitCode {
             }
             Err(e) => config_exit(&e),
         },
-        Command::Spool(SpoolCommand::Status { spool_dir, config, json }) => match spool_status(spool_dir, config) {
+        Command::Spool(SpoolCommand::Status {
+            spool_dir,
+            config,
+            json,
+        }) => match spool_status(spool_dir, config) {
             Ok(status) => {
                 if json {
                     match serde_json::to_string_pretty(&status) {

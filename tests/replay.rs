@@ -93,13 +93,16 @@ async fn burst_is_absorbed_then_drained_within_the_upstream_budget(kind: SpoolKi
         })
     }))
     .await;
-    let sluice = start_sluice_on(kind, &config_text(
-        &backend.url(),
-        &format!(
-            "capacity = \"40/s\"\ncapacity_burst = {CAPACITY_BURST}\n\n[spool]\npartitions = 4\n\n{}",
-            spool_route("20/s", 5, "")
+    let sluice = start_sluice_on(
+        kind,
+        &config_text(
+            &backend.url(),
+            &format!(
+                "capacity = \"40/s\"\ncapacity_burst = {CAPACITY_BURST}\n\n[spool]\npartitions = 4\n\n{}",
+                spool_route("20/s", 5, "")
+            ),
         ),
-    ))
+    )
     .await;
     let c = client();
     let url = orders_url(&sluice);
@@ -224,7 +227,11 @@ async fn burst_is_absorbed_then_drained_within_the_upstream_budget(kind: SpoolKi
                 "partition {p}: sequences {seqs:?} are not consecutive in order"
             );
         }
-        assert_eq!(seqs[0], kind.first_offset(), "partition {p} starts at the first offset of a fresh spool");
+        assert_eq!(
+            seqs[0],
+            kind.first_offset(),
+            "partition {p} starts at the first offset of a fresh spool"
+        );
     }
     eprintln!(
         "burst: {N} in {:?} ({forwarded} forwarded, {spooled} spooled); backlog {backlog} drained in {drained:?} \
@@ -236,13 +243,16 @@ async fn burst_is_absorbed_then_drained_within_the_upstream_budget(kind: SpoolKi
 
 async fn refused_backend_connection_spools_the_request(kind: SpoolKind) {
     let upstream = format!("http://127.0.0.1:{}", closed_port());
-    let sluice = start_sluice_on(kind, &config_text(
-        &upstream,
-        &format!(
-            "[drain]\nbackoff_initial = \"20ms\"\nbackoff_max = \"50ms\"\nmax_attempts = 1000\n\n{}",
-            spool_route("100/s", 10, "")
+    let sluice = start_sluice_on(
+        kind,
+        &config_text(
+            &upstream,
+            &format!(
+                "[drain]\nbackoff_initial = \"20ms\"\nbackoff_max = \"50ms\"\nmax_attempts = 1000\n\n{}",
+                spool_route("100/s", 10, "")
+            ),
         ),
-    ))
+    )
     .await;
     let c = client();
     // Within the route limit: forwarded, refused, then spooled.
@@ -275,10 +285,13 @@ async fn refused_backend_connection_spools_the_request(kind: SpoolKind) {
 
 async fn backend_timeout_after_sending_is_504_and_not_spooled(kind: SpoolKind) {
     let backend = slow_backend(Duration::from_secs(3)).await;
-    let sluice = start_sluice_on(kind, &config_text(
-        &backend.url(),
-        &format!("timeout = \"200ms\"\n\n{}", spool_route("100/s", 10, "")),
-    ))
+    let sluice = start_sluice_on(
+        kind,
+        &config_text(
+            &backend.url(),
+            &format!("timeout = \"200ms\"\n\n{}", spool_route("100/s", 10, "")),
+        ),
+    )
     .await;
     let c = client();
     let t = Instant::now();
@@ -416,10 +429,13 @@ async fn a_503_with_retry_after_is_retried_then_delivered(kind: SpoolKind) {
 async fn idempotency_key_repeats_get_the_same_id_and_one_delivery(kind: SpoolKind) {
     let backend = Backend::ok().await;
     // One partition, so replay order is spool order.
-    let sluice = start_sluice_on(kind, &config_text(
-        &backend.url(),
-        &format!("[spool]\npartitions = 1\n\n{}", spool_route("1/min", 1, "")),
-    ))
+    let sluice = start_sluice_on(
+        kind,
+        &config_text(
+            &backend.url(),
+            &format!("[spool]\npartitions = 1\n\n{}", spool_route("1/min", 1, "")),
+        ),
+    )
     .await;
     let c = client();
     let url = orders_url(&sluice);
@@ -492,10 +508,13 @@ async fn status_endpoint_walks_queued_delivering_delivered(kind: SpoolKind) {
         })
     }))
     .await;
-    let sluice = start_sluice_on(kind, &config_text(
-        &backend.url(),
-        &format!("[spool]\npartitions = 1\n\n{}", spool_route("1/min", 1, "")),
-    ))
+    let sluice = start_sluice_on(
+        kind,
+        &config_text(
+            &backend.url(),
+            &format!("[spool]\npartitions = 1\n\n{}", spool_route("1/min", 1, "")),
+        ),
+    )
     .await;
     let c = client();
     let url = orders_url(&sluice);
@@ -578,13 +597,16 @@ async fn ordered_route_never_reorders_one_keys_requests(kind: SpoolKind) {
         })
     }))
     .await;
-    let sluice = start_sluice_on(kind, &config_text(
-        &backend.url(),
-        &format!(
-            "[spool]\npartitions = 4\n\n{}",
-            spool_route("10/s", 2, "ordered = true\npartition_key = \"header:x-user\"")
+    let sluice = start_sluice_on(
+        kind,
+        &config_text(
+            &backend.url(),
+            &format!(
+                "[spool]\npartitions = 4\n\n{}",
+                spool_route("10/s", 2, "ordered = true\npartition_key = \"header:x-user\"")
+            ),
         ),
-    ))
+    )
     .await;
     let c = client();
     let url = orders_url(&sluice);

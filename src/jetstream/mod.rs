@@ -155,7 +155,8 @@ impl JetStreamSpool {
             // In order: everything below it is finished too.
             self.done_below[partition as usize].fetch_max(seq + 1, Ordering::Relaxed);
         }
-        let _ = self.backlog[partition as usize].fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        let _ =
+            self.backlog[partition as usize].fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
     }
 
     pub fn has_backlog(&self, partition: u32) -> bool {

@@ -592,7 +592,11 @@ impl NatsServer {
                 port: closed_port(),
                 cluster_port: cluster_ports[i],
                 dir: tempfile::tempdir().expect("temp dir").keep(),
-                routes: cluster_ports.iter().copied().filter(|&p| p != cluster_ports[i]).collect(),
+                routes: cluster_ports
+                    .iter()
+                    .copied()
+                    .filter(|&p| p != cluster_ports[i])
+                    .collect(),
                 name: format!("n{i}"),
             })
             .collect();
@@ -636,7 +640,11 @@ impl NatsServer {
     fn wait_listening(&self) {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(std::time::Instant::now() < deadline, "nats-server {} listens", self.name);
+            assert!(
+                std::time::Instant::now() < deadline,
+                "nats-server {} listens",
+                self.name
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
