@@ -336,6 +336,13 @@ fn every_restart_only_field_is_reported_and_kept() {
             "tracing.otlp_endpoint",
         ),
         (|c| c.cluster.namespace = "other".into(), "cluster.namespace"),
+        (
+            |c| {
+                let js = parse(&format!("{MINIMAL}[spool]\nbackend = \"jetstream\"\n")).unwrap();
+                c.spool.backend = js.spool.backend;
+            },
+            "spool.backend",
+        ),
     ];
     let running = parse(MINIMAL).unwrap();
     for (change, key) in changes {
@@ -354,6 +361,8 @@ fn every_restart_only_field_is_reported_and_kept() {
     let mut expected: Vec<&str> = changes.iter().map(|c| c.1).collect();
     expected.dedup();
     assert_eq!(running.restart_only_changes(&next), expected);
+    // `drain.ordering` is restart-only with JetStream only (its own test).
+    expected.push("drain.ordering");
     assert_eq!(Config::restart_only_keys().collect::<Vec<_>>(), expected);
     next.keep_restart_only(&running);
     assert!(running.restart_only_changes(&next).is_empty());
@@ -385,4 +394,114 @@ fn readme_lists_the_restart_only_keys() {
         missing.is_empty() && extra.is_empty(),
         "README restart-only keys: missing {missing:?}, not restart-only {extra:?}"
     );
+}
+
+#[test]
+fn jetstream_backend_keys_are_validated_by_name_and_line() {
+    let js = |extra: &str| format!("{MINIMAL}[spool]\nbackend = \"jetstream\"\n\n[spool.jetstream]\n{extra}\n");
+    // Defaults: one local server, R=1, streams and subjects "sluice".
+    let c = parse(&format!("{MINIMAL}[spool]\nbackend = \"jetstream\"\n")).unwrap();
+    let j = c.spool.backend.jetstream().expect("jetstream backend");
+    assert_eq!(j.servers, vec!["nats://127.0.0.1:4222".to_string()]);
+    assert_eq!(
+        (j.replicas, j.stream.as_str(), j.subject_prefix.as_str()),
+        (1, "sluice", "sluice")
+    );
+    assert_eq!(j.ack_wait, Duration::from_secs(30));
+    assert_eq!(c.spool.dlq_max_bytes, j.max_bytes / 10, "the DLQ stream gets a tenth");
+    assert!(
+        parse(MINIMAL).unwrap().spool.backend.jetstream().is_none(),
+        "local is the default"
+    );
+
+    let (line, key, _) = invalid(&js("replicas = 2"));
+    assert_eq!((key.as_str(), line), ("spool.jetstream.replicas", 7));
+    let (_, key, msg) = invalid(&js("servers = [\"http://x:4222\"]"));
+    assert_eq!(key, "spool.jetstream.servers", "{msg}");
+    let (_, key, msg) = invalid(&js("servers = [\"nats://user:pw@x:4222\"]"));
+    assert_eq!(key, "spool.jetstream.servers");
+    assert!(
+        !msg.contains("pw"),
+        "credentials in a URL are refused without being echoed: {msg}"
+    );
+    assert_eq!(invalid(&js("servers = []")).1, "spool.jetstream.servers");
+    assert_eq!(invalid(&js("stream = \"a.b\"")).1, "spool.jetstream.stream");
+    assert_eq!(
+        invalid(&js("subject_prefix = \"a*\"")).1,
+        "spool.jetstream.subject_prefix"
+    );
+    assert_eq!(invalid(&js("ack_wait = \"0s\"")).1, "spool.jetstream.ack_wait");
+    assert_eq!(
+        invalid(&js("publish_timeout = \"soon\"")).1,
+        "spool.jetstream.publish_timeout"
+    );
+    assert_eq!(invalid(&js("max_bytes = \"1KiB\"")).1, "spool.jetstream.max_bytes");
+    assert_eq!(
+        invalid(&js("token_file = \"/nonexistent/t\"")).1,
+        "spool.jetstream.token_file"
+    );
+    assert_eq!(
+        invalid(&js("password_file = \"/nonexistent/p\"")).1,
+        "spool.jetstream.password_file"
+    );
+    assert_eq!(
+        invalid(&js("ca_file = \"/nonexistent/ca.pem\"")).1,
+        "spool.jetstream.ca_file"
+    );
+    assert_eq!(
+        invalid(&js("token_file = \"/etc/hostname\"\ncreds_file = \"/etc/hostname\"")).1,
+        "spool.jetstream"
+    );
+    // The stream must outlive what the drainer may still deliver.
+    let (_, key, msg) = invalid(&format!("{}\n[drain]\nmax_age = \"8d\"\n", js("max_age = \"7d\"")));
+    assert_eq!(key, "spool.jetstream.max_age");
+    assert!(msg.contains("drain.max_age"), "{msg}");
+    // A jetstream section without the backend is a mistake, not ignored.
+    let (_, key, _) = invalid(&format!("{MINIMAL}[spool.jetstream]\nreplicas = 3\n"));
+    assert_eq!(key, "spool.jetstream");
+    let (_, key, _) = invalid(&format!("{MINIMAL}[spool]\nbackend = \"kafka\"\n"));
+    assert_eq!(key, "spool.backend");
+}
+
+#[test]
+fn jetstream_credentials_come_from_files_and_never_print() {
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "s3cret-pw\n").unwrap();
+    let text = format!(
+        "{MINIMAL}[spool]\nbackend = \"jetstream\"\n[spool.jetstream]\nuser = \"sluice\"\npassword_file = \"{}\"\n",
+        pw.display()
+    );
+    let c = parse(&text).unwrap();
+    match &c.spool.backend.jetstream().unwrap().auth {
+        NatsAuth::UserPassword { user, password } => {
+            assert_eq!(user, "sluice");
+            assert_eq!(password.expose(), "s3cret-pw");
+        }
+        other => panic!("expected user/password, got {other:?}"),
+    }
+    assert!(!format!("{c:?}").contains("s3cret"), "Debug redacts the password");
+    assert!(!c.describe().contains("s3cret"));
+    let seed = dir.path().join("seed");
+    std::fs::write(&seed, "not-a-seed").unwrap();
+    let text = format!(
+        "{MINIMAL}[spool]\nbackend = \"jetstream\"\n[spool.jetstream]\nnkey_file = \"{}\"\n",
+        seed.display()
+    );
+    let (_, key, msg) = invalid(&text);
+    assert_eq!(key, "spool.jetstream.nkey_file");
+    assert!(!msg.contains("not-a-seed"), "{msg}");
+}
+
+#[test]
+fn the_backend_and_with_jetstream_the_ordering_need_a_restart() {
+    let js = format!("{MINIMAL}[spool]\nbackend = \"jetstream\"\n");
+    let local = parse(MINIMAL).unwrap();
+    let on_js = parse(&js).unwrap();
+    assert!(local.restart_only_changes(&on_js).contains(&"spool.backend"));
+    let unordered = parse(&format!("{js}[drain]\nordering = \"none\"\n")).unwrap();
+    assert_eq!(on_js.restart_only_changes(&unordered), vec!["drain.ordering"]);
+    // With the local spool, ordering still reloads.
+    let local_unordered = parse(&format!("{MINIMAL}[drain]\nordering = \"none\"\n")).unwrap();
+    assert!(local.restart_only_changes(&local_unordered).is_empty());
 }

@@ -79,11 +79,15 @@ impl Spooler {
         }
     }
 
-    /// Whether the spool takes appends now (for `/readyz`).
+    /// Whether this replica is fit for traffic as far as its spool goes
+    /// (for `/readyz`). A failed local disk is this pod's alone: unready
+    /// moves traffic to healthy pods. A NATS outage is every replica's at
+    /// once: unready would take live forwarding down with it, so readiness
+    /// stays and `sluice_spool_store_up` tells.
     pub fn is_available(&self) -> bool {
         match self {
             Spooler::Local(l) => l.spool.is_available(),
-            Spooler::JetStream(j) => j.is_up(),
+            Spooler::JetStream(_) => true,
         }
     }
 

@@ -43,7 +43,14 @@ pub(super) fn validate_jetstream(
     if servers.is_empty() {
         return Err(src.invalid("spool.jetstream.servers", "needs at least one nats:// URL"));
     }
-    for s in &servers {
+    for (i, s) in servers.iter().enumerate() {
+        if s.contains('@') {
+            // Not echoed: it may hold a password.
+            return Err(src.invalid(
+                "spool.jetstream.servers",
+                format!("servers[{i}] carries credentials; give them in token_file, user/password_file, nkey_file or creds_file, never in the URL"),
+            ));
+        }
         let ok = ["nats://", "tls://"].iter().any(|p| {
             s.strip_prefix(p)
                 .is_some_and(|rest| !rest.is_empty() && !rest.contains('@') && !rest.contains('/'))
@@ -51,7 +58,7 @@ pub(super) fn validate_jetstream(
         if !ok {
             return Err(src.invalid(
                 "spool.jetstream.servers",
-                format!("{s:?} must be nats://host:port or tls://host:port, without credentials (they go in token_file, user/password_file, nkey_file or creds_file)"),
+                format!("{s:?} must be nats://host:port or tls://host:port"),
             ));
         }
     }

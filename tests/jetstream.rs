@@ -1,0 +1,293 @@
+//! The JetStream spool's own behaviour on one node (R=1), beyond the replay
+//! cases `tests/replay.rs` runs on both spools: replicas sharing a
+//! backlog (status and Idempotency-Key from any replica, the fleet-wide
+//! pause), the DLQ stream through the admin API, NATS going away and coming
+//! back, and streams that don't match the config.
+
+mod support;
+
+use bytes::Bytes;
+use http::{Method, Response};
+use http_body_util::Full;
+use std::sync::Arc;
+use std::time::Duration;
+use support::*;
+
+fn orders(rate: &str, extra: &str) -> String {
+    format!(
+        "[[route]]\nname = \"orders\"\nmatch = {{ path_prefix = \"/orders\" }}\nrate = \"{rate}\"\nburst = 1\non_limit = \"spool\"\n{extra}\n"
+    )
+}
+
+fn accepted_id(r: &Reply) -> String {
+    assert_eq!(r.status, 202, "expected 202: {:?}", r.body);
+    r.json()["id"].as_str().expect("202 body has an id").to_string()
+}
+
+async fn status(c: &TestClient, data: std::net::SocketAddr, id: &str) -> serde_json::Value {
+    let r = request_status(c, data, id).await;
+    assert_eq!(r.status, 200, "status of {id}: {:?}", r.body);
+    r.json()
+}
+
+/// Two in-process replicas on the shared nats-server, in one set of streams.
+async fn two_replicas(backend: &str, extra: &str) -> (sluice::app::Running, sluice::app::Running) {
+    let name = format!("t{:016x}", rand::random::<u64>());
+    let text = with_jetstream_named(&config_text(backend, extra), &[shared_nats().url()], 1, &name);
+    (start_sluice(&text).await, start_sluice(&text).await)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_replica_answers_status_and_idempotency_keys() {
+    let backend = Backend::ok().await;
+    let (a, b) = two_replicas(&backend.url(), &orders("1/min", "")).await;
+    let c = client();
+    let (url_a, url_b) = (
+        format!("http://{}/orders", a.data_addr),
+        format!("http://{}/orders", b.data_addr),
+    );
+    // Replay paused fleet-wide (from A), so records stay queued.
+    assert_eq!(admin_post(&c, a.admin_addr, "/admin/drain/pause").await.status, 200);
+    eventually(Duration::from_secs(5), "B sees the pause", || async {
+        (admin_spool(&c, b.admin_addr).await["paused"] == true).then_some(())
+    })
+    .await;
+    assert_eq!(send(&c, Method::POST, &url_a, &[], "live").await.status, 200);
+    assert_eq!(send(&c, Method::POST, &url_b, &[], "live").await.status, 200);
+    let first = send(&c, Method::POST, &url_a, &[("idempotency-key", "k-1")], "one").await;
+    let id = accepted_id(&first);
+    // The same key on the other replica: the first id, nothing new spooled.
+    let again = send(&c, Method::POST, &url_b, &[("idempotency-key", "k-1")], "two").await;
+    assert_eq!(accepted_id(&again), id);
+    let other = accepted_id(&send(&c, Method::POST, &url_b, &[("idempotency-key", "k-2")], "three").await);
+    assert_ne!(other, id);
+
+    // Queued, seen alike from both replicas; nothing delivered while paused.
+    let (sa, sb) = (status(&c, a.data_addr, &id).await, status(&c, b.data_addr, &id).await);
+    assert_eq!(sa["state"], "queued", "{sa}");
+    assert_eq!(sa, sb, "both replicas answer the same");
+    // The admin lookup by key, from either replica.
+    let r = get(
+        &c,
+        &format!(
+            "http://{}/admin/requests?idempotency_key=k-1&route=orders",
+            b.admin_addr
+        ),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.json()["id"], id.as_str());
+    assert_eq!(
+        backend.count(),
+        2,
+        "only the live requests reached the backend while paused"
+    );
+
+    // Resumed (from B): both delivered once, and both replicas say so.
+    assert_eq!(admin_post(&c, b.admin_addr, "/admin/drain/resume").await.status, 200);
+    for x in [&id, &other] {
+        eventually(Duration::from_secs(10), "delivered", || async {
+            (status(&c, a.data_addr, x).await["state"] == "delivered").then_some(())
+        })
+        .await;
+        assert_eq!(status(&c, b.data_addr, x).await["state"], "delivered");
+    }
+    let bodies: Vec<Bytes> = backend
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|s| s.headers.contains_key("sluice-id"))
+        .map(|s| s.body.clone())
+        .collect();
+    assert_eq!(bodies.len(), 2, "{bodies:?}");
+    assert!(bodies.contains(&Bytes::from("one")) && bodies.contains(&Bytes::from("three")));
+    // A foreign token reads nothing.
+    let mut forged = id.clone().into_bytes();
+    forged[30] = if forged[30] == b'A' { b'B' } else { b'A' };
+    let r = request_status(&c, a.data_addr, std::str::from_utf8(&forged).unwrap()).await;
+    assert_eq!(r.status, 404);
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_listed_replayed_and_purged_through_the_admin_api() {
+    // Replays are refused for good until `accept` is set.
+    let accept = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let acc = accept.clone();
+    let backend = Backend::start(Arc::new(move |s: Seen| {
+        let ok = !s.headers.contains_key("sluice-id") || acc.load(std::sync::atomic::Ordering::Relaxed);
+        Box::pin(async move {
+            Response::builder()
+                .status(if ok { 200 } else { 422 })
+                .body(Full::new(Bytes::from_static(b"x")))
+                .unwrap()
+        })
+    }))
+    .await;
+    let sluice = start_sluice_on(SpoolKind::JetStream, &config_text(&backend.url(), &orders("1/min", ""))).await;
+    let c = client();
+    let url = format!("http://{}/orders", sluice.data_addr);
+    assert_eq!(send(&c, Method::POST, &url, &[], "live").await.status, 200);
+    let ids: Vec<String> =
+        futures_util::future::join_all((0..3).map(|i| send(&c, Method::POST, &url, &[], format!("doomed-{i}"))))
+            .await
+            .iter()
+            .map(accepted_id)
+            .collect();
+    for id in &ids {
+        eventually(Duration::from_secs(10), "dead", || async {
+            (status(&c, sluice.data_addr, id).await["state"] == "dead").then_some(())
+        })
+        .await;
+    }
+    let list = get(&c, &format!("http://{}/admin/dlq", sluice.admin_addr)).await.json();
+    let letters = list["dead_letters"].as_array().unwrap();
+    assert_eq!(letters.len(), 3, "{list}");
+    assert!(
+        letters
+            .iter()
+            .all(|d| d["reason"] == "rejected" && d["last_status"] == 422),
+        "{list}"
+    );
+    let listed: Vec<&str> = letters.iter().map(|d| d["id"].as_str().unwrap()).collect();
+    for id in &ids {
+        assert!(listed.contains(&id.as_str()), "{id} listed: {list}");
+    }
+    // Paged listing.
+    let page = get(&c, &format!("http://{}/admin/dlq?limit=2", sluice.admin_addr))
+        .await
+        .json();
+    assert_eq!(page["dead_letters"].as_array().unwrap().len(), 2);
+    assert!(page["next_from"].is_u64(), "{page}");
+
+    // Replay one by id once the backend takes it: a new id, delivered; the
+    // old id points at it.
+    accept.store(true, std::sync::atomic::Ordering::Relaxed);
+    let r = send(
+        &c,
+        Method::POST,
+        &format!("http://{}/admin/dlq/replay", sluice.admin_addr),
+        &[("content-type", "application/json")],
+        serde_json::json!({"ids": [ids[0]]}).to_string(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let new_id = r.json()["replayed"][0]["replayed_as"].as_str().unwrap().to_string();
+    assert_ne!(new_id, ids[0]);
+    eventually(Duration::from_secs(10), "replayed letter delivered", || async {
+        (status(&c, sluice.data_addr, &new_id).await["state"] == "delivered").then_some(())
+    })
+    .await;
+    assert_eq!(
+        status(&c, sluice.data_addr, &ids[0]).await["replayed_as"],
+        new_id.as_str()
+    );
+    // Purge the rest by filter.
+    let r = send(
+        &c,
+        Method::POST,
+        &format!("http://{}/admin/dlq/purge", sluice.admin_addr),
+        &[("content-type", "application/json")],
+        serde_json::json!({"route": "orders", "reason": "rejected"}).to_string(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.json()["purged"], 2);
+    let s = admin_spool(&c, sluice.admin_addr).await;
+    assert_eq!(s["dlq"]["records"], 0, "{s}");
+    sluice.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_nats_spooling_answers_503_and_live_traffic_goes_on() {
+    let mut nats = NatsServer::start();
+    let backend = Backend::ok().await;
+    let text = with_jetstream(&config_text(&backend.url(), &orders("2/s", "")), &[nats.url()], 1);
+    let sluice = start_sluice(&text).await;
+    let c = client();
+    let url = format!("http://{}/orders", sluice.data_addr);
+    let admin = sluice.admin_addr;
+    assert_eq!(
+        metric_value(&metrics_text(&c, admin).await, "sluice_spool_store_up", &[]),
+        Some(1.0)
+    );
+
+    nats.kill();
+    // Over the limit: never a 202 without a PubAck.
+    let r = eventually(Duration::from_secs(10), "spooling refused", || async {
+        let r = send(&c, Method::POST, &url, &[], "x").await;
+        (r.status == 503).then_some(r)
+    })
+    .await;
+    assert_eq!(r.json()["error"], "spool_full", "{:?}", r.body);
+    assert!(!r.header("retry-after").is_empty(), "503 carries Retry-After");
+    for _ in 0..5 {
+        let r = send(&c, Method::POST, &url, &[], "x").await;
+        assert_ne!(r.status, 202, "no 202 while NATS is away");
+    }
+    // Within the limit, requests are forwarded live as ever.
+    let before = backend.count();
+    eventually(Duration::from_secs(5), "a live request forwarded", || async {
+        let r = send(&c, Method::GET, &url, &[], "").await;
+        (r.status == 200).then_some(())
+    })
+    .await;
+    assert!(backend.count() > before, "it reached the backend");
+    eventually(Duration::from_secs(5), "store_up 0", || async {
+        let v = metric_value(&metrics_text(&c, admin).await, "sluice_spool_store_up", &[]);
+        (v == Some(0.0)).then_some(())
+    })
+    .await;
+    // Every replica loses NATS at once: unready would stop live traffic too.
+    assert_eq!(get(&c, &format!("http://{admin}/readyz")).await.status, 200);
+
+    // NATS back: the client reconnects by itself and spooling resumes.
+    nats.restart();
+    let id = eventually(Duration::from_secs(15), "spooling again", || async {
+        let r = send(&c, Method::POST, &url, &[], "after").await;
+        (r.status == 202).then(|| accepted_id(&r))
+    })
+    .await;
+    eventually(Duration::from_secs(10), "delivered", || async {
+        (status(&c, sluice.data_addr, &id).await["state"] == "delivered").then_some(())
+    })
+    .await;
+    eventually(Duration::from_secs(5), "store_up 1", || async {
+        let v = metric_value(&metrics_text(&c, admin).await, "sluice_spool_store_up", &[]);
+        (v == Some(1.0)).then_some(())
+    })
+    .await;
+    sluice.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_differs_from_the_config_is_a_clear_error() {
+    let backend = Backend::ok().await;
+    let name = format!("t{:016x}", rand::random::<u64>());
+    let text = with_jetstream_named(
+        &config_text(&backend.url(), &orders("1/s", "")),
+        &[shared_nats().url()],
+        1,
+        &name,
+    );
+    let first = start_sluice(&text).await;
+    first.shutdown().await;
+    // The same streams, another max_age.
+    let changed = text.replace("[spool.jetstream]", "[spool.jetstream]\nmax_age = \"30d\"");
+    let cfg = parse_config(&changed);
+    let err = match sluice::app::start(cfg, private_spool(&parse_config(&changed))).await {
+        Ok(_) => panic!("a stream with another max_age must not be taken as is"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("spool.jetstream.max_age"), "{err}");
+    assert!(err.contains(&format!("stream {name}-0")), "{err}");
+    // Another ordering is another consumer shape.
+    let unordered = text.replace("[spool]", "[drain]\nordering = \"none\"\n\n[spool]");
+    let err = match sluice::app::start(parse_config(&unordered), private_spool(&parse_config(&unordered))).await {
+        Ok(_) => panic!("a consumer of another shape must not be taken as is"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("drain.ordering"), "{err}");
+}
