@@ -386,6 +386,7 @@ pub async fn start(config: Config, overrides: Overrides) -> Result<Running, AppE
     let task = {
         let shutdown = shutdown.clone();
         let shared_for_shutdown = shared.clone();
+        let spooler_at_exit = spooler.clone();
         tokio::spawn(async move {
             shutdown.wait().await;
             // Readiness first, so a load balancer stops sending while we
@@ -408,6 +409,9 @@ pub async fn start(config: Config, overrides: Overrides) -> Result<Running, AppE
             // next start (at least once).
             drain_shutdown.trigger();
             while drain_tasks.join_next().await.is_some() {}
+            if let Spooler::JetStream(js) = &*spooler_at_exit {
+                js.close().await;
+            }
             cluster_shutdown.trigger();
             // The last attempts' spans, exported before we go.
             let spans = shared_for_shutdown.clone();

@@ -291,3 +291,68 @@ async fn a_stream_that_differs_from_the_config_is_a_clear_error() {
     };
     assert!(err.contains("drain.ordering"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_record_holds_its_partition_across_the_fleet() {
+    // The first attempt of "a" gets 503 + Retry-After: 1; all else 200.
+    let tried = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let t = tried.clone();
+    let backend = Backend::start(Arc::new(move |s: Seen| {
+        let refuse =
+            s.headers.contains_key("sluice-id") && s.body == "a" && !t.swap(true, std::sync::atomic::Ordering::SeqCst);
+        Box::pin(async move {
+            let mut r = Response::builder().status(if refuse { 503 } else { 200 });
+            if refuse {
+                r = r.header("retry-after", "1");
+            }
+            r.body(Full::new(Bytes::from_static(b"x"))).unwrap()
+        })
+    }))
+    .await;
+    let (a, b) = two_replicas(
+        &backend.url(),
+        &format!("[spool]\npartitions = 1\n\n{}", orders("1/min", "")),
+    )
+    .await;
+    let c = client();
+    assert_eq!(admin_post(&c, a.admin_addr, "/admin/drain/pause").await.status, 200);
+    eventually(Duration::from_secs(5), "B sees the pause", || async {
+        (admin_spool(&c, b.admin_addr).await["paused"] == true).then_some(())
+    })
+    .await;
+    for r in [&a, &b] {
+        let url = format!("http://{}/orders", r.data_addr);
+        assert_eq!(send(&c, Method::POST, &url, &[], "live").await.status, 200);
+    }
+    let mut ids = Vec::new();
+    for (body, r) in [("a", &a), ("b", &b), ("c", &a)] {
+        let url = format!("http://{}/orders", r.data_addr);
+        ids.push(accepted_id(&send(&c, Method::POST, &url, &[], body).await));
+    }
+    assert_eq!(admin_post(&c, b.admin_addr, "/admin/drain/resume").await.status, 200);
+    let last = ids.last().unwrap().clone();
+    eventually(Duration::from_secs(15), "all delivered", || async {
+        (status(&c, a.data_addr, &last).await["state"] == "delivered").then_some(())
+    })
+    .await;
+    let order: Vec<(String, String)> = backend
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|s| s.headers.contains_key("sluice-id"))
+        .map(|s| {
+            (
+                String::from_utf8_lossy(&s.body).to_string(),
+                seen_header(s, "sluice-attempt").unwrap().to_string(),
+            )
+        })
+        .collect();
+    let want: Vec<(String, String)> = [("a", "1"), ("a", "2"), ("b", "1"), ("c", "1")]
+        .iter()
+        .map(|(b, n)| (b.to_string(), n.to_string()))
+        .collect();
+    assert_eq!(order, want, "b and c wait for a's retry, whichever replica pulls");
+    a.shutdown().await;
+    b.shutdown().await;
+}

@@ -165,6 +165,12 @@ impl JetStreamSpool {
             .is_some_and(|b| b.load(Ordering::Relaxed) > 0)
     }
 
+    /// Sends what the client still holds (the last acks and hand-backs)
+    /// before the process goes; bounded by `publish_timeout`.
+    pub async fn close(&self) {
+        let _ = tokio::time::timeout(self.cfg.publish_timeout, self.js.client().flush()).await;
+    }
+
     /// Sets the fleet's pause flag; every replica's watcher picks it up.
     pub async fn set_paused(&self, paused: bool) -> Result<(), JetStreamError> {
         self.control

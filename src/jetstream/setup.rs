@@ -159,6 +159,8 @@ async fn connect_client(cfg: &JetStreamConfig, up: Arc<AtomicBool>) -> Result<as
     let mut opts = ConnectOptions::new()
         .name("sluice")
         .connection_timeout(cfg.publish_timeout.max(Duration::from_secs(2)))
+        // A server gone silent (not closed) is noticed within two pings.
+        .ping_interval(Duration::from_secs(10))
         .event_callback(move |event| {
             let up = up.clone();
             async move {
