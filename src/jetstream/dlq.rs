@@ -58,14 +58,29 @@ impl DeadLetters for JetStreamSpool {
     }
 
     async fn page(&self, from: u64, n: usize) -> Result<Vec<DeadLetter>, DlqError> {
+        use async_nats::jetstream::stream::RawMessageErrorKind;
         let (first, last) = self.dlq_bounds().await?;
+        let subject = self.dlq_subject();
         let mut out = Vec::new();
         let mut seq = from.max(first).max(1);
+        // Each call finds the next letter at or after `seq`, so the gaps
+        // replays and purges leave cost nothing.
         while seq <= last && out.len() < n {
-            if let Some(d) = DeadLetters::get(self, seq).await? {
-                out.push(d);
+            let next = self
+                .dlq
+                .raw_message_builder()
+                .sequence(seq)
+                .next_by_subject(subject.clone())
+                .send()
+                .await;
+            match next {
+                Ok(m) => {
+                    seq = m.sequence + 1;
+                    out.push(letter(m));
+                }
+                Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => break,
+                Err(e) => return Err(JetStreamError::nats("reading dead letters", e).into()),
             }
-            seq += 1;
         }
         Ok(out)
     }

@@ -26,6 +26,7 @@ use crate::shutdown::Shutdown;
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::{AckKind, Message};
 use futures_util::StreamExt;
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinSet;
@@ -84,6 +85,8 @@ impl JetStreamDrainer {
             return;
         };
         let mut parallel: JoinSet<()> = JoinSet::new();
+        // Fetch failures are logged once per outage, not twice a second.
+        let mut failing = false;
         loop {
             let mut paused = self.spool.paused.subscribe();
             tokio::select! {
@@ -101,9 +104,16 @@ impl JetStreamDrainer {
                 .messages()
                 .await;
             let mut batch = match batch {
-                Ok(b) => b,
+                Ok(b) => {
+                    if std::mem::take(&mut failing) {
+                        tracing::info!(partition, "fetching from the drain consumer works again");
+                    }
+                    b
+                }
                 Err(e) => {
-                    tracing::debug!(partition, error = %e, "fetch from the drain consumer failed; retrying");
+                    if !std::mem::replace(&mut failing, true) {
+                        tracing::warn!(partition, error = %e, "fetch from the drain consumer failed; retrying every 500 ms");
+                    }
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
                         _ = shutdown.wait() => break,
@@ -134,19 +144,32 @@ impl JetStreamDrainer {
         while parallel.join_next().await.is_some() {}
     }
 
-    /// Delivers `msg` to a final word with the server, unless shutdown
-    /// comes first: then the message goes back for another replica.
+    /// Delivers `msg` to a final word with the server, telling the server
+    /// all along that it is being worked on. At shutdown a message whose
+    /// attempt hasn't started goes back at once for another replica; one
+    /// whose attempt is under way finishes it (bounded by
+    /// `upstream.timeout`) and is settled, rather than be sent twice.
     async fn settle_or_hand_back(&self, msg: Message, partition: u32, shutdown: &Shutdown) {
-        let msg = Arc::new(msg);
-        tokio::select! {
-            _ = self.settle(&msg, partition) => {}
-            _ = shutdown.wait() => {
-                let _ = msg.ack_with(AckKind::Nak(None)).await;
+        let started = AtomicBool::new(false);
+        let work = async {
+            tokio::select! {
+                _ = self.settle(&msg, partition, &started) => {}
+                _ = self.keep_alive(&msg) => {}
             }
+        };
+        tokio::pin!(work);
+        tokio::select! {
+            _ = &mut work => return,
+            _ = shutdown.wait() => {}
+        }
+        if started.load(AtomicOrdering::Acquire) {
+            work.await;
+        } else {
+            let _ = msg.ack_with(AckKind::Nak(None)).await;
         }
     }
 
-    async fn settle(&self, msg: &Message, partition: u32) {
+    async fn settle(&self, msg: &Message, partition: u32, started: &AtomicBool) {
         let Ok(info) = msg.info() else {
             tracing::error!(
                 partition,
@@ -155,13 +178,12 @@ impl JetStreamDrainer {
             return;
         };
         let seq = info.stream_sequence;
-        let delivered = u32::try_from(info.delivered.max(1)).unwrap_or(u32::MAX);
         let published_ms = (info.published.unix_timestamp_nanos() / 1_000_000).max(0) as u64;
         let env = match Envelope::decode(msg.payload.clone()) {
             Ok(env) => env,
             Err(e) => {
                 tracing::error!(partition, seq, error = %e, "undecodable JetStream record; dead-lettered");
-                self.dead(msg, partition, seq, None, "undecodable", None, delivered, published_ms)
+                self.dead(msg, partition, seq, None, "undecodable", None, 0, published_ms)
                     .await;
                 return;
             }
@@ -171,26 +193,77 @@ impl JetStreamDrainer {
             offset: seq,
             token: env.token,
         };
-        let cfg = self.replayer.drain_config();
-        let attempt_no = delivered + u32::from(env.attempt_base);
-        let (mut rec, _) = match self.spool.status_record(id).await {
-            Ok(Some(found)) => found,
-            _ => (
-                StatusRecord {
-                    token: hex(&id.token),
-                    state: State::Delivering,
-                    attempts: 0,
-                    enqueued_ms: env.arrived_ms,
-                    at_ms: now_ms(),
-                    upstream_status: None,
-                    replayed_as: None,
-                    history: Vec::new(),
-                },
-                0,
-            ),
+        let token = hex(&id.token);
+        // A status under this sequence is this record's only if its token
+        // matches (a stream made anew counts from 1 again).
+        let found = match self.spool.status_record(id).await {
+            Ok(Some((rec, _))) if rec.token == token => Some(rec),
+            _ => None,
         };
-        let age = Duration::from_millis(now_ms().saturating_sub(env.arrived_ms));
-        if age > cfg.max_age {
+        if let Some(rec) = &found {
+            // Settled before, and only the ack or the termination was lost:
+            // settled again, not sent again.
+            match rec.state {
+                State::Delivered => {
+                    let _ = msg.double_ack().await;
+                    self.spool.finished(partition, seq);
+                    return;
+                }
+                State::Dead => {
+                    let _ = msg.double_ack_with(AckKind::Term).await;
+                    self.spool.finished(partition, seq);
+                    return;
+                }
+                State::Queued | State::Delivering => {}
+            }
+        }
+        let mut rec = found.unwrap_or(StatusRecord {
+            token,
+            state: State::Queued,
+            attempts: 0,
+            enqueued_ms: env.arrived_ms,
+            at_ms: now_ms(),
+            upstream_status: None,
+            replayed_as: None,
+            history: Vec::new(),
+        });
+        // Fetched just as the fleet paused: held (still ours) until resumed.
+        let mut paused = self.spool.paused.subscribe();
+        let _ = paused.wait_for(|p| !*p).await;
+        let cfg = self.replayer.drain_config();
+        let expired = || Duration::from_millis(now_ms().saturating_sub(env.arrived_ms)) > cfg.max_age;
+        // Attempts are counted in the status record, not by the server's
+        // delivery count, which hand-backs at shutdown and ack_wait
+        // expiries raise too.
+        let made = rec.attempts;
+        let attempt_no = made + 1;
+        let sent_as = attempt_no + u32::from(env.attempt_base);
+        if !expired() {
+            // Shown as delivering (from any replica) while the attempt runs.
+            rec.state = State::Delivering;
+            rec.attempts = attempt_no;
+            if let Err(e) = self.spool.put_status(id, &rec).await {
+                tracing::debug!(error = %e, "writing a delivering status failed");
+            }
+        }
+        let attempted = loop {
+            if expired() {
+                break None;
+            }
+            started.store(true, AtomicOrdering::Release);
+            match self.replayer.attempt(&env, id, sent_as, made == 0).await {
+                Ok(done) => break Some(done),
+                // Refused by the open breaker before it was sent: no
+                // attempt; wait here (the message stays ours, expiry
+                // checked again) and ask again.
+                Err(BreakerOpen { retry_after }) => {
+                    started.store(false, AtomicOrdering::Release);
+                    tokio::time::sleep(retry_after.min(Duration::from_millis(500))).await
+                }
+            }
+        };
+        let Some((outcome, attempted)) = attempted else {
+            rec.attempts = made;
             let last = rec.upstream_status;
             self.dead(
                 msg,
@@ -199,44 +272,11 @@ impl JetStreamDrainer {
                 Some((id, rec)),
                 "expired",
                 last,
-                attempt_no,
+                made,
                 env.arrived_ms,
             )
             .await;
             return;
-        }
-        // Fetched just as the fleet paused: held (still ours) until resumed.
-        let mut paused = self.spool.paused.subscribe();
-        if *paused.borrow() {
-            tokio::select! {
-                _ = paused.wait_for(|p| !*p) => {}
-                _ = self.keep_alive(msg) => {}
-            }
-        }
-        // Shown as delivering (from any replica) while the attempt runs.
-        rec.state = State::Delivering;
-        rec.attempts = attempt_no;
-        if let Err(e) = self.spool.put_status(id, &rec).await {
-            tracing::debug!(error = %e, "writing a delivering status failed");
-        }
-        let attempt = async {
-            loop {
-                match self.replayer.attempt(&env, id, attempt_no, delivered == 1).await {
-                    Ok(done) => return done,
-                    // Refused by the open breaker before it was sent: no
-                    // attempt; wait here (the message stays ours) and ask
-                    // again.
-                    Err(BreakerOpen { retry_after }) => {
-                        tokio::time::sleep(retry_after.min(Duration::from_millis(500))).await
-                    }
-                }
-            }
-        };
-        let (outcome, attempted) = tokio::select! {
-            done = attempt => done,
-            // While the attempt runs (budget waits and breaker included)
-            // the server is told the message is being worked on.
-            _ = self.keep_alive(msg) => unreachable!("the keepalive never ends"),
         };
         rec.attempts = attempt_no;
         rec.push_attempt(&attempted);
@@ -249,7 +289,7 @@ impl JetStreamDrainer {
                     tracing::warn!(error = %e, "writing a delivered status failed");
                 }
                 if let Err(e) = msg.double_ack().await {
-                    tracing::warn!(partition, seq, error = %e, "ack failed; the record may be delivered again");
+                    tracing::warn!(partition, seq, error = %e, "ack failed; the record will be acked when it comes back");
                 }
                 self.replayer.counters.delivered.inc();
                 self.spool.rates.delivered(partition);
@@ -356,7 +396,6 @@ impl JetStreamDrainer {
                 Ok(Err(e)) => tracing::error!(partition, seq, error = %e, "dead-lettering failed; retrying"),
                 Err(_) => tracing::error!(partition, seq, "dead-lettering timed out; retrying"),
             }
-            let _ = msg.ack_with(AckKind::Progress).await;
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
         crate::crash::point("dlq_move");

@@ -21,7 +21,8 @@
 //!   `idem.<route>.<hash>` → the first id spooled under an Idempotency-Key
 //!   (or a pending claim), `status.<p>.<seq>` → a request's attempts and
 //!   outcome.
-//! - key-value bucket `S-control`: `paused`, the fleet's pause flag.
+//! - key-value bucket `S-control`: `paused`, the fleet's pause flag, and
+//!   `partitions`, the partition count every replica must agree on.
 //!
 //! Invariants:
 //! - a 202 is answered only after the publish's PubAck: the record is
@@ -118,6 +119,9 @@ const CONSUMER: &str = "drain";
 const UNORDERED_PER_PARTITION: i64 = 32;
 /// The control bucket's key for the pause flag.
 const PAUSED_KEY: &str = "paused";
+/// The control bucket's key for the partition count the streams were made
+/// for.
+const PARTITIONS_KEY: &str = "partitions";
 
 impl JetStreamSpool {
     pub fn partitions(&self) -> u32 {

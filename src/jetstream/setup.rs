@@ -1,7 +1,7 @@
 //! Connecting to NATS, and the streams, consumers and buckets a JetStream
 //! spool needs: created when absent, checked when present.
 
-use super::{JetStreamError, JetStreamSpool, CONSUMER, PAUSED_KEY, UNORDERED_PER_PARTITION};
+use super::{JetStreamError, JetStreamSpool, CONSUMER, PARTITIONS_KEY, PAUSED_KEY, UNORDERED_PER_PARTITION};
 use crate::config::{Config, JetStreamConfig, NatsAuth, Ordering as DrainOrdering};
 use crate::drain::eta::DeliveryRates;
 use async_nats::jetstream::{self, consumer, kv, stream};
@@ -50,6 +50,21 @@ pub async fn connect(
         DrainOrdering::Partition => 1,
         DrainOrdering::None => UNORDERED_PER_PARTITION,
     };
+    // First: the partition count decides every stream's share.
+    let control = ensure_bucket(
+        &js,
+        &cfg,
+        kv::Config {
+            bucket: format!("{}-control", cfg.stream),
+            history: 1,
+            storage: stream::StorageType::File,
+            num_replicas: cfg.replicas,
+            ..Default::default()
+        },
+        "",
+    )
+    .await?;
+    check_partitions(&control, &cfg, partitions).await?;
     let mut streams = Vec::with_capacity(partitions as usize);
     for p in 0..partitions {
         let want = stream::Config {
@@ -79,7 +94,9 @@ pub async fn connect(
             discard: stream::DiscardPolicy::Old,
             storage: stream::StorageType::File,
             num_replicas: cfg.replicas,
-            max_bytes: config.spool.dlq_max_bytes as i64,
+            // Room for one letter at least, or dead-lettering could never
+            // succeed (and would hold its partition).
+            max_bytes: config.spool.dlq_max_bytes.max(max_payload) as i64,
             max_age: config.spool.dlq_retention,
             max_message_size: max_payload as i32,
             allow_direct: true,
@@ -99,19 +116,6 @@ pub async fn connect(
             ..Default::default()
         },
         "server.status_retention",
-    )
-    .await?;
-    let control = ensure_bucket(
-        &js,
-        &cfg,
-        kv::Config {
-            bucket: format!("{}-control", cfg.stream),
-            history: 1,
-            storage: stream::StorageType::File,
-            num_replicas: cfg.replicas,
-            ..Default::default()
-        },
-        "",
     )
     .await?;
     let paused = match control.get(PAUSED_KEY).await {
@@ -143,6 +147,35 @@ pub async fn connect(
         tracing::warn!(error = %e, "reading the JetStream spool's state failed");
     }
     Ok(spool)
+}
+
+/// The partition count is part of the streams' shape: the first replica
+/// records it, later ones must agree. Fewer partitions would strand the
+/// records of the streams left out; more would move keys to other
+/// partitions (and out of order with their backlog).
+async fn check_partitions(control: &kv::Store, cfg: &JetStreamConfig, partitions: u32) -> Result<(), JetStreamError> {
+    let want = partitions.to_string();
+    match control.create(PARTITIONS_KEY, want.clone().into()).await {
+        Ok(_) => return Ok(()),
+        Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
+        Err(e) => return Err(JetStreamError::nats("recording the partition count", e)),
+    }
+    let have = control
+        .get(PARTITIONS_KEY)
+        .await
+        .map_err(|e| JetStreamError::nats("reading the partition count", e))?
+        .map(|v| String::from_utf8_lossy(&v).to_string())
+        .unwrap_or_default();
+    if have != want {
+        return Err(JetStreamError::Mismatch {
+            object: format!("the spool in streams {}-*", cfg.stream),
+            field: "partitions",
+            have,
+            want,
+            setting: "spool.partitions",
+        });
+    }
+    Ok(())
 }
 
 async fn connect_client(cfg: &JetStreamConfig, up: Arc<AtomicBool>) -> Result<async_nats::Client, JetStreamError> {

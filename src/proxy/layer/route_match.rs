@@ -118,11 +118,15 @@ where
         let partition = match found {
             Some((_, r)) if r.can_spool(facts.method) => {
                 let mut buf = String::new();
-                let key = r
-                    .config
-                    .partition_key
-                    .as_ref()
-                    .map(|src| key_for(src, &facts, &mut buf));
+                let key = match r.config.partition_key.as_ref() {
+                    Some(src) => Some(key_for(src, &facts, &mut buf)),
+                    // Without a partition key, a request with an
+                    // Idempotency-Key goes where that key hashes: a repeat
+                    // lands in the same partition on any replica, so a
+                    // JetStream publish retry is de-duplicated by its
+                    // message id (which only works within one stream).
+                    None => facts.headers.get("idempotency-key").and_then(|v| v.to_str().ok()),
+                };
                 Some(self.shared.spooler.partition_for(key.map(str::as_bytes)))
             }
             _ => None,
