@@ -374,3 +374,49 @@ async fn a_retried_record_holds_its_partition_across_the_fleet() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_left_by_a_dead_replica_is_taken_over() {
+    let backend = Backend::ok().await;
+    let name = format!("t{:016x}", rand::random::<u64>());
+    let text = with_jetstream_named(
+        &config_text(&backend.url(), &orders("1/min", "")),
+        &[shared_nats().url()],
+        1,
+        &name,
+    )
+    .replace("[spool.jetstream]", "[spool.jetstream]\npublish_timeout = \"300ms\"");
+    let sluice = start_sluice(&text).await;
+    // A replica claimed key "k" and died before publishing: the claim
+    // stays pending in the state bucket.
+    let nc = async_nats::connect(shared_nats().url()).await.unwrap();
+    let kv = async_nats::jetstream::new(nc)
+        .get_key_value(format!("{name}-state"))
+        .await
+        .unwrap();
+    let hash: String = sluice::drain::outcomes::key_hash("orders", "k")
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    kv.put(format!("idem.orders.{hash}"), "pending".into()).await.unwrap();
+
+    let c = client();
+    let url = format!("http://{}/orders", sluice.data_addr);
+    assert_eq!(send(&c, Method::POST, &url, &[], "live").await.status, 200);
+    let started = std::time::Instant::now();
+    let r = send(&c, Method::POST, &url, &[("idempotency-key", "k")], "mine").await;
+    let id = accepted_id(&r);
+    // Taken over after 3 × publish_timeout + 1 s unchanged, not before.
+    assert!(
+        started.elapsed() >= Duration::from_millis(1900),
+        "{:?}",
+        started.elapsed()
+    );
+    let again = send(&c, Method::POST, &url, &[("idempotency-key", "k")], "again").await;
+    assert_eq!(accepted_id(&again), id, "the key now holds the new request's id");
+    eventually(Duration::from_secs(10), "delivered", || async {
+        (status(&c, sluice.data_addr, &id).await["state"] == "delivered").then_some(())
+    })
+    .await;
+    sluice.shutdown().await;
+}

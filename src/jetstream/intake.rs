@@ -18,6 +18,9 @@ use std::time::Duration;
 /// A claim's value while its request is being published: `pending`. Once
 /// published it is replaced by the request's id.
 const PENDING: &[u8] = b"pending";
+/// How far apart a replica's clock and the servers' may be for a pending
+/// claim's server timestamp alone to prove it abandoned.
+const STALE_SKEW: Duration = Duration::from_secs(60);
 
 /// What the state bucket keeps per request (`status.<p>.<seq>`): written at
 /// each failed attempt and at the end, before the message is acked.
@@ -193,11 +196,16 @@ impl JetStreamSpool {
     }
 
     /// Claims an Idempotency-Key, or finds the id already spooled under it.
-    /// A claim left pending longer than a publish can take (its replica
-    /// died mid-publish) is taken over.
+    /// A claim left pending (its replica died mid-publish) is taken over
+    /// once this replica has seen it unchanged for longer than a claim can
+    /// take, timed on this replica's own clock; or at once when the
+    /// server's timestamp says it is far older than that (a margin that
+    /// absorbs clock skew between replicas and the servers).
     async fn claim(&self, key: &str) -> Result<Claim, JetStreamError> {
-        let stale = self.cfg.publish_timeout * 2 + Duration::from_secs(1);
-        let deadline = tokio::time::Instant::now() + stale;
+        // Publish, then the claim's update: each bounded by the timeout.
+        let stale = self.cfg.publish_timeout * 3 + Duration::from_secs(1);
+        let deadline = tokio::time::Instant::now() + stale + Duration::from_secs(1);
+        let mut watched: Option<(u64, tokio::time::Instant)> = None;
         loop {
             match self.state.create(key, PENDING.into()).await {
                 Ok(revision) => return Ok(Claim::Mine(revision)),
@@ -217,14 +225,23 @@ impl JetStreamSpool {
                     return Ok(Claim::Existing(id));
                 }
             }
-            let age_ms = (time_ms_now() - entry.created.unix_timestamp_nanos() / 1_000_000).max(0) as u64;
-            if age_ms > stale.as_millis() as u64 {
+            let now = tokio::time::Instant::now();
+            let since = match watched {
+                Some((revision, since)) if revision == entry.revision => since,
+                _ => {
+                    watched = Some((entry.revision, now));
+                    now
+                }
+            };
+            let server_age_ms = (time_ms_now() - entry.created.unix_timestamp_nanos() / 1_000_000).max(0) as u64;
+            let long_dead = server_age_ms > (stale + STALE_SKEW).as_millis() as u64;
+            if long_dead || now.duration_since(since) > stale {
                 if let Ok(revision) = self.state.update(key, PENDING.into(), entry.revision).await {
                     return Ok(Claim::Mine(revision));
                 }
                 continue;
             }
-            if tokio::time::Instant::now() >= deadline {
+            if now >= deadline {
                 return Err(JetStreamError::KeyBusy);
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
