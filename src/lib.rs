@@ -33,6 +33,9 @@
 //!   partition readers, dead-letter log, offline inspection
 //! - [`drain`]      spooled requests: record format, ids, intake and status (spooler), replay
 //!   through the replay stack, outcomes and Idempotency-Key dedupe, dead-letter operations
+//! - [`jetstream`]  the spool on NATS JetStream (`spool.backend = "jetstream"`): one stream per
+//!   partition, shared pull consumers as the drain, key-value buckets for Idempotency-Keys,
+//!   status and the fleet's pause flag, the DLQ stream
 //! - [`runtime`]    what a reload swaps (`Runtime`: config, route table, route stats) and the
 //!   long-lived parts around it (`Shared`: upstream parts, spool intake, metrics)
 //! - [`config`]     the TOML file → validated runtime types; errors name file, line, key

@@ -40,8 +40,19 @@ const UNORDERED_PER_PARTITION: usize = 32;
 pub(crate) struct ReplayCounters {
     pub(crate) delivered: IntCounter,
     pub(crate) retried: IntCounter,
-    pub(crate) dead: IntCounter,
-    pub(crate) expired: IntCounter,
+    dead: IntCounter,
+    expired: IntCounter,
+}
+
+impl ReplayCounters {
+    /// Expired records are dead too, but counted under their own outcome.
+    pub(crate) fn count_dead(&self, reason: &str) {
+        if reason == "expired" {
+            self.expired.inc();
+        } else {
+            self.dead.inc();
+        }
+    }
 }
 
 /// One replay attempt of a spooled request, whichever spool it came from:
@@ -414,12 +425,7 @@ impl Drainer {
         attempts: u32,
         enqueued_ms: u64,
     ) {
-        // Expired records are dead too, but counted under their own outcome.
-        if reason == "expired" {
-            self.replayer.counters.expired.inc();
-        } else {
-            self.replayer.counters.dead.inc();
-        }
+        self.replayer.counters.count_dead(reason);
         // Dead-lettering must succeed before the ack, or the record would
         // be lost; on failure leave it unacked for a later start.
         loop {

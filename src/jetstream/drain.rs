@@ -178,13 +178,11 @@ impl JetStreamDrainer {
             return;
         };
         let seq = info.stream_sequence;
-        let published_ms = (info.published.unix_timestamp_nanos() / 1_000_000).max(0) as u64;
         let env = match Envelope::decode(msg.payload.clone()) {
             Ok(env) => env,
             Err(e) => {
                 tracing::error!(partition, seq, error = %e, "undecodable JetStream record; dead-lettered");
-                self.dead(msg, partition, seq, None, "undecodable", None, 0, published_ms)
-                    .await;
+                self.dead(msg, partition, seq, None, "undecodable").await;
                 return;
             }
         };
@@ -264,18 +262,7 @@ impl JetStreamDrainer {
         };
         let Some((outcome, attempted)) = attempted else {
             rec.attempts = made;
-            let last = rec.upstream_status;
-            self.dead(
-                msg,
-                partition,
-                seq,
-                Some((id, rec)),
-                "expired",
-                last,
-                made,
-                env.arrived_ms,
-            )
-            .await;
+            self.dead(msg, partition, seq, Some((id, rec)), "expired").await;
             return;
         };
         rec.attempts = attempt_no;
@@ -297,33 +284,12 @@ impl JetStreamDrainer {
             }
             Attempt::Rejected(status) => {
                 rec.upstream_status = Some(status);
-                self.dead(
-                    msg,
-                    partition,
-                    seq,
-                    Some((id, rec)),
-                    "rejected",
-                    Some(status),
-                    attempt_no,
-                    env.arrived_ms,
-                )
-                .await;
+                self.dead(msg, partition, seq, Some((id, rec)), "rejected").await;
             }
             Attempt::Retry { status, retry_after } => {
                 rec.upstream_status = status.or(rec.upstream_status);
                 if attempt_no >= cfg.max_attempts {
-                    let last = rec.upstream_status;
-                    self.dead(
-                        msg,
-                        partition,
-                        seq,
-                        Some((id, rec)),
-                        "max_attempts",
-                        last,
-                        attempt_no,
-                        env.arrived_ms,
-                    )
-                    .await;
+                    self.dead(msg, partition, seq, Some((id, rec)), "max_attempts").await;
                     return;
                 }
                 self.replayer.counters.retried.inc();
@@ -349,9 +315,10 @@ impl JetStreamDrainer {
         }
     }
 
-    /// Dead-letters `msg`: published to the DLQ stream until that PubAck
-    /// comes, then its status written and the message terminated.
-    #[allow(clippy::too_many_arguments)]
+    /// Dead-letters `msg` (the record at `seq` of `partition`): published
+    /// to the DLQ stream until that PubAck comes, then its status (`rec`,
+    /// whose last status and attempts the letter carries) written and the
+    /// message terminated.
     async fn dead(
         &self,
         msg: &Message,
@@ -359,15 +326,10 @@ impl JetStreamDrainer {
         seq: u64,
         status: Option<(RequestId, StatusRecord)>,
         reason: &str,
-        last_status: Option<u16>,
-        attempts: u32,
-        enqueued_ms: u64,
     ) {
-        if reason == "expired" {
-            self.replayer.counters.expired.inc();
-        } else {
-            self.replayer.counters.dead.inc();
-        }
+        self.replayer.counters.count_dead(reason);
+        let last_status = status.as_ref().and_then(|(_, rec)| rec.upstream_status);
+        let attempts = status.as_ref().map_or(0, |(_, rec)| rec.attempts);
         let dead_at = now_ms();
         loop {
             let mut headers = async_nats::HeaderMap::new();
@@ -402,9 +364,6 @@ impl JetStreamDrainer {
         tracing::warn!(partition, seq, reason, status = ?last_status, attempts, "spooled request dead-lettered");
         if let Some((id, mut rec)) = status {
             rec.state = State::Dead;
-            rec.attempts = attempts;
-            rec.upstream_status = last_status;
-            rec.enqueued_ms = enqueued_ms;
             rec.at_ms = dead_at;
             if let Err(e) = self.spool.put_status(id, &rec).await {
                 tracing::warn!(error = %e, "writing a dead status failed");

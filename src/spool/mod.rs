@@ -2,6 +2,11 @@
 //! committed offsets. No HTTP in here; sluice encodes a request into a
 //! record at the edge and the drainer consumes partitions.
 //!
+//! This is the local backend (`spool.backend = "local"`, the default). The
+//! other, on NATS JetStream, keeps the same record payload (an
+//! [`crate::drain::envelope::Envelope`]) in streams; its layout and
+//! invariants open [`crate::jetstream`].
+//!
 //! # Layout
 //!
 //! ```text
