@@ -125,11 +125,8 @@ async fn burst(
 /// Replays the backend saw, in arrival order: (user, n, body).
 fn replays(backend: &Backend) -> Vec<(String, usize, String)> {
     backend
-        .seen
-        .lock()
-        .unwrap()
+        .replays()
         .iter()
-        .filter(|s| s.headers.contains_key("sluice-id"))
         .map(|s| {
             (
                 seen_header(s, "x-user").unwrap().to_string(),

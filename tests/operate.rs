@@ -39,21 +39,10 @@ fn accepted_id(r: &Reply) -> String {
     id
 }
 
-/// Requests the backend saw that were replays (they carry `Sluice-Id`).
-fn replayed(backend: &Backend) -> Vec<Seen> {
-    backend
-        .seen
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|s| s.headers.contains_key("sluice-id"))
-        .cloned()
-        .collect()
-}
-
 /// The replays the backend saw of the request `id`.
 fn replays_of(backend: &Backend, id: &str) -> Vec<Seen> {
-    replayed(backend)
+    backend
+        .replays()
         .into_iter()
         .filter(|s| seen_header(s, "sluice-id") == Some(id))
         .collect()
@@ -300,7 +289,7 @@ async fn paused_drain_delivers_nothing_until_resumed() {
     holds_for(
         Duration::from_secs(1),
         "no replay reaches the backend while paused",
-        || async { replayed(&backend).is_empty() },
+        || async { backend.replays().is_empty() },
     )
     .await;
     let s = admin_spool(&c, admin).await;
@@ -322,7 +311,8 @@ async fn paused_drain_delivers_nothing_until_resumed() {
         Some(())
     })
     .await;
-    let got: HashSet<String> = replayed(&backend)
+    let got: HashSet<String> = backend
+        .replays()
         .iter()
         .map(|s| seen_header(s, "sluice-id").unwrap().to_string())
         .collect();
@@ -726,7 +716,7 @@ async fn admin_mutations_without_the_token_are_refused_and_change_nothing() {
     assert_eq!(s["dlq"]["records"], 1, "{s}");
     assert_eq!(backlog(&s), 0, "nothing re-enqueued: {s}");
     assert!(status_json(&c, data, &id).await.get("replayed_as").is_none());
-    assert_eq!(replayed(&backend).len(), 1);
+    assert_eq!(backend.replays().len(), 1);
 
     // With the token the same requests work (the refusals were about the
     // token, not the requests).

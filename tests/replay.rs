@@ -33,18 +33,6 @@ fn reply(status: u16, body: &'static str) -> Response<Full<Bytes>> {
         .unwrap()
 }
 
-/// Requests the backend saw that were replays (they carry `Sluice-Id`).
-fn replayed(backend: &Backend) -> Vec<Seen> {
-    backend
-        .seen
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|s| s.headers.contains_key("sluice-id"))
-        .cloned()
-        .collect()
-}
-
 async fn status_json(c: &TestClient, sluice: &sluice::app::Running, id: &str) -> serde_json::Value {
     let r = request_status(c, sluice.data_addr, id).await;
     assert_eq!(r.status, 200, "status of {id}: {:?}", r.body);
@@ -141,7 +129,7 @@ async fn burst_is_absorbed_then_drained_within_the_upstream_budget(kind: SpoolKi
         "a burst of 20x the rate is mostly spooled ({spooled} of {N})"
     );
     // What was still to replay when the burst ended.
-    let backlog = spooled - replayed(&backend).len();
+    let backlog = spooled - backend.replays().len();
 
     // The drain-time bound: about backlog / capacity, allowing 3x + 2 s.
     let bound = Duration::from_secs_f64(3.0 * backlog as f64 / CAPACITY + 2.0);
@@ -342,8 +330,8 @@ async fn a_4xx_for_a_replay_goes_to_the_dlq(kind: SpoolKind) {
         metric(&c, &sluice, "sluice_replay_total", &[("outcome", "delivered")]).await,
         0.0
     );
-    assert_eq!(replayed(&backend).len(), 1, "sent once, not retried");
-    assert_eq!(replayed(&backend)[0].body, "doomed");
+    assert_eq!(backend.replays().len(), 1, "sent once, not retried");
+    assert_eq!(backend.replays()[0].body, "doomed");
     sluice.shutdown().await;
 }
 
@@ -407,7 +395,7 @@ async fn a_503_with_retry_after_is_retried_then_delivered(kind: SpoolKind) {
     let st = wait_for_state(&c, &sluice, &id, "delivered", Duration::from_secs(6)).await;
     assert_eq!(st["attempts"], 2, "{st}");
     assert_eq!(st["upstream_status"], 200, "{st}");
-    let r = replayed(&backend);
+    let r = backend.replays();
     assert_eq!(r.len(), 2);
     assert_eq!(seen_header(&r[0], "sluice-attempt"), Some("1"));
     assert_eq!(seen_header(&r[1], "sluice-attempt"), Some("2"));
@@ -470,7 +458,7 @@ async fn idempotency_key_repeats_get_the_same_id_and_one_delivery(kind: SpoolKin
     );
     assert_eq!(status_json(&c, &sluice, &id1).await["state"], "delivered");
 
-    let r = replayed(&backend);
+    let r = backend.replays();
     assert_eq!(r.len(), 3, "{r:?}");
     let keyed: Vec<_> = r.iter().filter(|s| seen_header(s, "sluice-id") == Some(&id1)).collect();
     assert_eq!(keyed.len(), 1);
@@ -524,7 +512,7 @@ async fn status_endpoint_walks_queued_delivering_delivered(kind: SpoolKind) {
 
     // A is at the backend, held; B waits behind it in the one partition.
     eventually(Duration::from_secs(5), "A at the backend", || async {
-        (replayed(&backend).len() == 1).then_some(())
+        (backend.replays().len() == 1).then_some(())
     })
     .await;
     let st_a = status_json(&c, &sluice, &a).await;
@@ -540,7 +528,7 @@ async fn status_endpoint_walks_queued_delivering_delivered(kind: SpoolKind) {
     // Release A: B moves to delivering, held in turn.
     gate.add_permits(1);
     eventually(Duration::from_secs(5), "B at the backend", || async {
-        (replayed(&backend).len() == 2).then_some(())
+        (backend.replays().len() == 2).then_some(())
     })
     .await;
     let st_b = status_json(&c, &sluice, &b).await;

@@ -116,6 +116,18 @@ impl Backend {
         format!("http://{}", self.addr)
     }
 
+    /// Requests this backend saw that were replays (they carry
+    /// `Sluice-Id`), in arrival order.
+    pub fn replays(&self) -> Vec<Seen> {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.headers.contains_key("sluice-id"))
+            .cloned()
+            .collect()
+    }
+
     pub fn count(&self) -> usize {
         self.seen.lock().unwrap().len()
     }
