@@ -1,7 +1,9 @@
 //! The ETA on every 202 (`Retry-After`, `eta_ms`) and in the status
 //! answer (`position`, `eta_ms`), checked against when requests really
-//! reach the backend on a steady backlog.
+//! reach the backend on a steady backlog, on both spools (with JetStream
+//! the rate is the fleet's, from the streams' heads).
 
+#[macro_use]
 mod support;
 
 use bytes::Bytes;
@@ -9,11 +11,11 @@ use http::Method;
 use std::time::{Duration, Instant};
 use support::*;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn on_a_steady_backlog_nine_in_ten_land_within_20_percent_of_their_eta() {
+async fn on_a_steady_backlog_nine_in_ten_land_within_20_percent_of_their_eta(kind: SpoolKind) {
     let backend = Backend::ok().await;
     // One partition drained at the backend's 20/s.
-    let sluice = start_sluice(
+    let sluice = start_sluice_on(
+        kind,
         &config_text(
             &backend.url(),
             "[spool]\npartitions = 1\n\n[[route]]\nname = \"orders\"\nmatch = { path_prefix = \"/\" }\n\
@@ -97,3 +99,5 @@ async fn on_a_steady_backlog_nine_in_ten_land_within_20_percent_of_their_eta() {
     assert_eq!(st["state"], "delivered");
     assert!(st.get("position").is_none() && st.get("eta_ms").is_none(), "{st}");
 }
+
+on_both_spools!(on_a_steady_backlog_nine_in_ten_land_within_20_percent_of_their_eta);

@@ -5,6 +5,7 @@
 //! Each case runs twice: on the local spool, and on a JetStream spool (a
 //! nats-server this binary starts), since the behaviour is the same.
 
+#[macro_use]
 mod support;
 
 use bytes::Bytes;
@@ -624,26 +625,6 @@ async fn ordered_route_never_reorders_one_keys_requests(kind: SpoolKind) {
         .collect();
     assert_eq!(order, (0..N).collect::<Vec<_>>(), "statuses were {statuses:?}");
     sluice.shutdown().await;
-}
-
-/// A test per spool backend for each case: `<case>::local` and
-/// `<case>::jetstream`.
-macro_rules! on_both_spools {
-    ($($case:ident),* $(,)?) => {$(
-        mod $case {
-            use super::*;
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn local() {
-                super::$case(SpoolKind::Local).await
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn jetstream() {
-                super::$case(SpoolKind::JetStream).await
-            }
-        }
-    )*};
 }
 
 on_both_spools!(

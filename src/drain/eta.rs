@@ -53,10 +53,18 @@ impl DeliveryRates {
 
     /// Counts one delivery from `partition` now.
     pub fn delivered(&self, partition: u32) {
-        self.delivered_at(partition, Instant::now());
+        self.delivered_at(partition, Instant::now(), 1);
     }
 
-    fn delivered_at(&self, partition: u32, at: Instant) {
+    /// Counts `n` deliveries from `partition` now (learnt all at once, as
+    /// from a poll of a shared log).
+    pub fn delivered_n(&self, partition: u32, n: u32) {
+        if n > 0 {
+            self.delivered_at(partition, Instant::now(), n);
+        }
+    }
+
+    fn delivered_at(&self, partition: u32, at: Instant, count: u32) {
         let Some(w) = self.partitions.get(partition as usize) else {
             return;
         };
@@ -71,7 +79,7 @@ impl DeliveryRates {
             w.slot_of[i] = n;
             w.counts[i] = 0;
         }
-        w.counts[i] += 1;
+        w.counts[i] = w.counts[i].saturating_add(count);
     }
 
     /// Deliveries per second from `partition` lately; `None` without one in
@@ -137,7 +145,7 @@ mod tests {
         let t0 = r.epoch;
         // 20 a second for 12 s on partition 0.
         for i in 0..240u64 {
-            r.delivered_at(0, t0 + Duration::from_millis(i * 50));
+            r.delivered_at(0, t0 + Duration::from_millis(i * 50), 1);
         }
         let now = t0 + Duration::from_millis(12_000);
         let rate = r.rate_at(0, now).unwrap();
@@ -151,13 +159,13 @@ mod tests {
         let t0 = r.epoch;
         // 10 a second for 2 s: the rate is 10, not 2 (20 over a 10 s window).
         for i in 0..20u64 {
-            r.delivered_at(0, t0 + Duration::from_millis(i * 100));
+            r.delivered_at(0, t0 + Duration::from_millis(i * 100), 1);
         }
         let rate = r.rate_at(0, t0 + Duration::from_millis(2000)).unwrap();
         assert!((rate - 10.0).abs() < 1.5, "{rate}");
         // One delivery says little: measured over a second, not 100 ms.
         let one = DeliveryRates::new(1);
-        one.delivered_at(0, one.epoch + Duration::from_millis(50));
+        one.delivered_at(0, one.epoch + Duration::from_millis(50), 1);
         let rate = one.rate_at(0, one.epoch + Duration::from_millis(60)).unwrap();
         assert!(rate <= 1.0, "{rate}");
         // 20 s later: nothing in the last 10 s, 20 in the last 30 s.

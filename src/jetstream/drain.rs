@@ -279,7 +279,6 @@ impl JetStreamDrainer {
                     tracing::warn!(partition, seq, error = %e, "ack failed; the record will be acked when it comes back");
                 }
                 self.replayer.counters.delivered.inc();
-                self.spool.rates.delivered(partition);
                 self.spool.finished(partition, seq);
             }
             Attempt::Rejected(status) => {

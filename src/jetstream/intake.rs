@@ -351,16 +351,15 @@ impl JetStreamSpool {
         std::str::from_utf8(&value).ok().and_then(RequestId::parse)
     }
 
-    /// The estimated time until `id` is delivered, from this replica's
-    /// deliveries and the records pending ahead of it.
+    /// The estimated time until `id` is delivered, from the fleet's
+    /// deliveries and the records ahead of it.
     pub fn eta(&self, id: RequestId) -> Option<Duration> {
         if id.offset < self.done_below[id.partition as usize].load(Ordering::Relaxed) {
             return None; // finished
         }
-        let ahead = self.backlog[id.partition as usize]
-            .load(Ordering::Relaxed)
-            .saturating_sub(1);
-        self.rates.eta(id.partition, ahead)
+        // The records between the head (as last known) and it.
+        let head = self.done_below[id.partition as usize].load(Ordering::Relaxed);
+        self.rates.eta(id.partition, id.offset.saturating_sub(head))
     }
 }
 

@@ -96,8 +96,14 @@ pub struct JetStreamSpool {
     store_up: prometheus::IntGauge,
     /// The fleet's pause flag as last seen in the control bucket.
     pub paused: watch::Sender<bool>,
-    /// Deliveries per partition made by this replica, for ETAs.
+    /// Records finished per partition by the whole fleet, for ETAs: this
+    /// replica's as they finish, the others' from the advance of each
+    /// stream's first sequence between polls.
     pub rates: DeliveryRates,
+    /// Each stream's first sequence at the last poll.
+    polled_first: Vec<AtomicU64>,
+    /// Records this replica finished since the last poll, per partition.
+    finished_since_poll: Vec<AtomicU64>,
     /// Serialises this replica's DLQ replays and purges.
     pub dlq_lock: crate::drain::dlq::DlqLock,
     /// Records pending per partition as last polled (plus appends since),
@@ -155,6 +161,8 @@ impl JetStreamSpool {
 
     /// Notes that `seq` of `partition` is finished (delivered or dead).
     fn finished(&self, partition: u32, seq: u64) {
+        self.rates.delivered(partition);
+        self.finished_since_poll[partition as usize].fetch_add(1, Ordering::Relaxed);
         if self.max_in_flight == 1 {
             // In order: everything below it is finished too.
             self.done_below[partition as usize].fetch_max(seq + 1, Ordering::Relaxed);
@@ -203,6 +211,15 @@ impl JetStreamSpool {
             let pending = consumer.num_pending + consumer.num_ack_pending as u64;
             self.backlog[p].store(pending, Ordering::Relaxed);
             self.done_below[p].fetch_max(info.state.first_sequence, Ordering::Relaxed);
+            // Every replica's deliveries move the head; ours are counted
+            // as they happen, the rest here: the fleet's rate.
+            let before = self.polled_first[p].swap(info.state.first_sequence, Ordering::Relaxed);
+            let ours = self.finished_since_poll[p].swap(0, Ordering::Relaxed);
+            if before > 0 && info.state.first_sequence > before {
+                let others = (info.state.first_sequence - before).saturating_sub(ours);
+                self.rates
+                    .delivered_n(p as u32, u32::try_from(others).unwrap_or(u32::MAX));
+            }
             let oldest_ms = (info.state.messages > 0)
                 .then(|| (info.state.first_timestamp.unix_timestamp_nanos() / 1_000_000).max(0) as u64);
             partitions.push(crate::spool::PartitionStatus {

@@ -138,6 +138,8 @@ pub async fn connect(
         dlq_lock: Default::default(),
         backlog: (0..partitions).map(|_| AtomicU64::new(0)).collect(),
         done_below: (0..partitions).map(|_| AtomicU64::new(0)).collect(),
+        polled_first: (0..partitions).map(|_| AtomicU64::new(0)).collect(),
+        finished_since_poll: (0..partitions).map(|_| AtomicU64::new(0)).collect(),
         round_robin: AtomicU32::new(0),
         max_payload,
         max_in_flight,

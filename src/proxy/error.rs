@@ -180,7 +180,8 @@ fn accepted(status_prefix: &str, id: RequestId, eta: Option<Duration>) -> Respon
         Some(url) => serde_json::json!({"id": id_text, "status_url": url, "eta_ms": eta_ms}),
         None => serde_json::json!({"id": id_text, "eta_ms": eta_ms}),
     };
-    let retry_after = eta.map(|d| Duration::from_secs(d.as_secs_f64().ceil().max(1.0) as u64));
+    // From the milliseconds the body shows, so the two always agree.
+    let retry_after = eta_ms.map(|ms| Duration::from_secs(ms.div_ceil(1000).max(1)));
     let mut resp = json_response(StatusCode::ACCEPTED, &body, retry_after);
     let h = resp.headers_mut();
     h.insert(

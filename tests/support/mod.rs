@@ -509,6 +509,27 @@ pub async fn ws_echo_backend() -> String {
     format!("http://{addr}")
 }
 
+/// A test per spool backend for each case: `<case>::local` and
+/// `<case>::jetstream`.
+#[allow(unused_macros)]
+macro_rules! on_both_spools {
+    ($($case:ident),* $(,)?) => {$(
+        mod $case {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn local() {
+                super::$case(SpoolKind::Local).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn jetstream() {
+                super::$case(SpoolKind::JetStream).await
+            }
+        }
+    )*};
+}
+
 /// Which spool a test's sluice writes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SpoolKind {
