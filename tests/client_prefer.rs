@@ -2,7 +2,10 @@
 //! even with a token free; `wait=N` waits for a token (up to the route's
 //! `prefer_wait_max`) before spooling; `Preference-Applied` says what was
 //! honoured, and the backend never sees it in `Prefer`, live or replayed.
+//!
+//! Each case runs on both spools (local and JetStream).
 
+#[macro_use]
 mod support;
 
 use bytes::Bytes;
@@ -20,10 +23,9 @@ async fn post(c: &TestClient, url: &str, prefer: Option<&str>) -> Reply {
     send(c, Method::POST, url, &headers, Bytes::from_static(b"{}")).await
 }
 
-#[tokio::test]
-async fn respond_async_spools_with_a_token_free_and_the_backend_never_sees_it() {
+async fn respond_async_spools_with_a_token_free_and_the_backend_never_sees_it(kind: SpoolKind) {
     let backend = Backend::ok().await;
-    let sluice = start_sluice(&config_text(&backend.url(), ROUTE)).await;
+    let sluice = start_sluice_on(kind, &config_text(&backend.url(), ROUTE)).await;
     let c = client();
     let url = format!("http://{}/orders/1", sluice.data_addr);
 
@@ -63,10 +65,9 @@ async fn respond_async_spools_with_a_token_free_and_the_backend_never_sees_it() 
     assert_eq!(seen_header(&backend.last(), "prefer"), Some("respond-async"));
 }
 
-#[tokio::test]
-async fn wait_holds_the_request_for_a_token_up_to_the_routes_cap() {
+async fn wait_holds_the_request_for_a_token_up_to_the_routes_cap(kind: SpoolKind) {
     let backend = Backend::ok().await;
-    let sluice = start_sluice(&config_text(&backend.url(), ROUTE)).await;
+    let sluice = start_sluice_on(kind, &config_text(&backend.url(), ROUTE)).await;
     let c = client();
     let url = format!("http://{}/orders/1", sluice.data_addr);
 
@@ -102,12 +103,11 @@ async fn wait_holds_the_request_for_a_token_up_to_the_routes_cap() {
 
 /// A wait is capped by the route, and a request whose token can't come
 /// within it is spooled at once rather than held for nothing.
-#[tokio::test]
-async fn wait_past_the_cap_is_capped_and_a_hopeless_wait_spools_at_once() {
+async fn wait_past_the_cap_is_capped_and_a_hopeless_wait_spools_at_once(kind: SpoolKind) {
     let backend = Backend::ok().await;
     let route = "[[route]]\nname = \"orders\"\nmatch = { path_prefix = \"/\" }\nrate = \"1/1500ms\"\nburst = 1\n\
                  on_limit = \"spool\"\nprefer_wait_max = \"1s\"\n";
-    let sluice = start_sluice(&config_text(&backend.url(), route)).await;
+    let sluice = start_sluice_on(kind, &config_text(&backend.url(), route)).await;
     let c = client();
     let url = format!("http://{}/x", sluice.data_addr);
     assert_eq!(post(&c, &url, None).await.status, 200);
@@ -144,8 +144,7 @@ fn prefer_wait_max_must_leave_time_for_the_backend() {
 
 /// A shorter wait than the route's max_wait is honoured too, and what the
 /// backend applied itself is kept beside what sluice applied.
-#[tokio::test]
-async fn a_shorter_wait_is_honoured_and_the_backends_preference_applied_is_kept() {
+async fn a_shorter_wait_is_honoured_and_the_backends_preference_applied_is_kept(kind: SpoolKind) {
     let backend = Backend::start(std::sync::Arc::new(|_s: Seen| {
         Box::pin(async move {
             http::Response::builder()
@@ -158,7 +157,7 @@ async fn a_shorter_wait_is_honoured_and_the_backends_preference_applied_is_kept(
     .await;
     let route = "[[route]]\nname = \"patient\"\nmatch = { path_prefix = \"/\" }\nrate = \"1/1500ms\"\nburst = 1\n\
                  on_limit = \"spool\"\nmax_wait = \"3s\"\nprefer_wait_max = \"5s\"\n";
-    let sluice = start_sluice(&config_text(&backend.url(), route)).await;
+    let sluice = start_sluice_on(kind, &config_text(&backend.url(), route)).await;
     let c = client();
     let url = format!("http://{}/x", sluice.data_addr);
     let r = post(&c, &url, Some("wait=1, return=minimal")).await;
@@ -178,3 +177,10 @@ async fn a_shorter_wait_is_honoured_and_the_backends_preference_applied_is_kept(
     assert_eq!(r.header("preference-applied"), "wait=0");
     assert!(t.elapsed() < Duration::from_millis(500), "{:?}", t.elapsed());
 }
+
+on_both_spools!(
+    respond_async_spools_with_a_token_free_and_the_backend_never_sees_it,
+    wait_holds_the_request_for_a_token_up_to_the_routes_cap,
+    wait_past_the_cap_is_capped_and_a_hopeless_wait_spools_at_once,
+    a_shorter_wait_is_honoured_and_the_backends_preference_applied_is_kept,
+);

@@ -2,7 +2,10 @@
 //! spans to a small receiver inside the test. The exported span's parent
 //! is the client's span, its id is the parent id the backend saw, and so
 //! across a restart too.
+//!
+//! It runs on both spools (local and JetStream).
 
+#[macro_use]
 mod support;
 
 use bytes::Bytes;
@@ -81,8 +84,7 @@ fn span_with_id(r: &Receiver, span_id: &str) -> Option<serde_json::Value> {
         .cloned()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_exported_replay_span_is_the_clients_child_and_the_backends_parent() {
+async fn the_exported_replay_span_is_the_clients_child_and_the_backends_parent(kind: SpoolKind) {
     let otlp = receiver().await;
     let backend = Backend::ok().await;
     let dir = tempfile::tempdir().unwrap();
@@ -95,6 +97,7 @@ async fn the_exported_replay_span_is_the_clients_child_and_the_backends_parent()
             otlp.url
         ),
     );
+    let text = kind.config(&text);
     let sluice = start_sluice(&text).await;
     let c = client();
     let url = format!("http://{}/orders", sluice.data_addr);
@@ -132,6 +135,12 @@ async fn the_exported_replay_span_is_the_clients_child_and_the_backends_parent()
     assert_eq!(send(&c, Method::POST, &url, &tp, Bytes::new()).await.status, 202);
     sluice.shutdown().await;
     let sluice = start_sluice(&text).await;
+    // A JetStream pause is the fleet's and outlives a restart; the local
+    // one ends with its process. Resumed either way.
+    assert_eq!(
+        admin_post(&c, sluice.admin_addr, "/admin/drain/resume").await.status,
+        200
+    );
     eventually(Duration::from_secs(10), "the replay after the restart", || async move {
         (b.count() == 3).then_some(())
     })
@@ -147,3 +156,5 @@ async fn the_exported_replay_span_is_the_clients_child_and_the_backends_parent()
     assert_eq!(span["parentSpanId"].as_str().unwrap().to_lowercase(), CLIENT_SPAN);
     sluice.shutdown().await;
 }
+
+on_both_spools!(the_exported_replay_span_is_the_clients_child_and_the_backends_parent);

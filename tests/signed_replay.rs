@@ -2,7 +2,10 @@
 //! independent implementation (PyPI's `standardwebhooks`, which `.ci/run`
 //! installs) and a verifier written here both accept, under either key of
 //! a rotation; a tampered body is refused.
+//!
+//! The end-to-end case runs on both spools (local and JetStream).
 
+#[macro_use]
 mod support;
 
 use base64::Engine;
@@ -65,8 +68,7 @@ fn own_verifier_accepts(secret: &str, body: &[u8], seen: &Seen) -> bool {
         .any(|tag| ring::hmac::verify(&key, &msg, &tag).is_ok())
 }
 
-#[tokio::test]
-async fn replays_are_signed_with_both_keys_of_a_rotation_and_verify_independently() {
+async fn replays_are_signed_with_both_keys_of_a_rotation_and_verify_independently(kind: SpoolKind) {
     let backend = Backend::ok().await;
     let dir = tempfile::tempdir().unwrap();
     let secrets = write_file(dir.path(), "webhook-secrets", &format!("{OLD}\n{NEW}\n"));
@@ -78,7 +80,7 @@ async fn replays_are_signed_with_both_keys_of_a_rotation_and_verify_independentl
             secrets.display()
         ),
     );
-    let sluice = start_sluice(&text).await;
+    let sluice = start_sluice_on(kind, &text).await;
     let c = client();
     let url = format!("http://{}/hooks", sluice.data_addr);
     let body = br#"{"event":"order.paid","amount":4200}"#;
@@ -138,3 +140,5 @@ fn a_bad_secret_file_names_the_key() {
     assert!(msg.contains("drain.signing.secret_file"), "{msg}");
     assert!(msg.contains("whsec_"), "{msg}");
 }
+
+on_both_spools!(replays_are_signed_with_both_keys_of_a_rotation_and_verify_independently,);

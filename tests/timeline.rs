@@ -2,6 +2,7 @@
 //! that was retried and then delivered, kept across a restart, and found
 //! by its Idempotency-Key through the admin API.
 
+#[macro_use]
 mod support;
 
 use bytes::Bytes;
@@ -36,8 +37,7 @@ async fn flaky_twice() -> Backend {
     .await
 }
 
-#[tokio::test]
-async fn a_retried_then_delivered_request_shows_each_attempt_also_by_key_and_after_a_restart() {
+async fn a_retried_then_delivered_request_shows_each_attempt_also_by_key_and_after_a_restart(kind: SpoolKind) {
     let backend = flaky_twice().await;
     let dir = tempfile::tempdir().unwrap();
     let text = config_text(
@@ -48,6 +48,7 @@ async fn a_retried_then_delivered_request_shows_each_attempt_also_by_key_and_aft
             dir.path().join("spool").display()
         ),
     );
+    let text = kind.config(&text);
     let sluice = start_sluice(&text).await;
     let c = client();
     let url = format!("http://{}/orders", sluice.data_addr);
@@ -114,8 +115,7 @@ async fn a_retried_then_delivered_request_shows_each_attempt_also_by_key_and_aft
     assert_eq!(r.status, 200, "the key is journalled too");
 }
 
-#[tokio::test]
-async fn an_attempt_without_an_answer_names_its_error() {
+async fn an_attempt_without_an_answer_names_its_error(kind: SpoolKind) {
     // Nothing listens upstream: each attempt fails to connect.
     let port = closed_port();
     let text = config_text(
@@ -123,6 +123,7 @@ async fn an_attempt_without_an_answer_names_its_error() {
         "[drain]\nbackoff_initial = \"50ms\"\nbackoff_max = \"50ms\"\n[breaker]\nfailures = 0\n\n\
          [[route]]\nname = \"orders\"\nmatch = { path_prefix = \"/\" }\nrate = \"1/m\"\nburst = 1\non_limit = \"spool\"\n",
     );
+    let text = kind.config(&text);
     let sluice = start_sluice(&text).await;
     let c = client();
     let url = format!("http://{}/orders", sluice.data_addr);
@@ -147,3 +148,8 @@ async fn an_attempt_without_an_answer_names_its_error() {
         assert!(a["status"].is_null());
     }
 }
+
+on_both_spools!(
+    a_retried_then_delivered_request_shows_each_attempt_also_by_key_and_after_a_restart,
+    an_attempt_without_an_answer_names_its_error,
+);

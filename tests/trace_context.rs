@@ -1,7 +1,10 @@
 //! W3C trace context through the spool: each replay attempt carries the
 //! client's trace id under a span of its own (a new parent id), across a
 //! restart too, and the access log names the trace.
+//!
+//! The replay case runs on both spools (local and JetStream).
 
+#[macro_use]
 mod support;
 
 use bytes::Bytes;
@@ -24,8 +27,7 @@ fn parts(s: &Seen) -> (String, String, String) {
     (p[1].to_string(), p[2].to_string(), p[3].to_string())
 }
 
-#[tokio::test]
-async fn each_replay_attempt_is_a_span_under_the_clients_across_a_restart_too() {
+async fn each_replay_attempt_is_a_span_under_the_clients_across_a_restart_too(kind: SpoolKind) {
     // The first replay attempt gets 503, the next 200.
     let replays = Arc::new(AtomicU32::new(0));
     let r2 = replays.clone();
@@ -53,6 +55,7 @@ async fn each_replay_attempt_is_a_span_under_the_clients_across_a_restart_too() 
             dir.path().join("spool").display(),
         ),
     );
+    let text = kind.config(&text);
     let sluice = start_sluice(&text).await;
     let c = client();
     let url = format!("http://{}/orders", sluice.data_addr);
@@ -94,6 +97,12 @@ async fn each_replay_attempt_is_a_span_under_the_clients_across_a_restart_too() 
     sluice.shutdown().await;
     let n = backend.count();
     let sluice = start_sluice(&text).await;
+    // A JetStream pause is the fleet's and outlives a restart; the local
+    // one ends with its process. Resumed either way.
+    assert_eq!(
+        admin_post(&c, sluice.admin_addr, "/admin/drain/resume").await.status,
+        200
+    );
     eventually(Duration::from_secs(10), "the replay after the restart", || async move {
         (b.count() == n + 1).then_some(())
     })
@@ -140,3 +149,5 @@ async fn the_access_log_names_the_trace() {
     assert_eq!(v[0]["trace_id"], TRACE, "{}", v[0]);
     assert!(v[1].get("trace_id").is_none(), "no traceparent, no trace: {}", v[1]);
 }
+
+on_both_spools!(each_replay_attempt_is_a_span_under_the_clients_across_a_restart_too);

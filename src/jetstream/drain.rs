@@ -292,7 +292,9 @@ impl JetStreamDrainer {
                     return;
                 }
                 self.replayer.counters.retried.inc();
-                rec.state = State::Queued;
+                // Started and not finished: delivering, as with the local spool,
+                // until it is settled.
+                rec.state = State::Delivering;
                 if let Err(e) = self.spool.put_status(id, &rec).await {
                     tracing::debug!(error = %e, "writing an attempt's status failed");
                 }

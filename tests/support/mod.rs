@@ -550,12 +550,21 @@ impl SpoolKind {
     }
 }
 
+impl SpoolKind {
+    /// `text` on this spool: with JetStream, in streams of its own (the
+    /// same ones each time the returned text is started, so a restart
+    /// finds them).
+    pub fn config(self, text: &str) -> String {
+        match self {
+            SpoolKind::Local => text.to_string(),
+            SpoolKind::JetStream => with_jetstream(text, &[shared_nats().url()], 1),
+        }
+    }
+}
+
 /// Starts sluice in this process on the given spool.
 pub async fn start_sluice_on(kind: SpoolKind, text: &str) -> sluice::app::Running {
-    match kind {
-        SpoolKind::Local => start_sluice(text).await,
-        SpoolKind::JetStream => start_sluice(&with_jetstream(text, &[shared_nats().url()], 1)).await,
-    }
+    start_sluice(&kind.config(text)).await
 }
 
 /// `text` with `[spool] backend = "jetstream"` on `servers`, in streams and
