@@ -69,7 +69,11 @@ async fn run(ops: Vec<Op>) {
             Op::Read(p, n) => {
                 let pm = &mut m[p as usize];
                 // Nothing unfinished left to hand out: a read would wait.
-                if (pm.pos..pm.records.len() as u64).all(|o| pm.acked.contains(&o)) {
+                // Finished is acked above the committed offset, or below it
+                // (an ack that completed a run moved the offset past
+                // records this reader had not reached again since a
+                // reopen).
+                if (pm.pos..pm.records.len() as u64).all(|o| o < pm.committed || pm.acked.contains(&o)) {
                     continue;
                 }
                 let got = tokio::time::timeout(Duration::from_secs(5), readers[p as usize].next_batch(n, 1 << 20))
