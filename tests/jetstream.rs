@@ -410,3 +410,150 @@ async fn a_claim_left_by_a_dead_replica_is_taken_over() {
     .await;
     sluice.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_stream_answers_503_and_drops_no_accepted_request() {
+    let backend = Backend::ok().await;
+    // One partition of about 200 KiB; records of about 1 KiB.
+    let text = with_jetstream(
+        &config_text(
+            &backend.url(),
+            &format!(
+                "[spool]\npartitions = 1\nmax_record = \"4KiB\"\n\n{}",
+                orders("1/min", "")
+            ),
+        ),
+        &[shared_nats().url()],
+        1,
+    )
+    .replace("max_bytes = \"64MiB\"", "max_bytes = \"200KiB\"");
+    let sluice = start_sluice(&text).await;
+    let c = client();
+    let admin = sluice.admin_addr;
+    assert_eq!(admin_post(&c, admin, "/admin/drain/pause").await.status, 200);
+    let url = format!("http://{}/orders", sluice.data_addr);
+    assert_eq!(send(&c, Method::POST, &url, &[], "live").await.status, 200);
+    let body = "x".repeat(1024);
+    let mut accepted = Vec::new();
+    let mut refused = None;
+    for i in 0..400 {
+        let r = send(&c, Method::POST, &url, &[("x-n", &i.to_string())], body.clone()).await;
+        match r.status.as_u16() {
+            202 => accepted.push(accepted_id(&r)),
+            503 => {
+                refused = Some(r);
+                break;
+            }
+            other => panic!("request {i}: {other} {:?}", r.body),
+        }
+    }
+    let refused = refused.expect("the stream fills within 400 records of 1 KiB");
+    assert_eq!(refused.json()["error"], "spool_full", "{:?}", refused.body);
+    assert!(!refused.header("retry-after").is_empty());
+    assert!(accepted.len() > 50, "{} accepted before full", accepted.len());
+    // Nothing acknowledged was dropped to make room: all delivered.
+    assert_eq!(admin_post(&c, admin, "/admin/drain/resume").await.status, 200);
+    let want = accepted.len();
+    let b = &backend;
+    eventually(
+        Duration::from_secs(30),
+        "every accepted request delivered",
+        || async move { (b.replays().len() >= want).then_some(()) },
+    )
+    .await;
+    for id in &accepted {
+        assert_eq!(status(&c, sluice.data_addr, id).await["state"], "delivered", "{id}");
+    }
+    // Room again: spooling resumes by itself.
+    let r = send(&c, Method::POST, &url, &[], body.clone()).await;
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    sluice.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_and_user_credentials_authenticate_and_a_wrong_one_is_a_clear_start_error() {
+    let backend = Backend::ok().await;
+    let dir = tempfile::tempdir().unwrap();
+    let route = orders("1/min", "");
+    // A token from a file.
+    let with_token = NatsServer::start_with(&["--auth", "s3cret-token"]);
+    let token_file = write_file(dir.path(), "token", "s3cret-token\n");
+    let text = with_jetstream(&config_text(&backend.url(), &route), &[with_token.url()], 1).replace(
+        "[spool.jetstream]",
+        &format!("[spool.jetstream]\ntoken_file = \"{}\"", token_file.display()),
+    );
+    let sluice = start_sluice(&text).await;
+    let c = client();
+    let url = format!("http://{}/orders", sluice.data_addr);
+    assert_eq!(send(&c, Method::POST, &url, &[], "live").await.status, 200);
+    accepted_id(&send(&c, Method::POST, &url, &[], "spooled").await);
+    sluice.shutdown().await;
+    // A wrong token: the start fails, saying so, without the token.
+    let wrong_file = write_file(dir.path(), "wrong", "not-the-token\n");
+    let wrong = text.replace(&token_file.display().to_string(), &wrong_file.display().to_string());
+    let err = match sluice::app::start(parse_config(&wrong), private_spool(&parse_config(&wrong))).await {
+        Ok(_) => panic!("a wrong token must not connect"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("can't connect to NATS"), "{err}");
+    assert!(!err.contains("not-the-token") && !err.contains("s3cret"), "{err}");
+
+    // A user and a password from a file.
+    let with_user = NatsServer::start_with(&["--user", "sluice", "--pass", "pw-from-file"]);
+    let pw = write_file(dir.path(), "pw", "pw-from-file\n");
+    let text = with_jetstream(&config_text(&backend.url(), &route), &[with_user.url()], 1).replace(
+        "[spool.jetstream]",
+        &format!(
+            "[spool.jetstream]\nuser = \"sluice\"\npassword_file = \"{}\"",
+            pw.display()
+        ),
+    );
+    let sluice = start_sluice(&text).await;
+    let url = format!("http://{}/orders", sluice.data_addr);
+    assert_eq!(send(&c, Method::POST, &url, &[], "live").await.status, 200);
+    accepted_id(&send(&c, Method::POST, &url, &[], "spooled").await);
+    let spool = get(&c, &format!("http://{}/admin/spool", sluice.admin_addr)).await;
+    assert!(!String::from_utf8_lossy(&spool.body).contains("pw-from-file"));
+    let metrics = metrics_text(&c, sluice.admin_addr).await;
+    assert!(!metrics.contains("pw-from-file"));
+    sluice.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spool_status_reads_a_jetstream_spool_from_its_config() {
+    let backend = Backend::ok().await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = with_jetstream(
+        &config_text(
+            &backend.url(),
+            &format!("[spool]\npartitions = 2\n\n{}", orders("1/min", "")),
+        ),
+        &[shared_nats().url()],
+        1,
+    );
+    let path = write_file(dir.path(), "sluice.toml", &text);
+    let sluice = start_sluice(&text).await;
+    let c = client();
+    assert_eq!(
+        admin_post(&c, sluice.admin_addr, "/admin/drain/pause").await.status,
+        200
+    );
+    let url = format!("http://{}/orders", sluice.data_addr);
+    assert_eq!(send(&c, Method::POST, &url, &[], "live").await.status, 200);
+    for _ in 0..3 {
+        accepted_id(&send(&c, Method::POST, &url, &[], "queued").await);
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["spool", "status", "--json", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let parts = v["partitions"].as_array().unwrap();
+    assert_eq!(parts.len(), 2, "{v}");
+    let backlog: u64 = parts.iter().map(|p| p["backlog_records"].as_u64().unwrap()).sum();
+    assert_eq!(backlog, 3, "{v}");
+    assert!(v["dir"].as_str().unwrap().starts_with("jetstream:"), "{v}");
+    sluice.shutdown().await;
+}

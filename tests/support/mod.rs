@@ -607,11 +607,17 @@ pub struct NatsServer {
     pub dir: std::path::PathBuf,
     routes: Vec<u16>,
     name: String,
+    extra: Vec<String>,
 }
 
 impl NatsServer {
     /// A single node.
     pub fn start() -> NatsServer {
+        Self::start_with(&[])
+    }
+
+    /// A single node with extra nats-server arguments (e.g. `--auth`).
+    pub fn start_with(extra: &[&str]) -> NatsServer {
         let dir = tempfile::tempdir().expect("temp dir").keep();
         let mut n = NatsServer {
             child: None,
@@ -620,6 +626,7 @@ impl NatsServer {
             dir,
             routes: Vec::new(),
             name: "n0".into(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         n.restart();
         n
@@ -640,6 +647,7 @@ impl NatsServer {
                     .filter(|&p| p != cluster_ports[i])
                     .collect(),
                 name: format!("n{i}"),
+                extra: Vec::new(),
             })
             .collect();
         for n in &mut nodes {
@@ -660,6 +668,7 @@ impl NatsServer {
         cmd.args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-n", &self.name])
             .arg("-sd")
             .arg(&self.dir)
+            .args(&self.extra)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null());
         if self.cluster_port != 0 {
