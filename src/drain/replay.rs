@@ -102,6 +102,15 @@ impl Replayer {
         self.shared.runtime.load().config.drain.clone()
     }
 
+    pub(crate) fn upstream_timeout(&self) -> Duration {
+        self.shared.runtime.load().config.upstream.timeout
+    }
+
+    /// Whether the breaker refuses replays now.
+    pub(crate) fn breaker_open(&self) -> bool {
+        self.shared.upstream.breaker.is_open()
+    }
+
     /// One send of a spooled request through the replay stack, and its
     /// answer read (bounded) so the connection can serve again.
     pub(crate) async fn attempt(

@@ -12,8 +12,10 @@
 //!   so the server doesn't hand the message to another replica meanwhile.
 //!
 //! A replica that dies leaves its un-acked message to be redelivered to
-//! another after `ack_wait`. `Sluice-Attempt` is the server's delivery
-//! count (plus attempts made before a DLQ replay).
+//! another after `ack_wait`. `Sluice-Attempt` counts the attempts made,
+//! kept in the record's status (plus attempts made before a DLQ replay):
+//! unlike the server's delivery count, hand-backs and `ack_wait` expiries
+//! don't raise it.
 
 use super::intake::{hex, StatusRecord};
 use super::{JetStreamSpool, CONSUMER};
@@ -123,7 +125,10 @@ impl JetStreamDrainer {
             loop {
                 let next = tokio::select! {
                     m = batch.next() => m,
-                    _ = shutdown.wait() => None,
+                    _ = shutdown.wait() => {
+                        Self::hand_back_rest(&mut batch).await;
+                        None
+                    }
                 };
                 let Some(Ok(msg)) = next else { break };
                 if self.spool.max_in_flight == 1 {
@@ -147,8 +152,10 @@ impl JetStreamDrainer {
     /// Delivers `msg` to a final word with the server, telling the server
     /// all along that it is being worked on. At shutdown a message whose
     /// attempt hasn't started goes back at once for another replica; one
-    /// whose attempt is under way finishes it (bounded by
-    /// `upstream.timeout`) and is settled, rather than be sent twice.
+    /// whose attempt may be under way gets `upstream.timeout` and two
+    /// publish timeouts to finish and be settled, rather than be sent
+    /// twice, and goes back after that (a budget wait or NATS gone must not
+    /// hold the shutdown).
     async fn settle_or_hand_back(&self, msg: Message, partition: u32, shutdown: &Shutdown) {
         let started = AtomicBool::new(false);
         let work = async {
@@ -163,10 +170,12 @@ impl JetStreamDrainer {
             _ = shutdown.wait() => {}
         }
         if started.load(AtomicOrdering::Acquire) {
-            work.await;
-        } else {
-            let _ = msg.ack_with(AckKind::Nak(None)).await;
+            let grace = self.replayer.upstream_timeout() + self.spool.cfg.publish_timeout * 2;
+            if tokio::time::timeout(grace, work).await.is_ok() {
+                return;
+            }
         }
+        let _ = msg.ack_with(AckKind::Nak(None)).await;
     }
 
     async fn settle(&self, msg: &Message, partition: u32, started: &AtomicBool) {
@@ -196,7 +205,14 @@ impl JetStreamDrainer {
         // matches (a stream made anew counts from 1 again).
         let found = match self.spool.status_record(id).await {
             Ok(Some((rec, _))) if rec.token == token => Some(rec),
-            _ => None,
+            Ok(_) => None,
+            // Unknown is not "none": it may have been delivered already, and
+            // its attempts would start over. Asked again shortly.
+            Err(e) => {
+                tracing::warn!(partition, seq, error = %e, "reading a record's status failed; it is tried again shortly");
+                let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+                return;
+            }
         };
         if let Some(rec) = &found {
             // Settled before, and only the ack or the termination was lost:
@@ -234,29 +250,40 @@ impl JetStreamDrainer {
         // delivery count, which hand-backs at shutdown and ack_wait
         // expiries raise too.
         let made = rec.attempts;
+        if made >= cfg.max_attempts {
+            // Its last attempt was made (the replica died before settling
+            // it): no attempt beyond the limit.
+            self.dead(msg, partition, seq, Some((id, rec)), "max_attempts").await;
+            return;
+        }
         let attempt_no = made + 1;
         let sent_as = attempt_no + u32::from(env.attempt_base);
-        if !expired() {
-            // Shown as delivering (from any replica) while the attempt runs.
-            rec.state = State::Delivering;
-            rec.attempts = attempt_no;
-            if let Err(e) = self.spool.put_status(id, &rec).await {
-                tracing::debug!(error = %e, "writing a delivering status failed");
-            }
-        }
+        let mut shown_delivering = false;
         let attempted = loop {
             if expired() {
                 break None;
+            }
+            // Shown as delivering (from any replica) while the attempt
+            // runs; not while the breaker holds it back, so an attempt is
+            // never counted that wasn't made.
+            if !shown_delivering && !self.replayer.breaker_open() {
+                rec.state = State::Delivering;
+                rec.attempts = attempt_no;
+                if let Err(e) = self.spool.put_status(id, &rec).await {
+                    tracing::debug!(error = %e, "writing a delivering status failed");
+                }
+                shown_delivering = true;
             }
             started.store(true, AtomicOrdering::Release);
             match self.replayer.attempt(&env, id, sent_as, made == 0).await {
                 Ok(done) => break Some(done),
                 // Refused by the open breaker before it was sent: no
-                // attempt; wait here (the message stays ours, expiry
-                // checked again) and ask again.
+                // attempt; wait here (the message stays ours, expiry and
+                // the fleet's pause checked again) and ask again.
                 Err(BreakerOpen { retry_after }) => {
                     started.store(false, AtomicOrdering::Release);
-                    tokio::time::sleep(retry_after.min(Duration::from_millis(500))).await
+                    tokio::time::sleep(retry_after.min(Duration::from_millis(500))).await;
+                    let _ = paused.wait_for(|p| !*p).await;
                 }
             }
         };
@@ -303,6 +330,15 @@ impl JetStreamDrainer {
                     tracing::debug!(partition, seq, error = %e, "negative ack failed; redelivered after ack_wait");
                 }
             }
+        }
+    }
+
+    /// Hands back what a fetch had delivered but this replica won't settle
+    /// (shutdown), so another replica takes it now rather than after
+    /// `ack_wait`.
+    async fn hand_back_rest(batch: &mut async_nats::jetstream::consumer::pull::Batch) {
+        while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_millis(50), batch.next()).await {
+            let _ = m.ack_with(AckKind::Nak(None)).await;
         }
     }
 

@@ -158,11 +158,7 @@ impl JetStreamSpool {
         };
         if let (Some(k), Some(revision)) = (&claim_key, claimed) {
             match &result {
-                Ok(id) => {
-                    if let Err(e) = self.state.update(k, id.encode().into(), revision).await {
-                        tracing::warn!(error = %e, "recording an Idempotency-Key's id failed; a repeat may wait for the claim to go stale");
-                    }
-                }
+                Ok(id) => self.record_key(k, *id, revision).await,
                 Err(_) => {
                     // Free the key for the client's retry.
                     let _ = self.state.delete_expect_revision(k, Some(revision)).await;
@@ -170,6 +166,32 @@ impl JetStreamSpool {
             }
         }
         result.map_err(SpoolingError::Store)
+    }
+
+    /// Replaces a claim with the id published under it. Retried: a claim
+    /// left pending is taken over later and published again, and the
+    /// server's de-duplication only remembers the first publish for two
+    /// minutes.
+    async fn record_key(&self, key: &str, id: RequestId, revision: u64) {
+        let value = id.encode();
+        for attempt in 0..4u32 {
+            match self.state.update(key, value.clone().into(), revision).await {
+                Ok(_) => return,
+                Err(e) => {
+                    // Done before, with only the answer lost?
+                    if let Ok(Some(v)) = self.state.get(key).await {
+                        if v.as_ref() == value.as_bytes() {
+                            return;
+                        }
+                    }
+                    if attempt == 3 {
+                        tracing::warn!(error = %e, "recording an Idempotency-Key's id failed; a repeat waits for the claim to go stale");
+                        return;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+        }
     }
 
     /// Publishes and waits for the PubAck, within `publish_timeout`.
