@@ -298,11 +298,7 @@ fn spool_status(dir: Option<PathBuf>, config: Option<PathBuf>) -> anyhow::Result
     if config.spool.backend.jetstream().is_none() {
         return Ok(sluice::spool::inspect(&config.spool.dir)?);
     }
-    offline(async move {
-        let metrics = sluice::metrics::Metrics::new();
-        let spool = sluice::jetstream::connect(&config, &metrics).await?;
-        Ok(spool.status().await?)
-    })
+    offline(async move { Ok(sluice::jetstream::inspect(&config).await?) })
 }
 
 async fn dlq_command(cmd: DlqCommand) -> anyhow::Result<()> {

@@ -556,4 +556,20 @@ async fn spool_status_reads_a_jetstream_spool_from_its_config() {
     assert_eq!(backlog, 3, "{v}");
     assert!(v["dir"].as_str().unwrap().starts_with("jetstream:"), "{v}");
     sluice.shutdown().await;
+    // Pointed at streams that don't exist, it says so and creates nothing.
+    let typo = write_file(
+        dir.path(),
+        "typo.toml",
+        &with_jetstream(&config_text(&backend.url(), ""), &[shared_nats().url()], 1),
+    );
+    for _ in 0..2 {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["spool", "status", "-c"])
+            .arg(&typo)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("not found") && err.contains("no JetStream spool"), "{err}");
+    }
 }

@@ -39,7 +39,7 @@ mod setup;
 
 pub use drain::JetStreamDrainer;
 pub use intake::StatusRecord;
-pub use setup::connect;
+pub use setup::{connect, inspect};
 
 use crate::config::JetStreamConfig;
 use crate::drain::eta::DeliveryRates;
@@ -64,6 +64,10 @@ pub enum JetStreamError {
         want: String,
         setting: &'static str,
     },
+    #[error(
+        "{object} not found ({detail}): no JetStream spool by that name on these servers (`sluice run` creates it)"
+    )]
+    Missing { object: String, detail: String },
     #[error("not connected to NATS")]
     Disconnected,
     #[error("no PubAck within spool.jetstream.publish_timeout ({0:?}); the request may still be delivered")]

@@ -23,6 +23,29 @@ pub async fn connect(
     config: &Config,
     metrics: &crate::metrics::Metrics,
 ) -> Result<Arc<JetStreamSpool>, JetStreamError> {
+    open(config, metrics, Make::IfAbsent).await
+}
+
+/// The state of the JetStream spool `config` names, read without creating
+/// anything (`sluice spool status -c`): a stream, consumer or bucket that
+/// isn't there is an error saying so.
+pub async fn inspect(config: &Config) -> Result<crate::spool::SpoolStatus, JetStreamError> {
+    let metrics = crate::metrics::Metrics::new();
+    open(config, &metrics, Make::Never).await?.status().await
+}
+
+/// Whether setup creates what is absent.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Make {
+    IfAbsent,
+    Never,
+}
+
+async fn open(
+    config: &Config,
+    metrics: &crate::metrics::Metrics,
+    make: Make,
+) -> Result<Arc<JetStreamSpool>, JetStreamError> {
     let cfg = config
         .spool
         .backend
@@ -62,9 +85,10 @@ pub async fn connect(
             ..Default::default()
         },
         "",
+        make,
     )
     .await?;
-    check_partitions(&control, &cfg, partitions).await?;
+    check_partitions(&control, &cfg, partitions, make).await?;
     let mut streams = Vec::with_capacity(partitions as usize);
     for p in 0..partitions {
         let want = stream::Config {
@@ -81,8 +105,8 @@ pub async fn connect(
             allow_direct: true,
             ..Default::default()
         };
-        let stream = ensure_stream(&js, want).await?;
-        ensure_consumer(&stream, &cfg, max_in_flight).await?;
+        let stream = ensure_stream(&js, want, make).await?;
+        ensure_consumer(&stream, &cfg, max_in_flight, make).await?;
         streams.push(stream);
     }
     let dlq = ensure_stream(
@@ -102,6 +126,7 @@ pub async fn connect(
             allow_direct: true,
             ..Default::default()
         },
+        make,
     )
     .await?;
     let state = ensure_bucket(
@@ -116,6 +141,7 @@ pub async fn connect(
             ..Default::default()
         },
         "server.status_retention",
+        make,
     )
     .await?;
     let paused = match control.get(PAUSED_KEY).await {
@@ -155,12 +181,19 @@ pub async fn connect(
 /// records it, later ones must agree. Fewer partitions would strand the
 /// records of the streams left out; more would move keys to other
 /// partitions (and out of order with their backlog).
-async fn check_partitions(control: &kv::Store, cfg: &JetStreamConfig, partitions: u32) -> Result<(), JetStreamError> {
+async fn check_partitions(
+    control: &kv::Store,
+    cfg: &JetStreamConfig,
+    partitions: u32,
+    make: Make,
+) -> Result<(), JetStreamError> {
     let want = partitions.to_string();
-    match control.create(PARTITIONS_KEY, want.clone().into()).await {
-        Ok(_) => return Ok(()),
-        Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
-        Err(e) => return Err(JetStreamError::nats("recording the partition count", e)),
+    if make == Make::IfAbsent {
+        match control.create(PARTITIONS_KEY, want.clone().into()).await {
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
+            Err(e) => return Err(JetStreamError::nats("recording the partition count", e)),
+        }
     }
     let have = control
         .get(PARTITIONS_KEY)
@@ -178,6 +211,15 @@ async fn check_partitions(control: &kv::Store, cfg: &JetStreamConfig, partitions
         });
     }
     Ok(())
+}
+
+/// A stream, consumer or bucket that `sluice spool status -c` looked for
+/// and didn't find.
+fn missing(object: String, e: impl std::fmt::Display) -> JetStreamError {
+    JetStreamError::Missing {
+        object,
+        detail: e.to_string(),
+    }
 }
 
 async fn connect_client(cfg: &JetStreamConfig, up: Arc<AtomicBool>) -> Result<async_nats::Client, JetStreamError> {
@@ -233,12 +275,22 @@ async fn connect_client(cfg: &JetStreamConfig, up: Arc<AtomicBool>) -> Result<as
 
 /// The stream as `want` describes it: created if absent; if present, the
 /// settings that decide what a 202 promises must match.
-async fn ensure_stream(js: &jetstream::Context, want: stream::Config) -> Result<stream::Stream, JetStreamError> {
+async fn ensure_stream(
+    js: &jetstream::Context,
+    want: stream::Config,
+    make: Make,
+) -> Result<stream::Stream, JetStreamError> {
     let name = want.name.clone();
-    let mut stream = js
-        .get_or_create_stream(want.clone())
-        .await
-        .map_err(|e| JetStreamError::nats(format!("creating stream {name}"), e))?;
+    let mut stream = match make {
+        Make::IfAbsent => js
+            .get_or_create_stream(want.clone())
+            .await
+            .map_err(|e| JetStreamError::nats(format!("creating stream {name}"), e))?,
+        Make::Never => js
+            .get_stream(&name)
+            .await
+            .map_err(|e| missing(format!("stream {name}"), e))?,
+    };
     let have = stream
         .info()
         .await
@@ -316,6 +368,7 @@ async fn ensure_consumer(
     stream: &stream::Stream,
     cfg: &JetStreamConfig,
     max_in_flight: i64,
+    make: Make,
 ) -> Result<(), JetStreamError> {
     let want = consumer::pull::Config {
         durable_name: Some(CONSUMER.to_string()),
@@ -328,10 +381,16 @@ async fn ensure_consumer(
     };
     let stream_name = stream.cached_info().config.name.clone();
     let object = format!("consumer {CONSUMER} of stream {stream_name}");
-    let consumer: consumer::PullConsumer = stream
-        .get_or_create_consumer(CONSUMER, want)
-        .await
-        .map_err(|e| JetStreamError::nats(format!("creating {object}"), e))?;
+    let consumer: consumer::PullConsumer = match make {
+        Make::IfAbsent => stream
+            .get_or_create_consumer(CONSUMER, want)
+            .await
+            .map_err(|e| JetStreamError::nats(format!("creating {object}"), e))?,
+        Make::Never => stream
+            .get_consumer(CONSUMER)
+            .await
+            .map_err(|e| missing(object.clone(), e))?,
+    };
     let have = &consumer.cached_info().config;
     if have.ack_wait != cfg.ack_wait {
         return Err(JetStreamError::Mismatch {
@@ -361,6 +420,7 @@ async fn ensure_bucket(
     cfg: &JetStreamConfig,
     want: kv::Config,
     age_setting: &'static str,
+    make: Make,
 ) -> Result<kv::Store, JetStreamError> {
     let name = want.bucket.clone();
     // The bucket's stream is made here rather than by the client's
@@ -379,13 +439,17 @@ async fn ensure_bucket(
         discard: stream::DiscardPolicy::New,
         ..Default::default()
     };
-    let info = js
-        .get_or_create_stream(stream)
-        .await
-        .map_err(|e| JetStreamError::nats(format!("creating bucket {name}"), e))?
-        .cached_info()
-        .config
-        .clone();
+    let found = match make {
+        Make::IfAbsent => js
+            .get_or_create_stream(stream)
+            .await
+            .map_err(|e| JetStreamError::nats(format!("creating bucket {name}"), e))?,
+        Make::Never => js
+            .get_stream(format!("KV_{name}"))
+            .await
+            .map_err(|e| missing(format!("bucket {name}"), e))?,
+    };
+    let info = found.cached_info().config.clone();
     let store = js
         .get_key_value(&name)
         .await
