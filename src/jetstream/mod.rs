@@ -165,12 +165,16 @@ impl JetStreamSpool {
 
     /// Notes that `seq` of `partition` is finished (delivered or dead).
     fn finished(&self, partition: u32, seq: u64) {
-        self.rates.delivered(partition);
-        self.finished_since_poll[partition as usize].fetch_add(1, Ordering::Relaxed);
         if self.max_in_flight == 1 {
-            // In order: everything below it is finished too.
+            // In order: it moves the stream's head, and everything below it
+            // is finished too. Counted now; the poll counts the rest of the
+            // head's advance as the other replicas'.
+            self.rates.delivered(partition);
+            self.finished_since_poll[partition as usize].fetch_add(1, Ordering::Relaxed);
             self.done_below[partition as usize].fetch_max(seq + 1, Ordering::Relaxed);
         }
+        // Out of order, a finish above the head moves it only later: the
+        // poll counts it then, once.
         let _ =
             self.backlog[partition as usize].fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
     }
