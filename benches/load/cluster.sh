@@ -96,19 +96,16 @@ python3 - "$WORK" "$ROUNDS" "$CONNS" "$DURATION" <<'PY'
 import re, sys, glob
 work, rounds, conns, dur = sys.argv[1:]
 dur_s = float(dur.rstrip("s"))
-def lat(t, pct):
-    m = re.search(rf"{pct}%\s+([\d.]+)(us|ms|s)", t)
-    return float(m.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[m.group(2)]
+sys.path.insert(0, "benches/load")
+from wrk_report import summary
 def parse(path):
-    t = open(path).read()
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", t).group(1))
-    errs = re.search(r"Non-2xx or 3xx responses: (\d+)", t)
+    rps, _, p99, bad = summary(path)
     calls = int(open(path.replace(".txt", ".calls")).read())
     ticks = [int(x) for x in open(path.replace(".txt", ".cpu")).read().split()]
     reqs = rps * dur_s
     # µs of CPU per request: sluice's own, and Redis's on its behalf.
     per = [t * 1e6 / hz / reqs for t in ticks]
-    return rps, lat(t, 99), int(errs.group(1)) if errs else 0, calls, per[0], per[1]
+    return rps, p99, bad, calls, per[0], per[1]
 import os
 hz = os.sysconf("SC_CLK_TCK")
 best = {}

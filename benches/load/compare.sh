@@ -56,15 +56,13 @@ for r in $(seq "$ROUNDS"); do
 done
 
 python3 - "$WORK" "$ROUNDS" "$CONNS" "$DURATION" "$WORKERS" <<'PY'
-import re, sys, glob
+import sys, glob
 work, rounds, conns, dur, workers = sys.argv[1:]
+sys.path.insert(0, "benches/load")
+from wrk_report import summary
 def parse(path):
-    t = open(path).read()
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", t).group(1))
-    m = re.search(r"99%\s+([\d.]+)(us|ms|s)", t)
-    scale = {"us": 1e-3, "ms": 1.0, "s": 1e3}[m.group(2)]
-    errs = re.search(r"Non-2xx or 3xx responses: (\d+)", t)
-    return rps, float(m.group(1)) * scale, int(errs.group(1)) if errs else 0
+    rps, _, p99, bad = summary(path)
+    return rps, p99, bad
 best = {}
 for label in ("direct", "nginx", "sluice"):
     runs = [parse(p) for p in sorted(glob.glob(f"{work}/{label}.*.txt"))]

@@ -64,16 +64,10 @@ wrk -t2 -c"$CONNS" -d"$DURATION" --latency -s "$WORK/post.lua" "http://127.0.0.1
 wrk -t2 -c"$CONNS" -d"$DURATION" --latency -s "$WORK/post.lua" "http://127.0.0.1:$SPL/orders" >"$WORK/spl.txt"
 curl -fs "http://127.0.0.1:$SPLA/metrics" | grep -E '^sluice_requests_total\{decision="spooled"|^sluice_spool_fsync_duration_seconds_(count|sum)' || true
 python3 - "$WORK" "$CONNS" "$DURATION" "$FSYNC" <<'PY'
-import re, sys
+import sys
 work, conns, dur, fsync = sys.argv[1:]
-def parse(path):
-    t = open(path).read()
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", t).group(1))
-    def pct(p):
-        m = re.search(p + r"%\s+([\d.]+)(us|ms|s)", t)
-        return float(m.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[m.group(2)]
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", t)
-    return rps, pct("50"), pct("99"), int(non2xx.group(1)) if non2xx else 0
+sys.path.insert(0, "benches/load")
+from wrk_report import summary as parse
 f, s = parse(f"{work}/fwd.txt"), parse(f"{work}/spl.txt")
 print(f"wrk -t2 -c{conns} -d{dur}, POST 1 KiB, fsync={fsync}")
 print(f"  forwarded {f[0]:9.0f} req/s  p50 {f[1]:6.2f} ms  p99 {f[2]:6.2f} ms  non-2xx {f[3]}")

@@ -87,16 +87,10 @@ for b in "local:$L" "r1:$J1" "r3:$J3"; do
   wrk -t2 -c"$CONNS" -d"$DURATION" --latency -s "$WORK/post.lua" "http://127.0.0.1:${b#*:}/orders" >"$WORK/${b%%:*}.txt"
 done
 python3 - "$WORK" "$CONNS" "$DURATION" <<'PY'
-import re, sys
+import sys
 work, conns, dur = sys.argv[1:]
-def parse(path):
-    t = open(path).read()
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", t).group(1))
-    def pct(p):
-        m = re.search(p + r"%\s+([\d.]+)(us|ms|s)", t)
-        return float(m.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[m.group(2)]
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", t)
-    return rps, pct("50"), pct("99"), int(non2xx.group(1)) if non2xx else 0
+sys.path.insert(0, "benches/load")
+from wrk_report import summary as parse
 rows = [("local, fsync always", parse(f"{work}/local.txt")),
         ("jetstream R=1", parse(f"{work}/r1.txt")),
         ("jetstream R=3", parse(f"{work}/r3.txt"))]
