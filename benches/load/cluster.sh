@@ -97,7 +97,7 @@ import re, sys, glob
 work, rounds, conns, dur = sys.argv[1:]
 dur_s = float(dur.rstrip("s"))
 sys.path.insert(0, "benches/load")
-from wrk_report import summary
+from wrk_report import latency_ms as lat, summary
 def parse(path):
     rps, _, p99, bad = summary(path)
     calls = int(open(path.replace(".txt", ".calls")).read())
