@@ -21,7 +21,7 @@ pub struct TraceParent {
     pub flags: u8,
 }
 
-fn hex_into(text: &[u8], out: &mut [u8]) -> Option<()> {
+pub(crate) fn hex_into(text: &[u8], out: &mut [u8]) -> Option<()> {
     if text.len() != out.len() * 2 {
         return None;
     }

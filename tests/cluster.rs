@@ -257,10 +257,10 @@ async fn a_global_route_limit_holds_across_three_replicas() {
         calls <= heartbeats,
         "{calls} script calls for 60 refused requests (heartbeats {heartbeats})"
     );
-    let keys = redis.cli(&["--scan", "--pattern", "t:per-user:*"]);
+    let keys = redis.cli(&["--scan", "--pattern", "t:route:per-user:*"]);
     let keys: Vec<&str> = keys.lines().collect();
     assert_eq!(keys.len(), 1, "one bucket: {keys:?}");
-    let hash = keys[0].strip_prefix("t:per-user:").unwrap();
+    let hash = keys[0].strip_prefix("t:route:per-user:").unwrap();
     assert_eq!(hash.len(), 32, "SHA-256/128 in hex: {keys:?}");
     assert!(hash.chars().all(|ch| ch.is_ascii_hexdigit()));
     let ttl: i64 = redis.cli(&["PTTL", keys[0]]).trim().parse().unwrap();
@@ -532,7 +532,7 @@ async fn an_acl_user_with_a_password_from_a_file_or_the_environment_and_never_sh
                 "--no-auth-warning",
                 "--scan",
                 "--pattern",
-                "t:api*"
+                "t:route:api*"
             ])
             .is_empty(),
         "the route's bucket is in Redis under the namespace"

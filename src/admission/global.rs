@@ -22,7 +22,9 @@ pub struct GlobalLimit {
 
 impl GlobalLimit {
     pub fn new(cluster: Arc<Cluster>, route: &RouteConfig, spec: LimitSpec) -> GlobalLimit {
-        let key = format!("{}:{}", cluster.namespace(), route.name);
+        // Under `route:`, so no route name can meet the cluster's own keys
+        // (`<namespace>:replicas`, `<namespace>:upstream`).
+        let key = format!("{}:route:{}", cluster.namespace(), route.name);
         GlobalLimit {
             bucket: SharedBucket::new(cluster, &route.name, key, route.rate, route.burst),
             keyed: route.key != KeySource::Global,

@@ -163,7 +163,7 @@ impl Share {
 }
 
 impl SharedBucket {
-    /// The bucket of a route (`key` is `<namespace>:<route>`) or of the
+    /// The bucket of a route (`key` is `<namespace>:route:<route>`) or of the
     /// upstream budget; `limit` is its metric label.
     pub fn new(cluster: Arc<Cluster>, limit: &str, key: String, rate: Rate, burst: u32) -> SharedBucket {
         let interval_us = (rate.interval().as_micros() as u64).max(1);

@@ -8,13 +8,14 @@
 //! twice (both copies carry the same Idempotency-Key).
 
 use super::drain::{DLQ_DEAD_AT, DLQ_PARTITION, DLQ_REASON, DLQ_SEQUENCE, DLQ_STATUS};
-use super::intake::{hex, StatusRecord};
+use super::intake::StatusRecord;
 use super::{JetStreamError, JetStreamSpool};
 use crate::drain::dlq::{DeadLetters, DlqError};
 use crate::drain::envelope::Envelope;
 use crate::drain::id::RequestId;
 use crate::drain::outcomes::{now_ms, State};
 use crate::spool::DeadLetter;
+use crate::trace::hex;
 use async_nats::jetstream::message::StreamMessage;
 
 fn header<T: std::str::FromStr>(m: &StreamMessage, name: &str) -> Option<T> {

@@ -17,7 +17,7 @@
 //! unlike the server's delivery count, hand-backs and `ack_wait` expiries
 //! don't raise it.
 
-use super::intake::{hex, StatusRecord};
+use super::intake::StatusRecord;
 use super::{JetStreamSpool, CONSUMER};
 use crate::drain::envelope::Envelope;
 use crate::drain::id::RequestId;
@@ -25,6 +25,7 @@ use crate::drain::outcomes::{now_ms, State};
 use crate::drain::replay::{full_jitter, Attempt, BreakerOpen, Replayer};
 use crate::runtime::Shared;
 use crate::shutdown::Shutdown;
+use crate::trace::hex;
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::{AckKind, Message};
 use futures_util::StreamExt;
@@ -204,7 +205,7 @@ impl JetStreamDrainer {
         // A status under this sequence is this record's only if its token
         // matches (a stream made anew counts from 1 again).
         let found = match self.spool.status_record(id).await {
-            Ok(Some((rec, _))) if rec.token == token => Some(rec),
+            Ok(Some((rec, _))) if rec.is_for(&id) => Some(rec),
             Ok(_) => None,
             // Unknown is not "none": it may have been delivered already, and
             // its attempts would start over. Asked again shortly.

@@ -8,7 +8,8 @@ use super::{JetStreamError, JetStreamSpool};
 use crate::drain::envelope::Envelope;
 use crate::drain::id::RequestId;
 use crate::drain::outcomes::{AttemptRecord, KeyHash, State, HISTORY};
-use crate::drain::spooler::{AttemptView, SpoolingError, StatusView};
+use crate::drain::spooler::{rfc3339, AttemptView, SpoolingError, StatusView};
+use crate::trace::hex;
 use async_nats::jetstream::kv;
 use async_nats::jetstream::message::PublishMessage;
 use serde::{Deserialize, Serialize};
@@ -62,20 +63,21 @@ impl From<&AttemptRecord> for AttemptEntry {
 }
 
 impl StatusRecord {
+    /// Whether this is the status of `id`: its token matches (in constant
+    /// time).
+    pub fn is_for(&self, id: &RequestId) -> bool {
+        let mut token = [0u8; 16];
+        self.token.len() == 32
+            && crate::trace::hex_into(self.token.as_bytes(), &mut token).is_some()
+            && id.token_matches(&token)
+    }
+
     pub fn push_attempt(&mut self, a: &AttemptRecord) {
         self.history.push(a.into());
         if self.history.len() > HISTORY {
             self.history.remove(0);
         }
     }
-}
-
-pub(super) fn hex(bytes: &[u8]) -> String {
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push_str(&format!("{b:02x}"));
-    }
-    s
 }
 
 fn token_of(payload: &[u8]) -> Option<[u8; 16]> {
@@ -255,7 +257,9 @@ impl JetStreamSpool {
                     now
                 }
             };
-            let server_age_ms = (time_ms_now() - entry.created.unix_timestamp_nanos() / 1_000_000).max(0) as u64;
+            let server_age_ms = (i128::from(crate::drain::outcomes::now_ms())
+                - entry.created.unix_timestamp_nanos() / 1_000_000)
+                .max(0) as u64;
             let long_dead = server_age_ms > (stale + STALE_SKEW).as_millis() as u64;
             if long_dead || now.duration_since(since) > stale {
                 if let Ok(revision) = self.state.update(key, PENDING.into(), entry.revision).await {
@@ -297,12 +301,11 @@ impl JetStreamSpool {
         if id.partition >= self.partitions {
             return None;
         }
-        let token = hex(&id.token);
         // Looked up twice: a record acked between the two looks has its
         // status written before its ack.
         for _ in 0..2 {
             if let Ok(Some((rec, _))) = self.status_record(id).await {
-                if !constant_time_eq(rec.token.as_bytes(), token.as_bytes()) {
+                if !rec.is_for(&id) {
                     return None;
                 }
                 return Some(self.view(id, &rec).await);
@@ -314,7 +317,7 @@ impl JetStreamSpool {
                 }
                 let env = Envelope::decode(m.payload).ok()?;
                 let rec = StatusRecord {
-                    token,
+                    token: hex(&id.token),
                     state: State::Queued,
                     attempts: 0,
                     enqueued_ms: env.arrived_ms,
@@ -394,20 +397,6 @@ fn error_name(s: &str) -> &'static str {
         "exchange" => "exchange",
         _ => "error",
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-fn time_ms_now() -> i128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i128)
-}
-
-fn rfc3339(ms: u64) -> String {
-    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 
 #[cfg(test)]

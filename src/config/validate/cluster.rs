@@ -2,7 +2,7 @@
 
 use crate::config::error::Source;
 use crate::config::file::{ClusterFile, OnStoreErrorFile};
-use crate::config::types::{ClusterConfig, OnStoreError, RedisUrl, Secret};
+use crate::config::types::{ClusterConfig, OnStoreError, RedisUrl};
 use crate::config::units::parse_duration;
 use crate::config::ConfigError;
 use std::time::Duration;
@@ -33,19 +33,8 @@ pub(super) fn validate_cluster(src: &Source<'_>, c: &ClusterFile) -> Result<Clus
         out.redis_url = Some(url);
     }
     out.password = match &c.password_file {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| src.invalid("cluster.password_file", format!("can't read {path:?}: {e}")))?;
-            let pw = text.trim_end_matches(['\r', '\n']);
-            if pw.is_empty() {
-                return Err(src.invalid("cluster.password_file", format!("{path:?} is empty")));
-            }
-            Some(Secret::new(pw))
-        }
-        None => std::env::var(REDIS_PASSWORD_ENV)
-            .ok()
-            .filter(|p| !p.is_empty())
-            .map(Secret::new),
+        Some(path) => Some(super::secret_file(src, "cluster.password_file", path)?),
+        None => super::env_secret(REDIS_PASSWORD_ENV),
     };
     if let Some(ns) = &c.namespace {
         if ns.is_empty()

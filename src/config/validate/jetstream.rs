@@ -2,7 +2,7 @@
 
 use crate::config::error::Source;
 use crate::config::file::JetStreamFile;
-use crate::config::types::{JetStreamConfig, NatsAuth, Secret};
+use crate::config::types::{JetStreamConfig, NatsAuth};
 use crate::config::units::parse_duration;
 use crate::config::ConfigError;
 use std::path::PathBuf;
@@ -16,19 +16,6 @@ pub const NATS_PASSWORD_ENV: &str = "SLUICE_NATS_PASSWORD";
 /// letters, digits, `-` and `_` only (no `.`, `*`, `>` or spaces).
 fn is_name(s: &str) -> bool {
     !s.is_empty() && s.len() <= 48 && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-}
-
-fn read_secret(src: &Source<'_>, key: &str, path: &str) -> Result<Secret, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| src.invalid(key, format!("can't read {path:?}: {e}")))?;
-    let s = text.trim();
-    if s.is_empty() {
-        return Err(src.invalid(key, format!("{path:?} is empty")));
-    }
-    Ok(Secret::new(s))
-}
-
-fn env_secret(name: &str) -> Option<Secret> {
-    std::env::var(name).ok().filter(|v| !v.is_empty()).map(Secret::new)
 }
 
 pub(super) fn validate_jetstream(
@@ -81,11 +68,11 @@ pub(super) fn validate_jetstream(
         return Err(src.invalid("spool.jetstream.password_file", "needs spool.jetstream.user"));
     }
     let auth = if let Some(path) = &j.token_file {
-        NatsAuth::Token(read_secret(src, "spool.jetstream.token_file", path)?)
+        NatsAuth::Token(super::secret_file(src, "spool.jetstream.token_file", path)?)
     } else if let Some(user) = &j.user {
         let password = match &j.password_file {
-            Some(path) => read_secret(src, "spool.jetstream.password_file", path)?,
-            None => env_secret(NATS_PASSWORD_ENV).ok_or_else(|| {
+            Some(path) => super::secret_file(src, "spool.jetstream.password_file", path)?,
+            None => super::env_secret(NATS_PASSWORD_ENV).ok_or_else(|| {
                 src.invalid(
                     "spool.jetstream.user",
                     format!("needs a password: spool.jetstream.password_file or {NATS_PASSWORD_ENV}"),
@@ -97,7 +84,7 @@ pub(super) fn validate_jetstream(
             password,
         }
     } else if let Some(path) = &j.nkey_file {
-        let seed = read_secret(src, "spool.jetstream.nkey_file", path)?;
+        let seed = super::secret_file(src, "spool.jetstream.nkey_file", path)?;
         if !seed.expose().starts_with("SU") {
             return Err(src.invalid(
                 "spool.jetstream.nkey_file",
@@ -109,7 +96,7 @@ pub(super) fn validate_jetstream(
         std::fs::metadata(path)
             .map_err(|e| src.invalid("spool.jetstream.creds_file", format!("can't read {path:?}: {e}")))?;
         NatsAuth::Creds(PathBuf::from(path))
-    } else if let Some(token) = env_secret(NATS_TOKEN_ENV) {
+    } else if let Some(token) = super::env_secret(NATS_TOKEN_ENV) {
         NatsAuth::Token(token)
     } else {
         NatsAuth::None

@@ -411,6 +411,24 @@ pub(super) fn validate(src: &Source<'_>, f: FileConfig, upstream_given: bool) ->
     })
 }
 
+/// A secret kept in a file (a password, a token, a key): its text without
+/// the line ending (spaces may be part of it); an empty file is an error
+/// naming `key`.
+fn secret_file(src: &Source<'_>, key: &str, path: &str) -> Result<Secret, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| src.invalid(key, format!("can't read {path:?}: {e}")))?;
+    let secret = text.trim_end_matches(['\r', '\n']);
+    if secret.is_empty() {
+        return Err(src.invalid(key, format!("{path:?} is empty")));
+    }
+    Ok(Secret::new(secret))
+}
+
+/// A secret from the environment variable `name`, when it is set and not
+/// empty.
+fn env_secret(name: &str) -> Option<Secret> {
+    std::env::var(name).ok().filter(|v| !v.is_empty()).map(Secret::new)
+}
+
 fn scope(s: Option<ScopeFile>) -> Scope {
     match s {
         Some(ScopeFile::Global) => Scope::Global,

@@ -65,7 +65,7 @@ pub enum DlqError {
     BadTime { field: &'static str, value: String },
     #[error("limit must be between 1 and {REPLAY_PAGE_MAX}")]
     BadLimit,
-    #[error("reason {0:?} is none of max_attempts, rejected, expired, corrupt")]
+    #[error("reason {0:?} is none of max_attempts, rejected, expired, corrupt, undecodable")]
     BadReason(String),
     #[error("from, limit and before page a replay; a purge takes its whole selection at once")]
     PagedPurge,

@@ -34,7 +34,8 @@ pub struct Selection {
     /// Filters, combined: the request's route...
     #[serde(default)]
     pub route: Option<String>,
-    /// ...why it died (`max_attempts`, `rejected`, `expired`, `corrupt`)...
+    /// ...why it died (`max_attempts`, `rejected`, `expired`, `corrupt`,
+    /// `undecodable`)...
     #[serde(default)]
     pub reason: Option<String>,
     /// ...and when it died: RFC 3339, `since` inclusive, `until` not.
@@ -56,7 +57,7 @@ pub struct Selection {
 }
 
 /// The reasons a letter can have died for.
-pub const REASONS: [&str; 4] = ["max_attempts", "rejected", "expired", "corrupt"];
+pub const REASONS: [&str; 5] = ["max_attempts", "rejected", "expired", "corrupt", "undecodable"];
 
 /// A [`Selection`], checked and parsed.
 pub(super) struct Chosen {
