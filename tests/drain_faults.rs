@@ -23,11 +23,6 @@ fn reply(status: u16) -> Response<Full<Bytes>> {
         .unwrap()
 }
 
-fn accepted_id(r: &Reply) -> String {
-    assert_eq!(r.status, 202, "expected 202: {:?}", r.body);
-    r.json()["id"].as_str().expect("202 body has an id").to_string()
-}
-
 /// Replays the backend saw whose Idempotency-Key is `key`.
 fn deliveries_of(backend: &Backend, key: &str) -> Vec<Seen> {
     backend

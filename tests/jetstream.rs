@@ -19,17 +19,6 @@ fn orders(rate: &str, extra: &str) -> String {
     )
 }
 
-fn accepted_id(r: &Reply) -> String {
-    assert_eq!(r.status, 202, "expected 202: {:?}", r.body);
-    r.json()["id"].as_str().expect("202 body has an id").to_string()
-}
-
-async fn status(c: &TestClient, data: std::net::SocketAddr, id: &str) -> serde_json::Value {
-    let r = request_status(c, data, id).await;
-    assert_eq!(r.status, 200, "status of {id}: {:?}", r.body);
-    r.json()
-}
-
 /// Two in-process replicas on the shared nats-server, in one set of streams.
 async fn two_replicas(backend: &str, extra: &str) -> (sluice::app::Running, sluice::app::Running) {
     let name = format!("t{:016x}", rand::random::<u64>());
@@ -63,7 +52,10 @@ async fn any_replica_answers_status_and_idempotency_keys() {
     assert_ne!(other, id);
 
     // Queued, seen alike from both replicas; nothing delivered while paused.
-    let (sa, sb) = (status(&c, a.data_addr, &id).await, status(&c, b.data_addr, &id).await);
+    let (sa, sb) = (
+        status_json(&c, a.data_addr, &id).await,
+        status_json(&c, b.data_addr, &id).await,
+    );
     assert_eq!(sa["state"], "queued", "{sa}");
     assert_eq!(sa, sb, "both replicas answer the same");
     // The admin lookup by key, from either replica.
@@ -87,10 +79,10 @@ async fn any_replica_answers_status_and_idempotency_keys() {
     assert_eq!(admin_post(&c, b.admin_addr, "/admin/drain/resume").await.status, 200);
     for x in [&id, &other] {
         eventually(Duration::from_secs(10), "delivered", || async {
-            (status(&c, a.data_addr, x).await["state"] == "delivered").then_some(())
+            (status_json(&c, a.data_addr, x).await["state"] == "delivered").then_some(())
         })
         .await;
-        assert_eq!(status(&c, b.data_addr, x).await["state"], "delivered");
+        assert_eq!(status_json(&c, b.data_addr, x).await["state"], "delivered");
     }
     let bodies: Vec<Bytes> = backend.replays().into_iter().map(|s| s.body).collect();
     assert_eq!(bodies.len(), 2, "{bodies:?}");
@@ -131,7 +123,7 @@ async fn dead_letters_are_listed_replayed_and_purged_through_the_admin_api() {
             .collect();
     for id in &ids {
         eventually(Duration::from_secs(10), "dead", || async {
-            (status(&c, sluice.data_addr, id).await["state"] == "dead").then_some(())
+            (status_json(&c, sluice.data_addr, id).await["state"] == "dead").then_some(())
         })
         .await;
     }
@@ -170,11 +162,11 @@ async fn dead_letters_are_listed_replayed_and_purged_through_the_admin_api() {
     let new_id = r.json()["replayed"][0]["replayed_as"].as_str().unwrap().to_string();
     assert_ne!(new_id, ids[0]);
     eventually(Duration::from_secs(10), "replayed letter delivered", || async {
-        (status(&c, sluice.data_addr, &new_id).await["state"] == "delivered").then_some(())
+        (status_json(&c, sluice.data_addr, &new_id).await["state"] == "delivered").then_some(())
     })
     .await;
     assert_eq!(
-        status(&c, sluice.data_addr, &ids[0]).await["replayed_as"],
+        status_json(&c, sluice.data_addr, &ids[0]).await["replayed_as"],
         new_id.as_str()
     );
     // The replayed letter left a gap in the DLQ stream: the
@@ -255,7 +247,7 @@ async fn without_nats_spooling_answers_503_and_live_traffic_goes_on() {
     })
     .await;
     eventually(Duration::from_secs(10), "delivered", || async {
-        (status(&c, sluice.data_addr, &id).await["state"] == "delivered").then_some(())
+        (status_json(&c, sluice.data_addr, &id).await["state"] == "delivered").then_some(())
     })
     .await;
     eventually(Duration::from_secs(5), "store_up 1", || async {
@@ -343,7 +335,7 @@ async fn a_retried_record_holds_its_partition_across_the_fleet() {
     assert_eq!(admin_post(&c, b.admin_addr, "/admin/drain/resume").await.status, 200);
     let last = ids.last().unwrap().clone();
     eventually(Duration::from_secs(15), "all delivered", || async {
-        (status(&c, a.data_addr, &last).await["state"] == "delivered").then_some(())
+        (status_json(&c, a.data_addr, &last).await["state"] == "delivered").then_some(())
     })
     .await;
     let order: Vec<(String, String)> = backend
@@ -405,7 +397,7 @@ async fn a_claim_left_by_a_dead_replica_is_taken_over() {
     let again = send(&c, Method::POST, &url, &[("idempotency-key", "k")], "again").await;
     assert_eq!(accepted_id(&again), id, "the key now holds the new request's id");
     eventually(Duration::from_secs(10), "delivered", || async {
-        (status(&c, sluice.data_addr, &id).await["state"] == "delivered").then_some(())
+        (status_json(&c, sluice.data_addr, &id).await["state"] == "delivered").then_some(())
     })
     .await;
     sluice.shutdown().await;
@@ -462,7 +454,11 @@ async fn a_full_stream_answers_503_and_drops_no_accepted_request() {
     )
     .await;
     for id in &accepted {
-        assert_eq!(status(&c, sluice.data_addr, id).await["state"], "delivered", "{id}");
+        assert_eq!(
+            status_json(&c, sluice.data_addr, id).await["state"],
+            "delivered",
+            "{id}"
+        );
     }
     // Room again: spooling resumes by itself.
     let r = send(&c, Method::POST, &url, &[], body.clone()).await;

@@ -31,14 +31,6 @@ fn reply(status: u16, body: &'static str) -> Response<Full<Bytes>> {
         .unwrap()
 }
 
-/// A spooled request's id from its 202.
-fn accepted_id(r: &Reply) -> String {
-    assert_eq!(r.status, 202, "expected 202: {:?}", r.body);
-    let id = r.json()["id"].as_str().expect("202 body has an id").to_string();
-    assert_eq!(r.header("sluice-id"), id);
-    id
-}
-
 /// The replays the backend saw of the request `id`.
 fn replays_of(backend: &Backend, id: &str) -> Vec<Seen> {
     backend
@@ -50,12 +42,6 @@ fn replays_of(backend: &Backend, id: &str) -> Vec<Seen> {
 
 async fn metric(c: &TestClient, admin: SocketAddr, name: &str, labels: &[(&str, &str)]) -> f64 {
     metric_value(&metrics_text(c, admin).await, name, labels).unwrap_or(0.0)
-}
-
-async fn status_json(c: &TestClient, data: SocketAddr, id: &str) -> serde_json::Value {
-    let r = request_status(c, data, id).await;
-    assert_eq!(r.status, 200, "status of {id}: {:?}", r.body);
-    r.json()
 }
 
 /// POST to the admin port, with `Authorization` when given.

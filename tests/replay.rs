@@ -34,12 +34,6 @@ fn reply(status: u16, body: &'static str) -> Response<Full<Bytes>> {
         .unwrap()
 }
 
-async fn status_json(c: &TestClient, sluice: &sluice::app::Running, id: &str) -> serde_json::Value {
-    let r = request_status(c, sluice.data_addr, id).await;
-    assert_eq!(r.status, 200, "status of {id}: {:?}", r.body);
-    r.json()
-}
-
 /// Polls the status of `id` until its state is `state`; returns it.
 async fn wait_for_state(
     c: &TestClient,
@@ -49,7 +43,7 @@ async fn wait_for_state(
     deadline: Duration,
 ) -> serde_json::Value {
     eventually(deadline, state, || async {
-        let st = status_json(c, sluice, id).await;
+        let st = status_json(c, sluice.data_addr, id).await;
         (st["state"] == state).then_some(st)
     })
     .await
@@ -57,14 +51,6 @@ async fn wait_for_state(
 
 async fn metric(c: &TestClient, sluice: &sluice::app::Running, name: &str, labels: &[(&str, &str)]) -> f64 {
     metric_value(&metrics_text(c, sluice.admin_addr).await, name, labels).unwrap_or(0.0)
-}
-
-/// A spooled request's id from its 202, checking the 202's shape.
-fn accepted_id(r: &Reply) -> String {
-    assert_eq!(r.status, 202, "expected 202: {:?}", r.body);
-    let id = r.json()["id"].as_str().expect("202 body has an id").to_string();
-    assert_eq!(r.header("sluice-id"), id);
-    id
 }
 
 async fn burst_is_absorbed_then_drained_within_the_upstream_budget(kind: SpoolKind) {
@@ -250,13 +236,13 @@ async fn refused_backend_connection_spools_the_request(kind: SpoolKind) {
     assert_eq!(r.header("location"), format!("/_sluice/requests/{id}"));
 
     let first = eventually(Duration::from_secs(5), "a replay attempt", || async {
-        let st = status_json(&c, &sluice, &id).await;
+        let st = status_json(&c, sluice.data_addr, &id).await;
         let attempts = st["attempts"].as_u64().unwrap();
         (attempts >= 1).then_some(attempts)
     })
     .await;
     let st = eventually(Duration::from_secs(5), "attempts to grow", || async {
-        let st = status_json(&c, &sluice, &id).await;
+        let st = status_json(&c, sluice.data_addr, &id).await;
         (st["attempts"].as_u64().unwrap() >= first + 2).then_some(st)
     })
     .await;
@@ -448,7 +434,7 @@ async fn idempotency_key_repeats_get_the_same_id_and_one_delivery(kind: SpoolKin
     // The keyless request is last in the only partition: once it is
     // delivered, everything before it has been.
     eventually(Duration::from_secs(5), "delivered", || async {
-        (status_json(&c, &sluice, &plain).await["state"] == "delivered").then_some(())
+        (status_json(&c, sluice.data_addr, &plain).await["state"] == "delivered").then_some(())
     })
     .await;
     let s = admin_spool(&c, sluice.admin_addr).await;
@@ -457,7 +443,7 @@ async fn idempotency_key_repeats_get_the_same_id_and_one_delivery(kind: SpoolKin
         kind.first_offset() + 3,
         "three records, not five: {s}"
     );
-    assert_eq!(status_json(&c, &sluice, &id1).await["state"], "delivered");
+    assert_eq!(status_json(&c, sluice.data_addr, &id1).await["state"], "delivered");
 
     let r = backend.replays();
     assert_eq!(r.len(), 3, "{r:?}");
@@ -516,10 +502,10 @@ async fn status_endpoint_walks_queued_delivering_delivered(kind: SpoolKind) {
         (backend.replays().len() == 1).then_some(())
     })
     .await;
-    let st_a = status_json(&c, &sluice, &a).await;
+    let st_a = status_json(&c, sluice.data_addr, &a).await;
     assert_eq!(st_a["state"], "delivering", "{st_a}");
     assert_eq!(st_a["attempts"], 1, "{st_a}");
-    let st_b = status_json(&c, &sluice, &b).await;
+    let st_b = status_json(&c, sluice.data_addr, &b).await;
     assert_eq!(st_b["state"], "queued", "{st_b}");
     assert_eq!(st_b["attempts"], 0, "{st_b}");
     assert_eq!(st_b["id"], b.as_str());
@@ -532,15 +518,15 @@ async fn status_endpoint_walks_queued_delivering_delivered(kind: SpoolKind) {
         (backend.replays().len() == 2).then_some(())
     })
     .await;
-    let st_b = status_json(&c, &sluice, &b).await;
+    let st_b = status_json(&c, sluice.data_addr, &b).await;
     assert_eq!(st_b["state"], "delivering", "{st_b}");
     assert_eq!(st_b["attempts"], 1, "{st_b}");
-    let st_a = status_json(&c, &sluice, &a).await;
+    let st_a = status_json(&c, sluice.data_addr, &a).await;
     assert_eq!(st_a["state"], "delivered", "{st_a}");
 
     gate.add_permits(1);
     let st_b = eventually(Duration::from_secs(5), "B delivered", || async {
-        let st = status_json(&c, &sluice, &b).await;
+        let st = status_json(&c, sluice.data_addr, &b).await;
         (st["state"] == "delivered").then_some(st)
     })
     .await;

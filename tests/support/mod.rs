@@ -477,6 +477,22 @@ pub async fn admin_post(client: &TestClient, admin: SocketAddr, path: &str) -> R
     .await
 }
 
+/// A spooled request's id from its 202, checking the 202's shape: the id
+/// in the body is the `Sluice-Id` header.
+pub fn accepted_id(r: &Reply) -> String {
+    assert_eq!(r.status, 202, "expected 202: {:?}", r.body);
+    let id = r.json()["id"].as_str().expect("202 body has an id").to_string();
+    assert_eq!(r.header("sluice-id"), id);
+    id
+}
+
+/// The status answer for `id` (it must be known: 200).
+pub async fn status_json(c: &TestClient, data: SocketAddr, id: &str) -> serde_json::Value {
+    let r = request_status(c, data, id).await;
+    assert_eq!(r.status, 200, "status of {id}: {:?}", r.body);
+    r.json()
+}
+
 /// The status endpoint's answer for `id` on the data port.
 pub async fn request_status(client: &TestClient, data: SocketAddr, id: &str) -> Reply {
     get(client, &format!("http://{data}/_sluice/requests/{id}")).await
