@@ -385,7 +385,6 @@ impl Drainer {
             match outcome {
                 Attempt::Delivered(status) => {
                     self.replayer.counters.delivered.inc();
-                    self.spooler.rates.delivered(record.partition);
                     self.spooler.outcomes.record(Outcome {
                         id,
                         state: State::Delivered,
@@ -396,6 +395,10 @@ impl Drainer {
                         replayed_as: None,
                     });
                     self.ack(&record);
+                    // Counted once acked: an ETA is never asked of the rate
+                    // this delivery makes while the record still counts as
+                    // queued.
+                    self.spooler.rates.delivered(record.partition);
                     self.spooler.inflight.remove(&key);
                     return;
                 }

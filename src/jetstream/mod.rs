@@ -169,9 +169,11 @@ impl JetStreamSpool {
             // In order: it moves the stream's head, and everything below it
             // is finished too. Counted now; the poll counts the rest of the
             // head's advance as the other replicas'.
+            // The head first: an ETA asked meanwhile sees it finished, not
+            // queued at the rate its own delivery makes.
+            self.done_below[partition as usize].fetch_max(seq + 1, Ordering::Relaxed);
             self.rates.delivered(partition);
             self.finished_since_poll[partition as usize].fetch_add(1, Ordering::Relaxed);
-            self.done_below[partition as usize].fetch_max(seq + 1, Ordering::Relaxed);
         }
         // Out of order, a finish above the head moves it only later: the
         // poll counts it then, once.
